@@ -1,0 +1,58 @@
+//! # kiln-attention
+//!
+//! The attention *mechanism* of a transformer layer, behind one trait: given per-head queries,
+//! keys and values it returns the per-head context vectors (and, where the mechanism has them,
+//! the attention probabilities). Projections (Q/K/V/O) belong to the model's blocks in
+//! `kiln-model`; this crate owns only what happens between them, so that a pretrained model's
+//! projections stay untouched when one mechanism is swapped for another.
+//!
+//! **Owns:** the [`Attention`] trait, the masks it receives ([`AttentionMask`]), and the
+//! mechanisms themselves (today the exact [`SoftmaxAttention`]; linear variants later).
+//! **Must not touch:** model layout, weight loading, tokenization, training.
+//!
+//! The softmax mechanism calls burn's fused [`burn::tensor::module::attention`] op whenever
+//! the caller does not ask for the probabilities (backends may run a flash kernel there), and
+//! an explicit `softmax(QKᵀ·scale + mask)·V` otherwise, since the fused op never materialises
+//! the probabilities.
+#![warn(missing_docs)]
+
+mod kind;
+mod mask;
+mod softmax;
+
+pub use kind::AttentionKind;
+pub use mask::AttentionMask;
+pub use softmax::SoftmaxAttention;
+
+use burn::prelude::*;
+
+/// Output of an attention mechanism.
+#[derive(Debug, Clone)]
+pub struct AttentionOutput<B: Backend> {
+    /// Per-head context vectors, `[batch, heads, seq_q, head_dim_v]`.
+    pub context: Tensor<B, 4>,
+    /// Attention probabilities `[batch, heads, seq_q, seq_k]`, when requested and when the
+    /// mechanism has them (softmax does; kernelised linear attention does not).
+    pub weights: Option<Tensor<B, 4>>,
+}
+
+/// An attention mechanism: maps per-head `q`, `k`, `v` to per-head context vectors.
+///
+/// Shapes: `q` is `[batch, heads, seq_q, head_dim]`, `k` is `[batch, heads, seq_k, head_dim]`,
+/// `v` is `[batch, heads, seq_k, head_dim_v]`. Queries are *not* pre-scaled: each mechanism
+/// applies its own scaling (softmax uses `head_dim^-1/2`).
+pub trait Attention<B: Backend> {
+    /// Computes the context vectors. When `need_weights` is true and the mechanism has
+    /// attention probabilities, they are returned in [`AttentionOutput::weights`].
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: &AttentionMask<B>,
+        need_weights: bool,
+    ) -> AttentionOutput<B>;
+
+    /// Short, stable name of the mechanism (used in reports and configs).
+    fn name(&self) -> &'static str;
+}

@@ -1,0 +1,190 @@
+//! Tokenization with the model's own `tokenizer.json`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokenizers::{
+    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams,
+    TruncationStrategy,
+};
+
+/// Errors of the data layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// `tokenizer.json` could not be parsed.
+    #[error("invalid tokenizer {path}: {message}")]
+    Tokenizer {
+        /// The file.
+        path: PathBuf,
+        /// What the `tokenizers` crate reported.
+        message: String,
+    },
+    /// Encoding failed.
+    #[error("tokenization failed: {0}")]
+    Encode(String),
+}
+
+/// One input example: a single text or a text pair (JSON: `"text"` or `["a", "b"]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TextInput {
+    /// One segment.
+    Single(String),
+    /// Two segments (`[CLS] a [SEP] b [SEP]` for BERT).
+    Pair(String, String),
+}
+
+impl From<&str> for TextInput {
+    fn from(s: &str) -> Self {
+        Self::Single(s.to_string())
+    }
+}
+
+/// A right-padded batch, row-major `[batch, seq]` (the layout HF tokenizers return).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchEncoding {
+    /// Number of rows.
+    pub batch: usize,
+    /// Padded length.
+    pub seq: usize,
+    /// Token ids.
+    pub input_ids: Vec<i64>,
+    /// Segment ids (0 for the first text, 1 for the second).
+    pub token_type_ids: Vec<i64>,
+    /// 1 at real tokens, 0 at padding.
+    pub attention_mask: Vec<i64>,
+}
+
+impl BatchEncoding {
+    /// Ids of row `i` without padding.
+    pub fn row_ids(&self, i: usize) -> Vec<i64> {
+        let r = i * self.seq..(i + 1) * self.seq;
+        self.input_ids[r.clone()]
+            .iter()
+            .zip(&self.attention_mask[r])
+            .filter(|(_, &m)| m == 1)
+            .map(|(&id, _)| id)
+            .collect()
+    }
+}
+
+/// A Hugging Face tokenizer with explicit truncation (longest-first at `max_length`) and
+/// padding (to the longest sequence of each batch, on the right).
+///
+/// The padding/truncation stored in `tokenizer.json` are replaced: all-MiniLM-L6-v2 ships
+/// fixed padding to 128, which would change batch shapes silently.
+#[derive(Debug, Clone)]
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    max_length: usize,
+}
+
+impl TextTokenizer {
+    /// Reads `tokenizer.json`; truncates at `max_length` tokens (special tokens included).
+    ///
+    /// # Errors
+    /// [`DataError::Io`] or [`DataError::Tokenizer`].
+    pub fn from_file(path: impl AsRef<Path>, max_length: usize) -> Result<Self, DataError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| DataError::Tokenizer {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let (pad_id, pad_type_id, pad_token) = match inner.get_padding() {
+            Some(p) => (p.pad_id, p.pad_type_id, p.pad_token.clone()),
+            None => (0, 0, "[PAD]".to_string()),
+        };
+        inner.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            direction: PaddingDirection::Right,
+            pad_to_multiple_of: None,
+            pad_id,
+            pad_type_id,
+            pad_token,
+        }));
+        inner
+            .with_truncation(Some(TruncationParams {
+                direction: TruncationDirection::Right,
+                max_length,
+                strategy: TruncationStrategy::LongestFirst,
+                stride: 0,
+            }))
+            .map_err(|e| DataError::Tokenizer {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        Ok(Self { inner, max_length })
+    }
+
+    /// Longest sequence produced, special tokens included.
+    pub fn max_length(&self) -> usize {
+        self.max_length
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Id of a token string, if it is in the vocabulary.
+    pub fn token_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    /// Encodes a batch with special tokens, truncation and padding to the batch's longest.
+    ///
+    /// # Errors
+    /// [`DataError::Encode`] if the tokenizer fails.
+    pub fn encode_batch(&self, inputs: &[TextInput]) -> Result<BatchEncoding, DataError> {
+        let inputs: Vec<tokenizers::EncodeInput> = inputs
+            .iter()
+            .map(|t| match t {
+                TextInput::Single(a) => a.as_str().into(),
+                TextInput::Pair(a, b) => (a.as_str(), b.as_str()).into(),
+            })
+            .collect();
+        let encodings = self
+            .inner
+            .encode_batch(inputs, true)
+            .map_err(|e| DataError::Encode(e.to_string()))?;
+        let batch = encodings.len();
+        let seq = encodings.first().map_or(0, |e| e.len());
+        let mut out = BatchEncoding {
+            batch,
+            seq,
+            input_ids: Vec::with_capacity(batch * seq),
+            token_type_ids: Vec::with_capacity(batch * seq),
+            attention_mask: Vec::with_capacity(batch * seq),
+        };
+        for e in &encodings {
+            out.input_ids.extend(e.get_ids().iter().map(|&x| x as i64));
+            out.token_type_ids.extend(e.get_type_ids().iter().map(|&x| x as i64));
+            out.attention_mask
+                .extend(e.get_attention_mask().iter().map(|&x| x as i64));
+        }
+        Ok(out)
+    }
+
+    /// Decodes ids back to text, skipping special tokens.
+    ///
+    /// # Errors
+    /// [`DataError::Encode`] if the decoder fails.
+    pub fn decode(&self, ids: &[i64]) -> Result<String, DataError> {
+        let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
+        self.inner
+            .decode(&ids, true)
+            .map_err(|e| DataError::Encode(e.to_string()))
+    }
+}

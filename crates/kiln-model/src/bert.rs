@@ -1,0 +1,304 @@
+//! BERT-style post-LayerNorm encoder (Devlin et al. 2019), laid out as Hugging Face's
+//! `BertModel` so checkpoint names map one to one (see [`crate::load`]).
+//!
+//! Per layer: `a = LN(x + Dropout(SelfAttn(x) W_O + b_O))`, then
+//! `y = LN(a + Dropout(act(a W_1 + b_1) W_2 + b_2))`.
+
+use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
+use burn::prelude::*;
+use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
+
+use crate::activation::Activation;
+use crate::capture::{Capture, LayerCapture, ModelOutput};
+use crate::config::BertConfig;
+use crate::layers::{embedding, layer_norm, linear, merge_heads, position_ids, split_heads};
+
+const INIT_STD: f64 = 0.02;
+
+/// Word + position + token-type embeddings, then LayerNorm and dropout.
+#[derive(Module, Debug)]
+pub struct BertEmbeddings<B: Backend> {
+    /// Token embeddings `[vocab, hidden]`.
+    pub word_embeddings: Embedding<B>,
+    /// Absolute position embeddings `[max_positions, hidden]`.
+    pub position_embeddings: Embedding<B>,
+    /// Segment embeddings `[type_vocab, hidden]`.
+    pub token_type_embeddings: Embedding<B>,
+    /// LayerNorm over the sum.
+    pub layer_norm: LayerNorm<B>,
+    /// Dropout after the LayerNorm.
+    pub dropout: Dropout,
+}
+
+impl<B: Backend> BertEmbeddings<B> {
+    /// `[batch, seq]` ids → `[batch, seq, hidden]`. `token_type_ids` default to zeros.
+    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, token_type_ids: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
+        let [batch, seq] = input_ids.dims();
+        let device = input_ids.device();
+        let token_type_ids = token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device));
+        let sum = self.word_embeddings.forward(input_ids)
+            + self.position_embeddings.forward(position_ids(batch, seq, 0, &device))
+            + self.token_type_embeddings.forward(token_type_ids);
+        self.dropout.forward(self.layer_norm.forward(sum))
+    }
+}
+
+/// Q/K/V projections around an attention mechanism (HF `attention.self`).
+#[derive(Module, Debug)]
+pub struct BertSelfAttention<B: Backend> {
+    /// Query projection.
+    pub query: Linear<B>,
+    /// Key projection.
+    pub key: Linear<B>,
+    /// Value projection.
+    pub value: Linear<B>,
+    /// The mechanism combining them (softmax for pretrained BERT).
+    pub mechanism: AttentionKind,
+    /// Number of heads.
+    pub num_heads: usize,
+}
+
+/// Output projection + residual + LayerNorm of the attention block (HF `attention.output`).
+#[derive(Module, Debug)]
+pub struct BertSelfOutput<B: Backend> {
+    /// `W_O`, `b_O`.
+    pub dense: Linear<B>,
+    /// LayerNorm after the residual.
+    pub layer_norm: LayerNorm<B>,
+    /// Dropout before the residual.
+    pub dropout: Dropout,
+}
+
+/// The attention block (HF `attention`).
+#[derive(Module, Debug)]
+pub struct BertAttention<B: Backend> {
+    /// Projections and mechanism.
+    pub self_attention: BertSelfAttention<B>,
+    /// Output projection, residual, LayerNorm.
+    pub output: BertSelfOutput<B>,
+}
+
+/// First FFN projection + activation (HF `intermediate`).
+#[derive(Module, Debug)]
+pub struct BertIntermediate<B: Backend> {
+    /// `W_1`, `b_1`.
+    pub dense: Linear<B>,
+    /// Activation.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+/// Second FFN projection + residual + LayerNorm (HF `output`).
+#[derive(Module, Debug)]
+pub struct BertOutput<B: Backend> {
+    /// `W_2`, `b_2`.
+    pub dense: Linear<B>,
+    /// LayerNorm after the residual.
+    pub layer_norm: LayerNorm<B>,
+    /// Dropout before the residual.
+    pub dropout: Dropout,
+}
+
+/// One encoder layer.
+#[derive(Module, Debug)]
+pub struct BertLayer<B: Backend> {
+    /// Attention block.
+    pub attention: BertAttention<B>,
+    /// FFN first half.
+    pub intermediate: BertIntermediate<B>,
+    /// FFN second half.
+    pub output: BertOutput<B>,
+}
+
+/// The layer stack (HF `encoder`; the field is named `layer` as in HF checkpoints).
+#[derive(Module, Debug)]
+pub struct BertEncoder<B: Backend> {
+    /// Layers, bottom first.
+    pub layer: Vec<BertLayer<B>>,
+}
+
+/// `tanh(W h_[CLS] + b)` (HF `pooler`).
+#[derive(Module, Debug)]
+pub struct BertPooler<B: Backend> {
+    /// Dense layer.
+    pub dense: Linear<B>,
+}
+
+impl<B: Backend> BertPooler<B> {
+    /// `[batch, seq, hidden]` → `[batch, hidden]` from the first token.
+    pub fn forward(&self, hidden: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [batch, _, width] = hidden.dims();
+        let cls = hidden.slice([0..batch, 0..1]).reshape([batch, width]);
+        self.dense.forward(cls).tanh()
+    }
+}
+
+/// A BERT encoder with an optional pooler.
+#[derive(Module, Debug)]
+pub struct BertModel<B: Backend> {
+    /// Embedding layer.
+    pub embeddings: BertEmbeddings<B>,
+    /// Encoder layers.
+    pub encoder: BertEncoder<B>,
+    /// Pooler (present in most BERT checkpoints; sentence-transformers models ignore it).
+    pub pooler: Option<BertPooler<B>>,
+}
+
+impl<B: Backend> BertLayer<B> {
+    fn new(config: &BertConfig, device: &B::Device) -> Self {
+        let h = config.hidden_size;
+        let dropout = || DropoutConfig::new(config.hidden_dropout_prob).init();
+        Self {
+            attention: BertAttention {
+                self_attention: BertSelfAttention {
+                    query: linear(h, h, INIT_STD, device),
+                    key: linear(h, h, INIT_STD, device),
+                    value: linear(h, h, INIT_STD, device),
+                    mechanism: AttentionKind::Softmax(SoftmaxAttention::new(config.attention_probs_dropout_prob)),
+                    num_heads: config.num_attention_heads,
+                },
+                output: BertSelfOutput {
+                    dense: linear(h, h, INIT_STD, device),
+                    layer_norm: layer_norm(h, config.layer_norm_eps, device),
+                    dropout: dropout(),
+                },
+            },
+            intermediate: BertIntermediate {
+                dense: linear(h, config.intermediate_size, INIT_STD, device),
+                activation: config.hidden_act,
+            },
+            output: BertOutput {
+                dense: linear(config.intermediate_size, h, INIT_STD, device),
+                layer_norm: layer_norm(h, config.layer_norm_eps, device),
+                dropout: dropout(),
+            },
+        }
+    }
+
+    /// One layer on `[batch, seq, hidden]`, recording into `capture` what is asked.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        mask: &AttentionMask<B>,
+        capture: Capture,
+    ) -> (Tensor<B, 3>, LayerCapture<B>) {
+        let mut rec = LayerCapture::empty();
+        if capture.block_input {
+            rec.block_input = Some(x.clone());
+        }
+        let sa = &self.attention.self_attention;
+        let heads = sa.num_heads;
+        let q = split_heads(sa.query.forward(x.clone()), heads);
+        let k = split_heads(sa.key.forward(x.clone()), heads);
+        let v = split_heads(sa.value.forward(x.clone()), heads);
+        if capture.values {
+            rec.values = Some(v.clone());
+        }
+        let out = sa.mechanism.attend(q, k, v, mask, capture.attention_probs);
+        rec.attention_probs = out.weights;
+        let attn_out = self
+            .attention
+            .output
+            .dropout
+            .forward(self.attention.output.dense.forward(merge_heads(out.context)));
+        if capture.attention_output {
+            rec.attention_output = Some(attn_out.clone());
+        }
+        let sum = attn_out + x;
+        if capture.pre_ln_sum {
+            rec.pre_ln_sum = Some(sum.clone());
+        }
+        let a = self.attention.output.layer_norm.forward(sum);
+        let inner = self
+            .intermediate
+            .activation
+            .forward(self.intermediate.dense.forward(a.clone()));
+        let ffn = self.output.dropout.forward(self.output.dense.forward(inner));
+        (self.output.layer_norm.forward(ffn + a), rec)
+    }
+}
+
+impl<B: Backend> BertModel<B> {
+    /// A randomly initialised model (HF initialisation: `N(0, 0.02²)` weights, zero biases,
+    /// unit LayerNorms).
+    pub fn new(config: &BertConfig, with_pooler: bool, device: &B::Device) -> Self {
+        let h = config.hidden_size;
+        Self {
+            embeddings: BertEmbeddings {
+                word_embeddings: embedding(config.vocab_size, h, INIT_STD, device),
+                position_embeddings: embedding(config.max_position_embeddings, h, INIT_STD, device),
+                token_type_embeddings: embedding(config.type_vocab_size, h, INIT_STD, device),
+                layer_norm: layer_norm(h, config.layer_norm_eps, device),
+                dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
+            },
+            encoder: BertEncoder {
+                layer: (0..config.num_hidden_layers)
+                    .map(|_| BertLayer::new(config, device))
+                    .collect(),
+            },
+            pooler: with_pooler.then(|| BertPooler {
+                dense: linear(h, h, INIT_STD, device),
+            }),
+        }
+    }
+
+    /// Number of encoder layers.
+    pub fn num_layers(&self) -> usize {
+        self.encoder.layer.len()
+    }
+
+    /// Embedding-layer output `[batch, seq, hidden]` (HF `hidden_states[0]`).
+    ///
+    /// To attribute to the embeddings (gradient × input, integrated gradients), detach this
+    /// tensor, mark it `require_grad()`, and pass it to [`BertModel::encode`]: burn keeps no
+    /// gradient of intermediate tensors, but a leaf's gradient is reachable.
+    pub fn embed(&self, input_ids: Tensor<B, 2, Int>, token_type_ids: Option<Tensor<B, 2, Int>>) -> Tensor<B, 3> {
+        self.embeddings.forward(input_ids, token_type_ids)
+    }
+
+    /// Runs the encoder layers on embeddings `[batch, seq, hidden]`; `attention_mask` is
+    /// `[batch, seq]` with 1 at real tokens (all real when `None`).
+    pub fn encode(
+        &self,
+        embeddings: Tensor<B, 3>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        capture: Capture,
+    ) -> ModelOutput<B> {
+        let mask = attention_mask
+            .map(AttentionMask::from_attention_mask)
+            .unwrap_or_else(AttentionMask::none);
+        let mut hidden_states = Vec::new();
+        let mut layers = Vec::new();
+        let mut x = embeddings;
+        for layer in &self.encoder.layer {
+            if capture.hidden_states {
+                hidden_states.push(x.clone());
+            }
+            let (y, rec) = layer.forward(x, &mask, capture);
+            if capture.any_layer() {
+                layers.push(rec);
+            }
+            x = y;
+        }
+        if capture.hidden_states {
+            hidden_states.push(x.clone());
+        }
+        ModelOutput {
+            last_hidden_state: x,
+            hidden_states,
+            layers,
+        }
+    }
+
+    /// Embeddings then encoder: `[batch, seq]` ids → [`ModelOutput`].
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        token_type_ids: Option<Tensor<B, 2, Int>>,
+        attention_mask: Option<Tensor<B, 2, Int>>,
+        capture: Capture,
+    ) -> ModelOutput<B> {
+        let embeddings = self.embed(input_ids, token_type_ids);
+        self.encode(embeddings, attention_mask, capture)
+    }
+}

@@ -1,0 +1,95 @@
+//! Typed errors of model configuration and checkpoint loading.
+
+use std::path::PathBuf;
+
+/// A tensor whose shape in the checkpoint differs from what the model expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShapeMismatch {
+    /// Checkpoint (Hugging Face) name of the tensor.
+    pub name: String,
+    /// Shape the model expects.
+    pub expected: Vec<usize>,
+    /// Shape found in the checkpoint.
+    pub found: Vec<usize>,
+}
+
+/// Errors raised while reading a configuration or loading a checkpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Underlying I/O error.
+        source: std::io::Error,
+    },
+    /// `config.json` is not valid JSON or lacks a required field.
+    #[error("invalid model config {path}: {message}")]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, e.g. "missing field `hidden_size` at line 3 column 1".
+        message: String,
+    },
+    /// The config parsed but describes a model kiln cannot build.
+    #[error("unsupported model config: {0}")]
+    Unsupported(String),
+    /// The safetensors file is malformed (truncated, bad header, ...).
+    #[error("cannot read checkpoint {path}: {message}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// What the safetensors reader reported.
+        message: String,
+    },
+    /// The checkpoint's tensors do not match the model built from the config.
+    #[error("checkpoint {path} does not match the model: {}", describe_mismatch(.missing, .unexpected, .wrong_shape, .other))]
+    Mismatch {
+        /// The file.
+        path: PathBuf,
+        /// Tensors the model needs that the checkpoint lacks (checkpoint names).
+        missing: Vec<String>,
+        /// Tensors in the checkpoint that the model has no place for (checkpoint names).
+        unexpected: Vec<String>,
+        /// Tensors present with the wrong shape.
+        wrong_shape: Vec<ShapeMismatch>,
+        /// Any other per-tensor error (dtype, adapter) as reported by burn-store.
+        other: Vec<String>,
+    },
+}
+
+fn describe_mismatch(
+    missing: &[String],
+    unexpected: &[String],
+    wrong_shape: &[ShapeMismatch],
+    other: &[String],
+) -> String {
+    let mut parts = Vec::new();
+    let list = |v: &[String]| {
+        let shown: Vec<&str> = v.iter().take(8).map(String::as_str).collect();
+        let more = v.len().saturating_sub(8);
+        if more > 0 {
+            format!("{} (+{more} more)", shown.join(", "))
+        } else {
+            shown.join(", ")
+        }
+    };
+    if !missing.is_empty() {
+        parts.push(format!("{} missing: {}", missing.len(), list(missing)));
+    }
+    if !wrong_shape.is_empty() {
+        let shapes: Vec<String> = wrong_shape
+            .iter()
+            .map(|m| format!("{} expected {:?} found {:?}", m.name, m.expected, m.found))
+            .collect();
+        parts.push(format!("{} wrong shape: {}", shapes.len(), list(&shapes)));
+    }
+    if !unexpected.is_empty() {
+        parts.push(format!("{} unexpected: {}", unexpected.len(), list(unexpected)));
+    }
+    if !other.is_empty() {
+        parts.push(format!("{} other: {}", other.len(), list(other)));
+    }
+    parts.join("; ")
+}

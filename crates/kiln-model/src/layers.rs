@@ -1,0 +1,47 @@
+//! Small building blocks shared by the model families: HF-style initialisation and the
+//! head split/merge of multi-head attention.
+
+use burn::module::Param;
+use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+/// A linear layer initialised as Hugging Face does: weights `N(0, std²)`, bias zero.
+/// Weight layout is burn's `[d_in, d_out]`.
+pub fn linear<B: Backend>(d_in: usize, d_out: usize, std: f64, device: &B::Device) -> Linear<B> {
+    Linear {
+        weight: Param::from_tensor(Tensor::random([d_in, d_out], Distribution::Normal(0.0, std), device)),
+        bias: Some(Param::from_tensor(Tensor::zeros([d_out], device))),
+    }
+}
+
+/// An embedding table initialised `N(0, std²)`.
+pub fn embedding<B: Backend>(n: usize, d: usize, std: f64, device: &B::Device) -> Embedding<B> {
+    Embedding {
+        weight: Param::from_tensor(Tensor::random([n, d], Distribution::Normal(0.0, std), device)),
+    }
+}
+
+/// LayerNorm with γ = 1, β = 0 and the model's epsilon.
+pub fn layer_norm<B: Backend>(d: usize, eps: f64, device: &B::Device) -> LayerNorm<B> {
+    LayerNormConfig::new(d).with_epsilon(eps).init(device)
+}
+
+/// `[batch, seq, heads·head_dim]` → `[batch, heads, seq, head_dim]`.
+pub fn split_heads<B: Backend>(x: Tensor<B, 3>, heads: usize) -> Tensor<B, 4> {
+    let [batch, seq, width] = x.dims();
+    x.reshape([batch, seq, heads, width / heads]).swap_dims(1, 2)
+}
+
+/// `[batch, heads, seq, head_dim]` → `[batch, seq, heads·head_dim]`.
+pub fn merge_heads<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
+}
+
+/// Position ids `0..seq` broadcast over the batch, `[batch, seq]`, starting at `offset`.
+pub fn position_ids<B: Backend>(batch: usize, seq: usize, offset: usize, device: &B::Device) -> Tensor<B, 2, Int> {
+    Tensor::<B, 1, Int>::arange(offset as i64..(offset + seq) as i64, device)
+        .reshape([1, seq])
+        .expand([batch, seq])
+}

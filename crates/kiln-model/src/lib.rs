@@ -1,0 +1,39 @@
+//! # kiln-model
+//!
+//! The transformer core of kiln: model configurations read from Hugging Face `config.json`,
+//! a BERT-style post-LN encoder ([`BertModel`]) and a GPT-2 pre-LN causal decoder
+//! ([`Gpt2Model`]) whose parameter trees mirror HF's so checkpoints load by name, mean
+//! pooling for sentence embeddings, and opt-in [`Capture`] of intermediate tensors for
+//! analysis. Every model is generic over `B: Backend`.
+//!
+//! **Owns:** configs, embeddings, blocks, pooling, checkpoint loading, capture points.
+//! **Must not touch:** the attention mechanism itself (`kiln-attention`: blocks only call
+//! the [`kiln_attention::Attention`] trait), tokenization and datasets (`kiln-data`),
+//! training (`kiln-tune`), analyses (`kiln-lens`).
+//!
+//! Written here rather than taken from burn: burn's `gelu` backward is the tanh
+//! approximation's derivative ([`activation::gelu_exact`] composes `erf` instead), and
+//! burn-nn's `TransformerEncoder` is pre/post-LN configurable but lays parameters out
+//! differently from HF and exposes no capture points. Loading uses burn-store's safetensors
+//! store with key remapping ([`load`]).
+#![warn(missing_docs)]
+
+pub mod activation;
+pub mod bert;
+pub mod capture;
+pub mod config;
+pub mod error;
+pub mod gpt2;
+pub mod hub;
+pub mod layers;
+pub mod load;
+pub mod parity;
+pub mod pooling;
+
+pub use bert::BertModel;
+pub use capture::{Capture, LayerCapture, ModelOutput};
+pub use config::{BertConfig, GptConfig};
+pub use error::{ModelError, ShapeMismatch};
+pub use gpt2::Gpt2Model;
+pub use load::{load_bert_weights, load_gpt2_weights, CheckpointDir, LoadReport};
+pub use pooling::{l2_normalize, mean_pool, sentence_embedding};

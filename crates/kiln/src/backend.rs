@@ -1,0 +1,133 @@
+//! Backend selection at the edge of a program.
+//!
+//! Library code is generic over `B: Backend`; a binary picks a [`DeviceKind`] (e.g. from a
+//! `--device cpu|wgpu|cuda` flag) and hands a [`BackendJob`] to [`run_on`], which
+//! instantiates the job for the matching backend type. Adding a backend is one feature, one
+//! alias and one match arm here.
+//!
+//! The CPU default is NdArray (+SIMD): on the 2-core development machine its square matmul
+//! ran at ~115 GFLOP/s versus 40–70 for Flex (see `docs/backends.md`, measured with
+//! `cargo xtask bench matmul`).
+
+use burn::tensor::backend::AutodiffBackend;
+
+/// The default CPU backend (`ndarray` feature, the default).
+#[cfg(feature = "ndarray")]
+pub type Cpu = burn::backend::NdArray<f32>;
+/// The default CPU backend (`flex` feature without `ndarray`).
+#[cfg(all(feature = "flex", not(feature = "ndarray")))]
+pub type Cpu = burn::backend::Flex;
+
+/// Flex, burn's portable CPU backend (`flex` feature).
+#[cfg(feature = "flex")]
+pub type Flex = burn::backend::Flex;
+/// NdArray (`ndarray` feature).
+#[cfg(feature = "ndarray")]
+pub type NdArray = burn::backend::NdArray<f32>;
+/// WGPU (Vulkan/Metal/DX12; `wgpu` feature).
+#[cfg(feature = "wgpu")]
+pub type Wgpu = burn::backend::Wgpu;
+/// CUDA through CubeCL, kernels compiled with NVRTC at run time (`cuda` feature).
+#[cfg(feature = "cuda")]
+pub type Cuda = burn::backend::Cuda;
+
+/// Which device family to run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeviceKind {
+    /// The default CPU backend ([`Cpu`]).
+    #[default]
+    Cpu,
+    /// Flex explicitly (needs the `flex` feature).
+    Flex,
+    /// WGPU (needs the `wgpu` feature).
+    Wgpu,
+    /// CUDA (needs the `cuda` feature).
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = BackendError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" => Ok(Self::Cpu),
+            "flex" => Ok(Self::Flex),
+            "wgpu" | "gpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(BackendError::Unknown(other.to_string())),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Cpu => "cpu",
+            Self::Flex => "flex",
+            Self::Wgpu => "wgpu",
+            Self::Cuda => "cuda",
+        })
+    }
+}
+
+/// Errors of backend selection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BackendError {
+    /// The name is not a device kind.
+    Unknown(String),
+    /// The backend exists but this binary was built without its feature.
+    NotCompiled(DeviceKind, &'static str),
+}
+
+impl std::fmt::Display for BackendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unknown(s) => {
+                write!(f, "unknown device {s:?} (expected cpu, flex, wgpu or cuda)")
+            }
+            Self::NotCompiled(kind, feature) => {
+                write!(f, "device {kind} needs kiln built with `--features {feature}`")
+            }
+        }
+    }
+}
+
+impl std::error::Error for BackendError {}
+
+/// Work that can run on any autodiff backend. Implement it once; [`run_on`] picks the type.
+pub trait BackendJob {
+    /// What the job returns.
+    type Output;
+    /// Runs on backend `B` (an autodiff decorator over the chosen backend) and `device`.
+    fn run<B: AutodiffBackend>(self, device: B::Device, kind: DeviceKind) -> Self::Output;
+}
+
+/// Runs `job` on the backend named by `kind`.
+///
+/// # Errors
+/// [`BackendError::NotCompiled`] when the backend's feature is off.
+#[allow(unreachable_code, unused_variables)]
+pub fn run_on<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output, BackendError> {
+    use burn::backend::Autodiff;
+    match kind {
+        DeviceKind::Cpu => {
+            #[cfg(any(feature = "ndarray", feature = "flex"))]
+            return Ok(job.run::<Autodiff<Cpu>>(Default::default(), kind));
+            Err(BackendError::NotCompiled(kind, "ndarray"))
+        }
+        DeviceKind::Flex => {
+            #[cfg(feature = "flex")]
+            return Ok(job.run::<Autodiff<Flex>>(Default::default(), kind));
+            Err(BackendError::NotCompiled(kind, "flex"))
+        }
+        DeviceKind::Wgpu => {
+            #[cfg(feature = "wgpu")]
+            return Ok(job.run::<Autodiff<Wgpu>>(Default::default(), kind));
+            Err(BackendError::NotCompiled(kind, "wgpu"))
+        }
+        DeviceKind::Cuda => {
+            #[cfg(feature = "cuda")]
+            return Ok(job.run::<Autodiff<Cuda>>(Default::default(), kind));
+            Err(BackendError::NotCompiled(kind, "cuda"))
+        }
+    }
+}
