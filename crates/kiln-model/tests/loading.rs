@@ -1,0 +1,173 @@
+//! Bad checkpoints and configs give typed errors that name what is wrong, never a panic.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use burn::backend::NdArray;
+use kiln_model::{load_gpt2_weights, BertConfig, BertModel, Gpt2Model, GptConfig, ModelError};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+
+type B = NdArray<f32>;
+
+/// The tiny GPT-2 checkpoint's tensors as (name → (shape, f32 bytes)).
+fn gpt2_tensors() -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(common::shared().join("reference/gpt2-tiny/model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| (n, (v.shape().to_vec(), v.data().to_vec())))
+        .collect()
+}
+
+fn write(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<u8>)>) {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(n, (s, d))| (n.clone(), TensorView::new(Dtype::F32, s.clone(), d).unwrap()))
+        .collect();
+    safetensors::serialize_to_file(views, None, path).unwrap();
+}
+
+fn load_modified(modify: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<u8>)>)) -> Result<(), ModelError> {
+    let config = GptConfig::from_file(common::shared().join("reference/gpt2-tiny/config.json")).unwrap();
+    let mut tensors = gpt2_tensors();
+    modify(&mut tensors);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    write(&path, &tensors);
+    let mut model = Gpt2Model::<B>::new(&config, &Default::default());
+    load_gpt2_weights(&mut model, &path).map(|_| ())
+}
+
+#[test]
+fn unmodified_copy_loads() {
+    load_modified(|_| {}).unwrap();
+}
+
+#[test]
+fn missing_tensor_is_listed_by_checkpoint_name() {
+    let err = load_modified(|t| {
+        t.remove("transformer.h.1.mlp.c_fc.weight");
+    })
+    .unwrap_err();
+    match &err {
+        ModelError::Mismatch {
+            missing,
+            unexpected,
+            wrong_shape,
+            ..
+        } => {
+            assert_eq!(missing, &vec!["h.1.mlp.c_fc.weight".to_string()]);
+            assert!(unexpected.is_empty() && wrong_shape.is_empty());
+        }
+        e => panic!("expected Mismatch, got {e:?}"),
+    }
+    assert!(err.to_string().contains("1 missing: h.1.mlp.c_fc.weight"), "{err}");
+}
+
+#[test]
+fn wrong_shape_is_reported_with_both_shapes() {
+    let err = load_modified(|t| {
+        // [64, 256] → [32, 256]: same dtype, half the rows.
+        let (shape, data) = t.get_mut("transformer.h.0.mlp.c_fc.weight").unwrap();
+        *shape = vec![32, 256];
+        data.truncate(32 * 256 * 4);
+    })
+    .unwrap_err();
+    match err {
+        ModelError::Mismatch { wrong_shape, .. } => {
+            assert_eq!(wrong_shape.len(), 1, "{wrong_shape:?}");
+            assert_eq!(wrong_shape[0].name, "h.0.mlp.c_fc.weight");
+            assert_eq!(
+                (wrong_shape[0].expected.clone(), wrong_shape[0].found.clone()),
+                (vec![64, 256], vec![32, 256])
+            );
+        }
+        e => panic!("expected Mismatch, got {e:?}"),
+    }
+}
+
+#[test]
+fn unexpected_tensor_is_an_error_but_known_buffers_are_ignored() {
+    let err = load_modified(|t| {
+        t.insert("transformer.h.0.attn.q_norm.weight".into(), (vec![4], vec![0; 16]));
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, ModelError::Mismatch { unexpected, .. } if unexpected == &vec!["h.0.attn.q_norm.weight".to_string()]),
+        "{err:?}"
+    );
+    // Old GPT-2 exports carry causal-mask buffers and an lm_head copy: fine to ignore.
+    load_modified(|t| {
+        t.insert("transformer.h.0.attn.bias".into(), (vec![1, 1, 2, 2], vec![0; 16]));
+        t.insert("lm_head.weight".into(), (vec![4], vec![0; 16]));
+    })
+    .unwrap();
+}
+
+#[test]
+fn truncated_file_is_a_checkpoint_error() {
+    let bytes = std::fs::read(common::shared().join("reference/gpt2-tiny/model.safetensors")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    for cut in [4, 100, bytes.len() / 2, bytes.len() - 1] {
+        std::fs::write(&path, &bytes[..cut]).unwrap();
+        let config = GptConfig::from_file(common::shared().join("reference/gpt2-tiny/config.json")).unwrap();
+        let mut model = Gpt2Model::<B>::new(&config, &Default::default());
+        let err = load_gpt2_weights(&mut model, &path).unwrap_err();
+        assert!(matches!(err, ModelError::Checkpoint { .. }), "cut at {cut}: {err:?}");
+        assert!(err.to_string().contains("model.safetensors"), "{err}");
+    }
+}
+
+#[test]
+fn missing_files_are_io_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = BertModel::<B>::from_pretrained(dir.path(), false, &Default::default()).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Io { .. }) && err.to_string().contains("config.json"),
+        "{err}"
+    );
+}
+
+#[test]
+fn malformed_config_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("config.json"), r#"{"vocab_size": "many"}"#).unwrap();
+    let err = BertConfig::from_file(dir.path().join("config.json")).unwrap_err();
+    assert!(
+        matches!(err, ModelError::Config { .. }) && err.to_string().contains("invalid type"),
+        "{err}"
+    );
+}
+
+#[test]
+fn bert_without_pooler_in_checkpoint_but_requested_reports_pooler_missing() {
+    // Write a MiniLM copy without its pooler, then ask for a pooler.
+    let dir = tempfile::tempdir().unwrap();
+    let src = common::minilm_dir();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let kept: Vec<(String, TensorView)> = st
+        .tensors()
+        .into_iter()
+        .filter(|(n, _)| !n.starts_with("pooler."))
+        .collect();
+    safetensors::serialize_to_file(kept, None, &dir.path().join("model.safetensors")).unwrap();
+    let err = BertModel::<B>::from_pretrained(dir.path(), true, &Default::default()).unwrap_err();
+    match err {
+        ModelError::Mismatch { mut missing, .. } => {
+            missing.sort();
+            assert_eq!(
+                missing,
+                vec!["pooler.dense.bias".to_string(), "pooler.dense.weight".to_string()]
+            );
+        }
+        e => panic!("expected Mismatch, got {e:?}"),
+    }
+    // Without a pooler the same file loads.
+    BertModel::<B>::from_pretrained(dir.path(), false, &Default::default()).unwrap();
+}
