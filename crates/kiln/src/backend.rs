@@ -18,6 +18,13 @@ pub type Cpu = burn::backend::NdArray<f32>;
 #[cfg(all(feature = "flex", not(feature = "ndarray")))]
 pub type Cpu = burn::backend::Flex;
 
+/// Name of the default CPU backend.
+#[cfg(feature = "ndarray")]
+pub const CPU_NAME: &str = "ndarray";
+/// Name of the default CPU backend.
+#[cfg(all(feature = "flex", not(feature = "ndarray")))]
+pub const CPU_NAME: &str = "flex";
+
 /// Flex, burn's portable CPU backend (`flex` feature).
 #[cfg(feature = "flex")]
 pub type Flex = burn::backend::Flex;
