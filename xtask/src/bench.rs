@@ -38,3 +38,184 @@ impl BackendJob for MatmulJob {
             .collect()
     }
 }
+
+/// MiniLM forward throughput at one batch shape (`cargo xtask bench minilm`).
+pub struct MinilmForwardJob {
+    pub model: Option<std::path::PathBuf>,
+    /// Also run the backward pass of `mean(last_hidden_state²)` (a training step's cost
+    /// without the optimizer).
+    pub backward: bool,
+    pub batch: usize,
+    pub seq: usize,
+    pub iters: usize,
+}
+
+/// Seconds per forward pass: median of `iters` runs after one warm-up.
+impl BackendJob for MinilmForwardJob {
+    type Output = anyhow::Result<f64>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        use kiln::model::{BertModel, Capture};
+        if self.backward {
+            let model = match &self.model {
+                Some(dir) => BertModel::<B>::from_pretrained(dir, false, &device)?.0,
+                None => BertModel::<B>::new(&minilm_shaped_config(), false, &device),
+            };
+            let ids =
+                Tensor::<B, 2>::random([self.batch, self.seq], Distribution::Uniform(1000.0, 29000.0), &device).int();
+            let mask = Tensor::<B, 2, Int>::ones([self.batch, self.seq], &device);
+            let run = || {
+                let h = model
+                    .forward(ids.clone(), None, Some(mask.clone()), Capture::none())
+                    .last_hidden_state;
+                let grads = h.powi_scalar(2).mean().backward();
+                drop(grads);
+            };
+            return Ok(median_time(run, self.iters));
+        }
+        let model = match &self.model {
+            Some(dir) => BertModel::<I<B>>::from_pretrained(dir, false, &device)?.0,
+            None => BertModel::<I<B>>::new(&minilm_shaped_config(), false, &device),
+        };
+        let ids =
+            Tensor::<I<B>, 2>::random([self.batch, self.seq], Distribution::Uniform(1000.0, 29000.0), &device).int();
+        let mask = Tensor::<I<B>, 2, Int>::ones([self.batch, self.seq], &device);
+        let run = || {
+            drop(
+                model
+                    .forward(ids.clone(), None, Some(mask.clone()), Capture::none())
+                    .last_hidden_state
+                    .into_data(),
+            )
+        };
+        Ok(median_time(run, self.iters))
+    }
+}
+
+/// Median wall time of `iters` calls after one warm-up.
+fn median_time(run: impl Fn(), iters: usize) -> f64 {
+    run();
+    let mut times: Vec<f64> = (0..iters.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            run();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// all-MiniLM-L6-v2's shape (for random-weight timing when the model is absent).
+pub fn minilm_shaped_config() -> kiln::model::BertConfig {
+    serde_json::from_value(serde_json::json!({
+        "vocab_size": 30522, "hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12,
+        "intermediate_size": 1536, "max_position_embeddings": 512
+    }))
+    .expect("valid config")
+}
+
+/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Wall time of the operations of one MiniLM layer at `[batch, seq]` (`cargo xtask bench ops`):
+/// where the forward pass spends its time.
+pub struct OpsJob {
+    pub batch: usize,
+    pub seq: usize,
+    pub iters: usize,
+}
+
+impl BackendJob for OpsJob {
+    type Output = Vec<(&'static str, f64)>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        use kiln::attention::{Attention, AttentionKind, AttentionMask};
+        use kiln::burn::tensor::activation::softmax;
+        use kiln::model::activation::gelu_exact;
+        use kiln::model::layers::{layer_norm, linear, linear_tokens};
+        let (b, s, h, heads, ff) = (self.batch, self.seq, 384, 12, 1536);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<I<B>, 3>::random([b, s, h], normal, &device);
+        let inner = Tensor::<I<B>, 3>::random([b, s, ff], normal, &device);
+        let q = Tensor::<I<B>, 4>::random([b, heads, s, h / heads], normal, &device);
+        let scores = Tensor::<I<B>, 4>::random([b, heads, s, s], normal, &device);
+        let lin_h = linear::<I<B>>(h, h, 0.02, &device);
+        let lin_ff = linear::<I<B>>(h, ff, 0.02, &device);
+        let ln = layer_norm::<I<B>>(h, 1e-12, &device);
+        let mask = AttentionMask::<I<B>>::from_attention_mask(Tensor::ones([b, s], &device));
+        let mech = AttentionKind::default();
+        let time = |f: &dyn Fn()| {
+            f();
+            let t = Instant::now();
+            for _ in 0..self.iters.max(1) {
+                f();
+            }
+            t.elapsed().as_secs_f64() / self.iters.max(1) as f64
+        };
+        vec![
+            (
+                "linear h->h (x4/layer)",
+                time(&|| drop(linear_tokens(&lin_h, x.clone()).into_data())),
+            ),
+            (
+                "linear h->4h (x2/layer)",
+                time(&|| drop(linear_tokens(&lin_ff, x.clone()).into_data())),
+            ),
+            (
+                "linear h->4h, 3-D input",
+                time(&|| drop(lin_ff.forward(x.clone()).into_data())),
+            ),
+            (
+                "gelu_exact [b,s,4h]",
+                time(&|| drop(gelu_exact(inner.clone()).into_data())),
+            ),
+            ("erf [b,s,4h]", time(&|| drop(inner.clone().erf().into_data()))),
+            (
+                "layer_norm [b,s,h] (x2)",
+                time(&|| drop(ln.forward(x.clone()).into_data())),
+            ),
+            (
+                "softmax [b,H,s,s]",
+                time(&|| drop(softmax(scores.clone(), 3).into_data())),
+            ),
+            (
+                "attention fused",
+                time(&|| {
+                    drop(
+                        mech.attend(q.clone(), q.clone(), q.clone(), &mask, false)
+                            .context
+                            .into_data(),
+                    )
+                }),
+            ),
+            (
+                "attention explicit",
+                time(&|| {
+                    drop(
+                        mech.attend(q.clone(), q.clone(), q.clone(), &mask, true)
+                            .context
+                            .into_data(),
+                    )
+                }),
+            ),
+            ("add [b,s,h]", time(&|| drop((x.clone() + x.clone()).into_data()))),
+            (
+                "swap_dims+reshape [b,s,h]",
+                time(&|| drop(x.clone().reshape([b, s, heads, h / heads]).swap_dims(1, 2).into_data())),
+            ),
+        ]
+    }
+}

@@ -37,17 +37,24 @@ impl BackendJob for DemoJob {
         let (model, config) = BertModel::<I<B>>::from_pretrained(&self.model, false, &device)?;
         tracing::info!(layers = config.num_hidden_layers, hidden = config.hidden_size, elapsed = ?start.elapsed(), device = %kind, "model loaded");
         let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), 256)?;
-        let bar = ProgressBar::new(self.sentences.len() as u64)
-            .with_style(ProgressStyle::with_template("{spinner} embedding [{bar:30}] {pos}/{len} sentences {elapsed}")?.progress_chars("=> "));
+        let bar = ProgressBar::new(self.sentences.len() as u64).with_style(
+            ProgressStyle::with_template("{spinner} embedding [{bar:30}] {pos}/{len} sentences {elapsed}")?
+                .progress_chars("=> "),
+        );
         let mut embeddings: Vec<Vec<f32>> = Vec::new();
         for chunk in self.sentences.chunks(self.batch_size.max(1)) {
             let inputs: Vec<TextInput> = chunk.iter().map(|s| TextInput::Single(s.clone())).collect();
             let enc = tok.encode_batch(&inputs)?;
             let ids = Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.input_ids, [enc.batch, enc.seq]), &device);
-            let types = Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.token_type_ids, [enc.batch, enc.seq]), &device);
-            let mask = Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.attention_mask, [enc.batch, enc.seq]), &device);
+            let types =
+                Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.token_type_ids, [enc.batch, enc.seq]), &device);
+            let mask =
+                Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.attention_mask, [enc.batch, enc.seq]), &device);
             let out = model.forward(ids, Some(types), Some(mask.clone()), Capture::none());
-            let emb = sentence_embedding(out.last_hidden_state, mask).into_data().convert::<f32>().to_vec::<f32>()?;
+            let emb = sentence_embedding(out.last_hidden_state, mask)
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()?;
             let width = config.hidden_size;
             embeddings.extend(emb.chunks(width).map(<[f32]>::to_vec));
             bar.inc(chunk.len() as u64);
@@ -60,7 +67,15 @@ impl BackendJob for DemoJob {
 
 /// Cosine similarity matrix of unit vectors (their dot products).
 pub fn similarity(embeddings: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    embeddings.iter().map(|a| embeddings.iter().map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum()).collect()).collect()
+    embeddings
+        .iter()
+        .map(|a| {
+            embeddings
+                .iter()
+                .map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum())
+                .collect()
+        })
+        .collect()
 }
 
 pub fn print_similarity(sentences: &[String], sim: &[Vec<f32>]) {

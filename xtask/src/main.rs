@@ -14,7 +14,10 @@ use kiln::model::hub::DEFAULT_MODEL_ID;
 use kiln::model::parity::Tolerances;
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "kiln: train, convert and look inside transformer language models")]
+#[command(
+    name = "xtask",
+    about = "kiln: train, convert and look inside transformer language models"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +30,7 @@ enum Command {
         /// Model directory (else KILN_MODEL_DIR, the HF cache, kiln's cache, shared/; fetched if absent).
         #[arg(long)]
         model: Option<PathBuf>,
-        /// Device: cpu, flex, wgpu or cuda.
+        /// Device: cpu (Flex), flex, ndarray, wgpu or cuda.
         #[arg(long, default_value = "cpu")]
         device: DeviceKind,
         /// Sentences to embed (default: a built-in set).
@@ -74,12 +77,42 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchCommand {
-    /// Square-matmul GFLOP/s of each compiled CPU backend (build with --features flex to compare).
+    /// Square-matmul GFLOP/s of each compiled CPU backend (build with --features ndarray to compare).
     Matmul {
         #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048")]
         sizes: Vec<usize>,
         #[arg(long, default_value_t = 5)]
         repeats: usize,
+    },
+    /// Wall time of each operation of a MiniLM layer (where the forward pass goes).
+    Ops {
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+    },
+    /// MiniLM forward throughput; one JSON object per line with --json.
+    Minilm {
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+        #[arg(long, default_value_t = 32)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        seq: usize,
+        #[arg(long, default_value_t = 5)]
+        iters: usize,
+        /// Model directory (random weights of MiniLM's shape when absent and not found).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Time forward + backward instead of forward only.
+        #[arg(long)]
+        backward: bool,
     },
 }
 
@@ -89,19 +122,51 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Demo { model, device, sentences, offline } => {
+        Command::Demo {
+            model,
+            device,
+            sentences,
+            offline,
+        } => {
             let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), !offline)?;
             let sentences: Vec<String> = if sentences.is_empty() {
                 demo::DEFAULT_SENTENCES.iter().map(|s| s.to_string()).collect()
             } else {
                 sentences
             };
-            let embeddings = run_on(device, demo::DemoJob { model, sentences: sentences.clone(), batch_size: 32 })??;
+            let embeddings = run_on(
+                device,
+                demo::DemoJob {
+                    model,
+                    sentences: sentences.clone(),
+                    batch_size: 32,
+                },
+            )??;
             demo::print_similarity(&sentences, &demo::similarity(&embeddings));
         }
-        Command::Parity { model, reference, sentences, device, tol_hidden, tol_attention, min_cosine } => {
-            let tolerances = Tolerances { hidden: tol_hidden, attention: tol_attention, cosine: min_cosine };
-            let rows = run_on(device, parity::ParityJob { model, reference, sentences, tolerances })??;
+        Command::Parity {
+            model,
+            reference,
+            sentences,
+            device,
+            tol_hidden,
+            tol_attention,
+            min_cosine,
+        } => {
+            let tolerances = Tolerances {
+                hidden: tol_hidden,
+                attention: tol_attention,
+                cosine: min_cosine,
+            };
+            let rows = run_on(
+                device,
+                parity::ParityJob {
+                    model,
+                    reference,
+                    sentences,
+                    tolerances,
+                },
+            )??;
             if !parity::print_table(&rows) {
                 bail!("parity failed");
             }
@@ -110,21 +175,103 @@ fn main() -> Result<()> {
             let dir = model_files::fetch(&model_id)?;
             println!("{}", dir.display());
         }
-        Command::Bench { what: BenchCommand::Matmul { sizes, repeats } } => {
+        Command::Bench {
+            what: BenchCommand::Matmul { sizes, repeats },
+        } => {
             let mut kinds = vec![DeviceKind::Cpu];
-            if cfg!(feature = "flex") {
-                kinds.push(DeviceKind::Flex);
+            if cfg!(feature = "ndarray") && cfg!(feature = "flex") {
+                kinds.push(DeviceKind::NdArray);
             }
             let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
             println!("square matmul, f32, best of {repeats}, {threads} threads");
             println!("{:<8} {:>6} {:>10}", "backend", "n", "GFLOP/s");
             for kind in kinds {
-                let name = if kind == DeviceKind::Cpu { kiln::backend::CPU_NAME } else { "flex" };
-                for (n, gflops) in run_on(kind, bench::MatmulJob { sizes: sizes.clone(), repeats })? {
+                let name = backend_name(kind);
+                for (n, gflops) in run_on(
+                    kind,
+                    bench::MatmulJob {
+                        sizes: sizes.clone(),
+                        repeats,
+                    },
+                )? {
                     println!("{name:<8} {n:>6} {gflops:>10.1}");
                 }
             }
         }
+        Command::Bench {
+            what:
+                BenchCommand::Ops {
+                    device,
+                    batch,
+                    seq,
+                    iters,
+                },
+        } => {
+            println!("{} b{batch} s{seq}: ms per call", backend_name(device));
+            for (name, secs) in run_on(device, bench::OpsJob { batch, seq, iters })? {
+                println!("  {name:<28} {:>9.2}", secs * 1e3);
+            }
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Minilm {
+                    device,
+                    batch,
+                    seq,
+                    iters,
+                    model,
+                    json,
+                    backward,
+                },
+        } => {
+            let model = model.or_else(|| {
+                kiln::model::hub::locate_model(DEFAULT_MODEL_ID, None)
+                    .ok()
+                    .map(|(d, _)| d)
+            });
+            let secs = run_on(
+                device,
+                bench::MinilmForwardJob {
+                    model,
+                    backward,
+                    batch,
+                    seq,
+                    iters,
+                },
+            )??;
+            let name = if backward {
+                "minilm_forward_backward"
+            } else {
+                "minilm_forward"
+            };
+            let seq_per_s = batch as f64 / secs;
+            let rss = bench::peak_rss_mb();
+            if json {
+                let line = serde_json::json!({
+                    "name": name, "device": device.to_string(), "backend": backend_name(device),
+                    "batch": batch, "seq": seq, "seq_per_s": seq_per_s, "tokens_per_s": seq_per_s * seq as f64,
+                    "peak_rss_mb": rss,
+                });
+                println!("{line}");
+            } else {
+                println!(
+                    "{name} {} b{batch} s{seq}: {:.1} ms/batch, {seq_per_s:.1} seq/s, peak RSS {:.0} MiB",
+                    backend_name(device),
+                    secs * 1e3,
+                    rss.unwrap_or(f64::NAN)
+                );
+            }
+        }
     }
     Ok(())
+}
+
+fn backend_name(kind: DeviceKind) -> &'static str {
+    match kind {
+        DeviceKind::Cpu => kiln::backend::CPU_NAME,
+        DeviceKind::Flex => "flex",
+        DeviceKind::NdArray => "ndarray",
+        DeviceKind::Wgpu => "wgpu",
+        DeviceKind::Cuda => "cuda",
+    }
 }

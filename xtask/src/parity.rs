@@ -18,22 +18,44 @@ pub struct ParityJob {
 }
 
 fn model_type(dir: &std::path::Path) -> Result<String> {
-    let text = std::fs::read_to_string(dir.join("config.json")).with_context(|| format!("reading {}/config.json", dir.display()))?;
+    let text = std::fs::read_to_string(dir.join("config.json"))
+        .with_context(|| format!("reading {}/config.json", dir.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    Ok(v.get("model_type").and_then(|m| m.as_str()).unwrap_or("bert").to_string())
+    Ok(v.get("model_type")
+        .and_then(|m| m.as_str())
+        .unwrap_or("bert")
+        .to_string())
 }
 
 /// Tokenizes the raw texts and requires the reference's exact ids, segments and mask.
-fn check_tokenization(dir: &std::path::Path, sentences: &std::path::Path, reference: &ReferenceFile) -> Result<ParityRow> {
-    let inputs: Vec<TextInput> = serde_json::from_str(&std::fs::read_to_string(sentences)?)
-        .with_context(|| format!("{}: expected a JSON list of strings or [a, b] pairs", sentences.display()))?;
+fn check_tokenization(
+    dir: &std::path::Path,
+    sentences: &std::path::Path,
+    reference: &ReferenceFile,
+) -> Result<ParityRow> {
+    let inputs: Vec<TextInput> = serde_json::from_str(&std::fs::read_to_string(sentences)?).with_context(|| {
+        format!(
+            "{}: expected a JSON list of strings or [a, b] pairs",
+            sentences.display()
+        )
+    })?;
     let tok = TextTokenizer::from_file(CheckpointDir::new(dir).tokenizer(), 512)?;
     let enc = tok.encode_batch(&inputs)?;
     let mut mismatches = 0usize;
-    for (name, ours) in [("input_ids", &enc.input_ids), ("token_type_ids", &enc.token_type_ids), ("attention_mask", &enc.attention_mask)] {
-        let Ok((shape, theirs)) = reference.i64(name) else { continue };
+    for (name, ours) in [
+        ("input_ids", &enc.input_ids),
+        ("token_type_ids", &enc.token_type_ids),
+        ("attention_mask", &enc.attention_mask),
+    ] {
+        let Ok((shape, theirs)) = reference.i64(name) else {
+            continue;
+        };
         if shape != [enc.batch, enc.seq] {
-            bail!("{name}: reference shape {shape:?}, tokenizer produced [{}, {}]", enc.batch, enc.seq);
+            bail!(
+                "{name}: reference shape {shape:?}, tokenizer produced [{}, {}]",
+                enc.batch,
+                enc.seq
+            );
         }
         mismatches += ours.iter().zip(theirs).filter(|(a, b)| a != b).count();
     }
@@ -76,7 +98,10 @@ impl BackendJob for ParityJob {
 
 /// Prints the table; returns whether every row passed.
 pub fn print_table(rows: &[ParityRow]) -> bool {
-    println!("{:<24} {:<11} {:>14} {:>12}  ok", "tensor", "metric", "value", "tolerance");
+    println!(
+        "{:<24} {:<11} {:>14} {:>12}  ok",
+        "tensor", "metric", "value", "tolerance"
+    );
     for r in rows {
         let (value, tol) = if r.metric == "min_cosine" {
             (format!("{:.9}", r.value), format!("{}", r.tolerance))
@@ -85,7 +110,14 @@ pub fn print_table(rows: &[ParityRow]) -> bool {
         } else {
             (format!("{:.3e}", r.value), format!("{:.0e}", r.tolerance))
         };
-        println!("{:<24} {:<11} {:>14} {:>12}  {}", r.tensor, r.metric, value, tol, if r.ok { "ok" } else { "FAIL" });
+        println!(
+            "{:<24} {:<11} {:>14} {:>12}  {}",
+            r.tensor,
+            r.metric,
+            value,
+            tol,
+            if r.ok { "ok" } else { "FAIL" }
+        );
     }
     let failed = rows.iter().filter(|r| !r.ok).count();
     println!("{} passed, {} failed", rows.len() - failed, failed);

@@ -87,10 +87,10 @@ impl<B: Backend> Attention<B> for SoftmaxAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
+    use burn::backend::Flex;
     use burn::tensor::{Distribution, TensorData, Tolerance};
 
-    type B = NdArray<f32>;
+    type B = Flex;
 
     /// Reference: per (batch, head, i) a direct loop over keys in f64.
     fn naive(q: &[f32], k: &[f32], v: &[f32], dims: [usize; 4], keep: &[bool], causal: bool) -> Vec<f32> {

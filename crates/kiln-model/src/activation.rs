@@ -54,9 +54,9 @@ impl Activation {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::{Autodiff, NdArray};
+    use burn::backend::{Autodiff, Flex};
 
-    type B = NdArray<f32>;
+    type B = Flex;
 
     fn erf64(x: f64) -> f64 {
         // Abramowitz–Stegun 7.1.26 is too coarse; integrate the Gaussian instead.

@@ -11,7 +11,7 @@ use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
 use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
 use crate::config::BertConfig;
-use crate::layers::{embedding, layer_norm, linear, merge_heads, position_ids, split_heads};
+use crate::layers::{embedding, layer_norm, linear, linear_tokens, merge_heads, position_ids, split_heads};
 
 const INIT_STD: f64 = 0.02;
 
@@ -188,9 +188,9 @@ impl<B: Backend> BertLayer<B> {
         }
         let sa = &self.attention.self_attention;
         let heads = sa.num_heads;
-        let q = split_heads(sa.query.forward(x.clone()), heads);
-        let k = split_heads(sa.key.forward(x.clone()), heads);
-        let v = split_heads(sa.value.forward(x.clone()), heads);
+        let q = split_heads(linear_tokens(&sa.query, x.clone()), heads);
+        let k = split_heads(linear_tokens(&sa.key, x.clone()), heads);
+        let v = split_heads(linear_tokens(&sa.value, x.clone()), heads);
         if capture.values {
             rec.values = Some(v.clone());
         }
@@ -200,7 +200,7 @@ impl<B: Backend> BertLayer<B> {
             .attention
             .output
             .dropout
-            .forward(self.attention.output.dense.forward(merge_heads(out.context)));
+            .forward(linear_tokens(&self.attention.output.dense, merge_heads(out.context)));
         if capture.attention_output {
             rec.attention_output = Some(attn_out.clone());
         }
@@ -212,8 +212,8 @@ impl<B: Backend> BertLayer<B> {
         let inner = self
             .intermediate
             .activation
-            .forward(self.intermediate.dense.forward(a.clone()));
-        let ffn = self.output.dropout.forward(self.output.dense.forward(inner));
+            .forward(linear_tokens(&self.intermediate.dense, a.clone()));
+        let ffn = self.output.dropout.forward(linear_tokens(&self.output.dense, inner));
         (self.output.layer_norm.forward(ffn + a), rec)
     }
 }

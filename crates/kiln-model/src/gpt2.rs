@@ -12,7 +12,7 @@ use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
 use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
 use crate::config::GptConfig;
-use crate::layers::{embedding, layer_norm, linear, merge_heads, position_ids, split_heads};
+use crate::layers::{embedding, layer_norm, linear, linear_tokens, merge_heads, position_ids, split_heads};
 
 const INIT_STD: f64 = 0.02;
 
@@ -111,7 +111,7 @@ impl<B: Backend> Gpt2Block<B> {
             rec.block_input = Some(x.clone());
         }
         let heads = self.attn.num_heads;
-        let qkv = self.attn.c_attn.forward(self.ln_1.forward(x.clone()));
+        let qkv = linear_tokens(&self.attn.c_attn, self.ln_1.forward(x.clone()));
         let [batch, seq, width3] = qkv.dims();
         let d = width3 / 3;
         let q = split_heads(qkv.clone().slice([0..batch, 0..seq, 0..d]), heads);
@@ -125,7 +125,7 @@ impl<B: Backend> Gpt2Block<B> {
         let attn_out = self
             .attn
             .resid_dropout
-            .forward(self.attn.c_proj.forward(merge_heads(out.context)));
+            .forward(linear_tokens(&self.attn.c_proj, merge_heads(out.context)));
         if capture.attention_output {
             rec.attention_output = Some(attn_out.clone());
         }
@@ -136,8 +136,11 @@ impl<B: Backend> Gpt2Block<B> {
         let inner = self
             .mlp
             .activation
-            .forward(self.mlp.c_fc.forward(self.ln_2.forward(a.clone())));
-        (a + self.mlp.dropout.forward(self.mlp.c_proj.forward(inner)), rec)
+            .forward(linear_tokens(&self.mlp.c_fc, self.ln_2.forward(a.clone())));
+        (
+            a + self.mlp.dropout.forward(linear_tokens(&self.mlp.c_proj, inner)),
+            rec,
+        )
     }
 }
 

@@ -45,3 +45,14 @@ pub fn position_ids<B: Backend>(batch: usize, seq: usize, offset: usize, device:
         .reshape([1, seq])
         .expand([batch, seq])
 }
+
+/// Applies `linear` to `[batch, seq, d_in]` as one `[batch·seq, d_in]` matrix product.
+///
+/// burn's `Linear` on a 3-D input broadcasts the weight over the batch; the single large
+/// GEMM measured ~11% faster on NdArray and the same on Flex (`cargo xtask bench ops`).
+pub fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, d_in] = x.dims();
+    let y = linear.forward(x.reshape([batch * seq, d_in]));
+    let d_out = y.dims()[1];
+    y.reshape([batch, seq, d_out])
+}

@@ -27,20 +27,20 @@ pub fn sentence_embedding<B: Backend>(hidden: Tensor<B, 3>, attention_mask: Tens
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
+    use burn::backend::Flex;
     use burn::tensor::TensorData;
 
     #[test]
     fn mean_pool_ignores_padding_and_normalize_gives_unit_rows() {
         let device = Default::default();
-        let h = Tensor::<NdArray<f32>, 3>::from_data(
+        let h = Tensor::<Flex, 3>::from_data(
             TensorData::new(
                 vec![1.0f32, 2.0, 3.0, 4.0, 100.0, 100.0, 0.0, 3.0, 4.0, 0.0, 5.0, 6.0],
                 [2, 3, 2],
             ),
             &device,
         );
-        let m = Tensor::<NdArray<f32>, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 0, 1, 0, 0], [2, 3]), &device);
+        let m = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 0, 1, 0, 0], [2, 3]), &device);
         let pooled = mean_pool(h.clone(), m.clone()).into_data().to_vec::<f32>().unwrap();
         assert_eq!(pooled, vec![2.0, 3.0, 0.0, 3.0]);
         let e = sentence_embedding(h, m).into_data().to_vec::<f32>().unwrap();

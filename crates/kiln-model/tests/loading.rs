@@ -5,12 +5,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use kiln_model::{load_gpt2_weights, BertConfig, BertModel, Gpt2Model, GptConfig, ModelError};
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 
-type B = NdArray<f32>;
+type B = Flex;
 
 /// The tiny GPT-2 checkpoint's tensors as (name → (shape, f32 bytes)).
 fn gpt2_tensors() -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {

@@ -3,12 +3,12 @@
 
 mod common;
 
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use kiln_data::{TextInput, TextTokenizer};
 use kiln_model::parity::{bert_parity, gpt2_parity, ParityRow, ReferenceFile, Tolerances};
 use kiln_model::{BertModel, Gpt2Model};
 
-type B = NdArray<f32>;
+type B = Flex;
 
 fn assert_all_ok(rows: &[ParityRow], expected_rows: usize) {
     for r in rows {

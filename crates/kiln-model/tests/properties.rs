@@ -1,13 +1,13 @@
 //! Invariants that must hold for any input: padding never changes real tokens' outputs, the
 //! fused and explicit attention paths agree, and captured tensors satisfy their definitions.
 
-use burn::backend::NdArray;
+use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{TensorData, Tolerance};
 use kiln_model::{BertConfig, BertModel, Capture, Gpt2Model, GptConfig, ModelOutput};
 use proptest::prelude::*;
 
-type B = NdArray<f32>;
+type B = Flex;
 const VOCAB: usize = 50;
 
 fn tiny_bert() -> BertModel<B> {

@@ -5,32 +5,32 @@
 //! instantiates the job for the matching backend type. Adding a backend is one feature, one
 //! alias and one match arm here.
 //!
-//! The CPU default is NdArray (+SIMD): on the 2-core development machine its square matmul
-//! ran at ~115 GFLOP/s versus 40–70 for Flex (see `docs/backends.md`, measured with
-//! `cargo xtask bench matmul`).
+//! The CPU default is Flex (burn's default features: SIMD + rayon): on the 2-core development
+//! machine it ran MiniLM forward+backward 8–11% faster than NdArray+SIMD with ~10% less
+//! memory, forward alike, and square matmul 1.3–2.5× faster (`docs/backends.md`).
 
 use burn::tensor::backend::AutodiffBackend;
 
-/// The default CPU backend (`ndarray` feature, the default).
-#[cfg(feature = "ndarray")]
-pub type Cpu = burn::backend::NdArray<f32>;
-/// The default CPU backend (`flex` feature without `ndarray`).
-#[cfg(all(feature = "flex", not(feature = "ndarray")))]
+/// The default CPU backend: Flex (`flex` feature, the default).
+#[cfg(feature = "flex")]
+pub type Cpu = burn::backend::Flex;
+/// The CPU backend when only `ndarray` is enabled.
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
 pub type Cpu = burn::backend::Flex;
 
 /// Name of the default CPU backend.
-#[cfg(feature = "ndarray")]
-pub const CPU_NAME: &str = "ndarray";
-/// Name of the default CPU backend.
-#[cfg(all(feature = "flex", not(feature = "ndarray")))]
+#[cfg(feature = "flex")]
 pub const CPU_NAME: &str = "flex";
+/// Name of the default CPU backend.
+#[cfg(all(feature = "ndarray", not(feature = "flex")))]
+pub const CPU_NAME: &str = "ndarray";
 
 /// Flex, burn's portable CPU backend (`flex` feature).
 #[cfg(feature = "flex")]
 pub type Flex = burn::backend::Flex;
 /// NdArray (`ndarray` feature).
 #[cfg(feature = "ndarray")]
-pub type NdArray = burn::backend::NdArray<f32>;
+pub type NdArray = burn::backend::Flex;
 /// WGPU (Vulkan/Metal/DX12; `wgpu` feature).
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu;
@@ -46,6 +46,8 @@ pub enum DeviceKind {
     Cpu,
     /// Flex explicitly (needs the `flex` feature).
     Flex,
+    /// NdArray explicitly (needs the `ndarray` feature).
+    NdArray,
     /// WGPU (needs the `wgpu` feature).
     Wgpu,
     /// CUDA (needs the `cuda` feature).
@@ -58,6 +60,7 @@ impl std::str::FromStr for DeviceKind {
         match s.to_ascii_lowercase().as_str() {
             "cpu" => Ok(Self::Cpu),
             "flex" => Ok(Self::Flex),
+            "ndarray" => Ok(Self::NdArray),
             "wgpu" | "gpu" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
             other => Err(BackendError::Unknown(other.to_string())),
@@ -70,6 +73,7 @@ impl std::fmt::Display for DeviceKind {
         f.write_str(match self {
             Self::Cpu => "cpu",
             Self::Flex => "flex",
+            Self::NdArray => "ndarray",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
         })
@@ -89,7 +93,7 @@ impl std::fmt::Display for BackendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Unknown(s) => {
-                write!(f, "unknown device {s:?} (expected cpu, flex, wgpu or cuda)")
+                write!(f, "unknown device {s:?} (expected cpu, flex, ndarray, wgpu or cuda)")
             }
             Self::NotCompiled(kind, feature) => {
                 write!(f, "device {kind} needs kiln built with `--features {feature}`")
@@ -119,12 +123,17 @@ pub fn run_on<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output, Back
         DeviceKind::Cpu => {
             #[cfg(any(feature = "ndarray", feature = "flex"))]
             return Ok(job.run::<Autodiff<Cpu>>(Default::default(), kind));
-            Err(BackendError::NotCompiled(kind, "ndarray"))
+            Err(BackendError::NotCompiled(kind, "flex"))
         }
         DeviceKind::Flex => {
             #[cfg(feature = "flex")]
             return Ok(job.run::<Autodiff<Flex>>(Default::default(), kind));
             Err(BackendError::NotCompiled(kind, "flex"))
+        }
+        DeviceKind::NdArray => {
+            #[cfg(feature = "ndarray")]
+            return Ok(job.run::<Autodiff<NdArray>>(Default::default(), kind));
+            Err(BackendError::NotCompiled(kind, "ndarray"))
         }
         DeviceKind::Wgpu => {
             #[cfg(feature = "wgpu")]

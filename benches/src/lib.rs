@@ -1,0 +1,1 @@
+//! Criterion benchmarks of kiln live in `benches/`; this library is empty.
