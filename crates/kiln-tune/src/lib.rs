@@ -1,0 +1,18 @@
+//! # kiln-tune
+//!
+//! Fine-tuning: task heads ([`classifier::SequenceClassifier`]), a PyTorch-exact AdamW with
+//! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, the
+//! training loop with its run directory and checkpoints ([`trainer`]), and the exactness
+//! check against PyTorch's training step ([`train_parity`]).
+//!
+//! **Owns:** what trains, how, and what is saved. **Must not touch:** model architecture
+//! (`kiln-model`), attention mechanisms (`kiln-attention`), data parsing and metrics
+//! (`kiln-data`).
+//!
+//! The optimizer is kiln's own rather than `burn::optim::AdamW`: see [`optim`] for why.
+#![warn(missing_docs)]
+
+pub mod classifier;
+pub mod optim;
+pub mod params;
+pub mod train_parity;
