@@ -12,7 +12,9 @@
 //! The optimizer is kiln's own rather than `burn::optim::AdamW`: see [`optim`] for why.
 #![warn(missing_docs)]
 
+pub mod checkpoint;
 pub mod classifier;
 pub mod optim;
 pub mod params;
 pub mod train_parity;
+pub mod trainer;

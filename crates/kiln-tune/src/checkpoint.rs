@@ -1,0 +1,269 @@
+//! Checkpoints of a classifier run: weights in Hugging Face names, optimizer moments, and the
+//! loop's position — all written atomically (temporary file or directory, then rename), so an
+//! interrupted write never replaces a good checkpoint with a partial one.
+//!
+//! Layout of a checkpoint directory:
+//! - `model.safetensors` — `bert.*`, `classifier.*` in `BertForSequenceClassification`
+//!   names and layouts (Linear weights `[out, in]`), loadable by transformers;
+//! - `optimizer.safetensors` — `exp_avg.<kiln path>`, `exp_avg_sq.<kiln path>` (flattened);
+//! - `state.json` — [`TrainState`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::classifier::SequenceClassifier;
+use crate::optim::{AdamW, Moments};
+
+/// Errors of checkpoint I/O.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// File system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// Underlying error.
+        source: std::io::Error,
+    },
+    /// A checkpoint file is malformed or does not fit the model.
+    #[error("checkpoint {path}: {message}")]
+    Invalid {
+        /// The path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid(path: &Path, message: impl std::fmt::Display) -> CheckpointError {
+    CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        message: message.to_string(),
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
+/// rename.
+///
+/// # Errors
+/// [`CheckpointError::Io`].
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    use std::io::Write;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+    ));
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Where the loop stands; enough to continue exactly.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer updates done.
+    pub global_step: usize,
+    /// Epoch of the next micro-batch.
+    pub epoch: usize,
+    /// Index of the next micro-batch within the epoch's order.
+    pub next_batch: usize,
+    /// Best value of the primary dev metric so far, and its step.
+    pub best: Option<(f64, usize)>,
+    /// Seed of the run (data order, dropout).
+    pub seed: u64,
+}
+
+fn to_hf() -> KeyRemapper {
+    KeyRemapper::from_patterns(vec![
+        (r"attention\.self_attention\.", "attention.self."),
+        (r"layer_norm\.", "LayerNorm."),
+        (r"\.mechanism\.[A-Za-z]+\.", "."),
+    ])
+    .expect("static patterns")
+}
+
+fn from_hf() -> KeyRemapper {
+    KeyRemapper::from_patterns(vec![
+        (r"attention\.self\.", "attention.self_attention."),
+        (r"LayerNorm\.weight$", "layer_norm.gamma"),
+        (r"LayerNorm\.bias$", "layer_norm.beta"),
+    ])
+    .expect("static patterns")
+}
+
+/// Serialises the classifier's weights in HF names and layout.
+///
+/// # Errors
+/// [`CheckpointError::Invalid`] if burn-store fails.
+pub fn model_bytes<B: Backend>(model: &SequenceClassifier<B>) -> Result<Vec<u8>, CheckpointError> {
+    let mut store = SafetensorsStore::from_bytes(None)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .remap(to_hf());
+    model
+        .save_into(&mut store)
+        .map_err(|e| invalid(Path::new("<memory>"), e))?;
+    store.get_bytes().map_err(|e| invalid(Path::new("<memory>"), e))
+}
+
+/// Loads weights written by [`model_bytes`] (or by transformers) into `model`.
+///
+/// # Errors
+/// [`CheckpointError`] when unreadable, incomplete or of the wrong shapes.
+pub fn load_model<B: Backend>(model: &mut SequenceClassifier<B>, path: &Path) -> Result<(), CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let mut store = SafetensorsStore::from_bytes(Some(bytes))
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .remap(from_hf())
+        .allow_partial(true)
+        .validate(false);
+    let result = model.load_from(&mut store).map_err(|e| invalid(path, e))?;
+    let unused: Vec<&String> = result.unused.iter().filter(|u| !u.ends_with("position_ids")).collect();
+    if !result.missing.is_empty() || !result.errors.is_empty() || !unused.is_empty() {
+        return Err(invalid(
+            path,
+            format!(
+                "missing {:?}, unexpected {:?}, errors {:?}",
+                result.missing, unused, result.errors
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn optimizer_bytes<B: Backend>(opt: &AdamW<B>) -> Result<Vec<u8>, CheckpointError> {
+    let mut data: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (path, m) in &opt.state {
+        for (kind, t) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
+            let values = t
+                .clone()
+                .into_data()
+                .convert::<f32>()
+                .to_vec::<f32>()
+                .map_err(|e| invalid(Path::new(path), format!("{e:?}")))?;
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            data.push((format!("{kind}.{path}"), vec![values.len()], bytes));
+        }
+    }
+    data.sort_by(|a, b| a.0.cmp(&b.0));
+    let views: Vec<(String, TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).expect("consistent view"),
+            )
+        })
+        .collect();
+    let meta = HashMap::from([("step".to_string(), opt.step.to_string())]);
+    safetensors::serialize(views, Some(meta)).map_err(|e| invalid(Path::new("optimizer"), e))
+}
+
+fn load_optimizer<B: Backend>(opt: &mut AdamW<B>, path: &Path, device: &B::Device) -> Result<(), CheckpointError> {
+    let bytes = std::fs::read(path).map_err(io(path))?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, e))?;
+    let step = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("step"))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| invalid(path, "no step in metadata"))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, e))?;
+    let mut tensors: HashMap<String, Tensor<B, 1>> = HashMap::new();
+    for (name, view) in st.tensors() {
+        let values: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let n = values.len();
+        tensors.insert(name, Tensor::from_data(TensorData::new(values, [n]), device));
+    }
+    let mut state = HashMap::new();
+    let paths: Vec<String> = tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("exp_avg.").map(str::to_string))
+        .collect();
+    for p in paths {
+        let m = tensors.remove(&format!("exp_avg.{p}")).expect("listed");
+        let v = tensors
+            .remove(&format!("exp_avg_sq.{p}"))
+            .ok_or_else(|| invalid(path, format!("exp_avg_sq.{p} missing")))?;
+        state.insert(
+            p,
+            Moments {
+                exp_avg: m,
+                exp_avg_sq: v,
+            },
+        );
+    }
+    opt.state = state;
+    opt.step = step;
+    Ok(())
+}
+
+/// Writes a complete checkpoint into `dir` atomically (staged in a sibling directory,
+/// then swapped in).
+///
+/// # Errors
+/// [`CheckpointError`].
+pub fn save<B: Backend, O: Backend>(
+    dir: &Path,
+    model: &SequenceClassifier<B>,
+    opt: &AdamW<O>,
+    state: &TrainState,
+) -> Result<(), CheckpointError> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    let staging = parent.join(format!(".{name}.staging"));
+    let old = parent.join(format!(".{name}.old"));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    write_atomic(&staging.join("model.safetensors"), &model_bytes(model)?)?;
+    write_atomic(&staging.join("optimizer.safetensors"), &optimizer_bytes(opt)?)?;
+    write_atomic(
+        &staging.join("state.json"),
+        serde_json::to_string_pretty(state).expect("serialisable").as_bytes(),
+    )?;
+    let _ = std::fs::remove_dir_all(&old);
+    if dir.exists() {
+        std::fs::rename(dir, &old).map_err(io(dir))?;
+    }
+    std::fs::rename(&staging, dir).map_err(io(dir))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Restores optimizer moments and the loop state from `dir` (load the model weights first
+/// with [`load_model`], then build the optimizer for the loaded parameters).
+///
+/// # Errors
+/// [`CheckpointError`].
+pub fn load_optimizer_and_state<O: Backend>(
+    dir: &Path,
+    opt: &mut AdamW<O>,
+    device: &O::Device,
+) -> Result<TrainState, CheckpointError> {
+    let state_path = dir.join("state.json");
+    let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|e| invalid(&state_path, e))?;
+    load_optimizer(opt, &dir.join("optimizer.safetensors"), device)?;
+    Ok(state)
+}
