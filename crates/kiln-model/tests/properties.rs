@@ -158,7 +158,12 @@ fn embedding_leaf_receives_gradients() {
     let ids = Tensor::<A, 2, Int>::from_data(TensorData::new(vec![1i64, 2, 3], [1, 3]), &device);
     let emb = model.embed(ids, None).detach().require_grad();
     let out = model.encode(emb.clone(), None, Capture::none());
-    let grads = out.last_hidden_state.slice([0..1, 0..1, 0..16]).sum().backward();
+    // A weighted sum: the plain sum of a LayerNorm output row is the constant `16·β`, whose
+    // gradient is identically zero.
+    let weights = Tensor::<A, 1, Int>::arange(1..17, &device).float().reshape([1, 1, 16]);
+    let grads = (out.last_hidden_state.slice([0..1, 0..1, 0..16]) * weights)
+        .sum()
+        .backward();
     let g = emb.grad(&grads).expect("the embedding leaf has a gradient");
     assert_eq!(g.dims(), [1, 3, 16]);
     // Token 0's output depends on every token through attention.

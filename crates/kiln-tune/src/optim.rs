@@ -24,6 +24,7 @@ use crate::params::{decays, ParamInfo};
 
 /// Hyper-parameters (PyTorch defaults for β and ε; burn's differ).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     /// β₁.
     pub beta1: f64,

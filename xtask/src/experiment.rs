@@ -1,0 +1,181 @@
+//! `cargo xtask run experiments/<name>.toml`: fine-tuning runs described by TOML files.
+//!
+//! Layers, later ones winning: the file, environment variables `KILN_TRAIN__<KEY>` /
+//! `KILN_EXPERIMENT__<KEY>` (`__` separates nesting: `KILN_TRAIN__ADAMW__WEIGHT_DECAY`), and
+//! `--set section.key=value`. Unknown keys anywhere are an error.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use kiln::backend::{BackendJob, DeviceKind};
+use kiln::burn::tensor::backend::AutodiffBackend;
+use kiln::data::{GlueTask, TextTokenizer};
+use kiln::model::hub::{shared_dir, DEFAULT_MODEL_ID};
+use kiln::model::CheckpointDir;
+use kiln::tune::classifier::SequenceClassifier;
+use kiln::tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig, TrainResults};
+use serde::{Deserialize, Serialize};
+
+/// `[experiment]` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSection {
+    /// Name (run directory name by default).
+    pub name: String,
+    /// GLUE task.
+    pub task: GlueTask,
+    /// Directory holding the GLUE task folders (`CoLA/`, `SST-2/`, ...). Default:
+    /// `$KILN_GLUE_DIR`, else `shared/data/glue` beside the checkout.
+    #[serde(default)]
+    pub glue_dir: Option<PathBuf>,
+    /// Model directory (default: located like `demo`).
+    #[serde(default)]
+    pub model: Option<PathBuf>,
+}
+
+/// A whole experiment file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// What to run.
+    pub experiment: ExperimentSection,
+    /// How to train.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// Reads `path` with environment and `--set` overrides layered on top.
+pub fn load(path: &Path, sets: &[String]) -> Result<Experiment> {
+    let env: config::Map<String, String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("KILN_TRAIN__") || k.starts_with("KILN_EXPERIMENT__"))
+        .collect();
+    let mut builder = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml).required(true))
+        .add_source(
+            config::Environment::with_prefix("KILN")
+                .prefix_separator("_")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        );
+    for set in sets {
+        let (key, value) = set
+            .split_once('=')
+            .with_context(|| format!("--set {set:?}: expected key=value"))?;
+        builder = builder.set_override(key.trim(), parse_value(value.trim()))?;
+    }
+    let merged = builder.build().with_context(|| format!("reading {}", path.display()))?;
+    merged
+        .try_deserialize::<Experiment>()
+        .with_context(|| format!("{}: invalid experiment", path.display()))
+}
+
+/// `--set` values: integers, floats and booleans typed, everything else a string.
+fn parse_value(v: &str) -> config::Value {
+    if let Ok(i) = v.parse::<i64>() {
+        return i.into();
+    }
+    if let Ok(f) = v.parse::<f64>() {
+        return f.into();
+    }
+    if let Ok(b) = v.parse::<bool>() {
+        return b.into();
+    }
+    v.to_string().into()
+}
+
+/// The GLUE directory of an experiment.
+pub fn glue_dir(section: &ExperimentSection) -> Result<PathBuf> {
+    if let Some(dir) = &section.glue_dir {
+        return Ok(dir.clone());
+    }
+    if let Some(dir) = std::env::var_os("KILN_GLUE_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    match shared_dir() {
+        Some(shared) => Ok(shared.join("data").join("glue")),
+        None => bail!("no GLUE directory: set experiment.glue_dir, KILN_GLUE_DIR, or KILN_SHARED_DIR"),
+    }
+}
+
+/// One fine-tuning run on any backend.
+pub struct RunJob {
+    pub model: PathBuf,
+    pub data: TaskData,
+    pub train: TrainConfig,
+    pub out: PathBuf,
+    pub resume: bool,
+}
+
+impl BackendJob for RunJob {
+    type Output = Result<TrainResults>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, kind: DeviceKind) -> Self::Output {
+        B::seed(&device, self.train.seed);
+        let (model, _) = SequenceClassifier::<B>::from_pretrained(&self.model, self.data.task.num_labels(), &device)?;
+        let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), self.train.max_length)?;
+        tracing::info!(task = self.data.task.short_name(), train = self.data.train.len(), dev = self.data.dev.len(), device = %kind, out = %self.out.display(), "fine-tuning");
+        let (_, results) = train(
+            model,
+            &tok,
+            &self.data,
+            &self.train,
+            &RunDir(self.out.clone()),
+            self.resume,
+            StopAt::default(),
+            &device,
+        )?;
+        Ok(results)
+    }
+}
+
+/// Prints where the results are and the final metrics.
+pub fn report(out: &Path, results: &TrainResults) {
+    println!(
+        "\n{} finished: {} steps in {:.0} s ({:.1} train seq/s)",
+        results.task, results.steps, results.wall_time_s, results.train_seq_per_s
+    );
+    for (k, v) in &results.final_metrics.values {
+        println!("  dev {k:<9} {v:.4}");
+    }
+    if let Some((best, step)) = results.best {
+        println!("  best {} {best:.4} at step {step}", results.final_metrics.primary);
+    }
+    println!(
+        "Results: {}/results.json, metrics: {}/metrics.jsonl, checkpoints: {}/checkpoints/",
+        out.display(),
+        out.display(),
+        out.display()
+    );
+}
+
+/// The default model directory (located or fetched).
+pub fn default_model(explicit: Option<&Path>, allow_fetch: bool) -> Result<PathBuf> {
+    crate::model_files::resolve_model(DEFAULT_MODEL_ID, explicit, allow_fetch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    #[test]
+    fn file_env_and_set_layer_in_order_and_unknown_keys_fail() {
+        let f = write("[experiment]\nname = \"x\"\ntask = \"rte\"\n[train]\nlr = 1e-5\nepochs = 2\n");
+        let e = load(f.path(), &[]).unwrap();
+        assert_eq!(
+            (e.train.lr, e.train.epochs, e.experiment.task),
+            (1e-5, 2, GlueTask::Rte)
+        );
+        let e = load(f.path(), &["train.lr=3e-5".into(), "train.adamw.weight_decay=0".into()]).unwrap();
+        assert_eq!((e.train.lr, e.train.adamw.weight_decay), (3e-5, 0.0));
+        let bad = write("[experiment]\nname = \"x\"\ntask = \"rte\"\n[train]\nlearning_rate = 1e-5\n");
+        let err = format!("{:#}", load(bad.path(), &[]).unwrap_err());
+        assert!(err.contains("learning_rate"), "{err}");
+    }
+}
