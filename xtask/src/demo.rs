@@ -1,98 +1,142 @@
-//! `cargo xtask demo`: sentence embeddings with MiniLM and their cosine similarities.
+//! `cargo xtask demo`: the main job on an embedded default. Fine-tunes all-MiniLM-L6-v2 on the
+//! bundled sentiment fixture (`fixtures/sentiment`, compiled into the binary) for one epoch,
+//! evaluates before and after, and writes a run directory; `--task T --data GLUE_DIR` does the
+//! same on a real GLUE task.
 
-use std::path::PathBuf;
-use std::time::Instant;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::{Context, Result};
 use kiln::backend::{BackendJob, DeviceKind};
-use kiln::burn::prelude::*;
+use kiln::burn::module::AutodiffModule;
 use kiln::burn::tensor::backend::AutodiffBackend;
-use kiln::burn::tensor::TensorData;
-use kiln::data::{TextInput, TextTokenizer};
-use kiln::model::{sentence_embedding, BertModel, Capture, CheckpointDir};
+use kiln::data::{GlueTask, OnMalformed, TextTokenizer};
+use kiln::model::CheckpointDir;
+use kiln::tune::classifier::SequenceClassifier;
+use kiln::tune::trainer::{evaluate, load_glue, train, RunDir, StopAt, TaskData, TrainConfig, TrainResults};
 
-/// Sentences embedded when none are given: pairs that should (and should not) be similar.
-pub const DEFAULT_SENTENCES: [&str; 6] = [
-    "A man is playing a guitar.",
-    "Someone is playing an instrument.",
-    "The stock market fell sharply today.",
-    "Shares dropped steeply in early trading.",
-    "A cat sleeps on the windowsill.",
-    "The kitten is napping in the sun.",
-];
+const FIXTURE_TRAIN: &str = include_str!("../../fixtures/sentiment/train.tsv");
+const FIXTURE_DEV: &str = include_str!("../../fixtures/sentiment/dev.tsv");
+
+/// The bundled sentiment fixture, parsed with the SST-2 loader.
+pub fn fixture() -> Result<TaskData> {
+    let task = GlueTask::Sst2;
+    let parse = |text: &str, name: &str| {
+        task.parse_tsv(text, Path::new(name), OnMalformed::Error)
+            .map(|split| split.examples)
+            .with_context(|| format!("bundled fixture {name}"))
+    };
+    Ok(TaskData {
+        task,
+        train: parse(FIXTURE_TRAIN, "fixtures/sentiment/train.tsv")?,
+        dev: parse(FIXTURE_DEV, "fixtures/sentiment/dev.tsv")?,
+    })
+}
+
+/// The data of a demo: the fixture, or `task` from a GLUE directory.
+pub fn demo_data(task: Option<GlueTask>, data: Option<&Path>) -> Result<TaskData> {
+    match (task, data) {
+        (None, None) => fixture(),
+        (Some(task), Some(dir)) => Ok(load_glue(dir, task)?),
+        (Some(task), None) => {
+            let dir = kiln::model::hub::shared_dir()
+                .map(|s| s.join("data").join("glue"))
+                .context("--task needs --data GLUE_DIR (the directory holding SST-2/, CoLA/, ...)")?;
+            Ok(load_glue(&dir, task)?)
+        }
+        (None, Some(_)) => anyhow::bail!("--data needs --task (cola, sst2, mrpc, stsb, rte, ...)"),
+    }
+}
+
+/// The demo recipe: MiniLM's usual fine-tuning settings; the tiny fixture gets small batches so
+/// that one epoch still makes 30 optimizer steps.
+pub fn demo_config(fixture: bool, epochs: Option<usize>, seed: u64) -> TrainConfig {
+    let mut cfg = TrainConfig {
+        seed,
+        ..TrainConfig::default()
+    };
+    if fixture {
+        cfg.batch_size = 8;
+        cfg.lr = 1e-4;
+        cfg.epochs = 1;
+        cfg.log_every = 5;
+    }
+    if let Some(epochs) = epochs {
+        cfg.epochs = epochs;
+    }
+    cfg
+}
 
 pub struct DemoJob {
     pub model: PathBuf,
-    pub sentences: Vec<String>,
-    pub batch_size: usize,
+    pub data: TaskData,
+    pub train: TrainConfig,
+    pub out: PathBuf,
+}
+
+/// Dev metrics before training (fresh head) and the run's results.
+pub struct DemoOutcome {
+    pub before: kiln::data::metrics::TaskMetrics,
+    pub results: TrainResults,
 }
 
 impl BackendJob for DemoJob {
-    type Output = Result<Vec<Vec<f32>>>;
+    type Output = Result<DemoOutcome>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, kind: DeviceKind) -> Self::Output {
-        type I<B> = <B as AutodiffBackend>::InnerBackend;
-        let start = Instant::now();
-        let (model, config) = BertModel::<I<B>>::from_pretrained(&self.model, false, &device)?;
-        tracing::info!(layers = config.num_hidden_layers, hidden = config.hidden_size, elapsed = ?start.elapsed(), device = %kind, "model loaded");
-        let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), 256)?;
-        let bar = ProgressBar::new(self.sentences.len() as u64).with_style(
-            ProgressStyle::with_template("{spinner} embedding [{bar:30}] {pos}/{len} sentences {elapsed}")?
-                .progress_chars("=> "),
-        );
-        let mut embeddings: Vec<Vec<f32>> = Vec::new();
-        for chunk in self.sentences.chunks(self.batch_size.max(1)) {
-            let inputs: Vec<TextInput> = chunk.iter().map(|s| TextInput::Single(s.clone())).collect();
-            let enc = tok.encode_batch(&inputs)?;
-            let ids = Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.input_ids, [enc.batch, enc.seq]), &device);
-            let types =
-                Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.token_type_ids, [enc.batch, enc.seq]), &device);
-            let mask =
-                Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.attention_mask, [enc.batch, enc.seq]), &device);
-            let out = model.forward(ids, Some(types), Some(mask.clone()), Capture::none());
-            let emb = sentence_embedding(out.last_hidden_state, mask)
-                .into_data()
-                .convert::<f32>()
-                .to_vec::<f32>()?;
-            let width = config.hidden_size;
-            embeddings.extend(emb.chunks(width).map(<[f32]>::to_vec));
-            bar.inc(chunk.len() as u64);
-        }
-        bar.finish_and_clear();
-        tracing::info!(sentences = embeddings.len(), elapsed = ?start.elapsed(), "embedded");
-        Ok(embeddings)
+        B::seed(&device, self.train.seed);
+        let task = self.data.task;
+        let (model, _) = SequenceClassifier::<B>::from_pretrained(&self.model, task.num_labels(), &device)?;
+        let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), self.train.max_length)?;
+        tracing::info!(task = task.short_name(), train = self.data.train.len(), dev = self.data.dev.len(), device = %kind, "demo: fine-tuning all-MiniLM-L6-v2");
+        let before = evaluate(
+            &model.valid(),
+            &tok,
+            task,
+            &self.data.dev,
+            self.train.eval_batch_size,
+            &device,
+        )?;
+        let (_, results) = train(
+            model,
+            &tok,
+            &self.data,
+            &self.train,
+            &RunDir(self.out.clone()),
+            false,
+            StopAt::default(),
+            &device,
+        )?;
+        Ok(DemoOutcome { before, results })
     }
 }
 
-/// Cosine similarity matrix of unit vectors (their dot products).
-pub fn similarity(embeddings: &[Vec<f32>]) -> Vec<Vec<f32>> {
-    embeddings
-        .iter()
-        .map(|a| {
-            embeddings
-                .iter()
-                .map(|b| a.iter().zip(b).map(|(x, y)| x * y).sum())
-                .collect()
-        })
-        .collect()
+/// Before/after table.
+pub fn print_outcome(out: &Path, outcome: &DemoOutcome, what: &str) {
+    println!("\nFine-tuned all-MiniLM-L6-v2 on {what}.");
+    println!("  {:<10} {:>8} {:>8}", "dev", "before", "after");
+    for (k, after) in &outcome.results.final_metrics.values {
+        let before = outcome.before.values.get(k).copied().unwrap_or(f64::NAN);
+        println!("  {k:<10} {before:>8.4} {after:>8.4}");
+    }
+    crate::experiment::report(out, &outcome.results);
 }
 
-pub fn print_similarity(sentences: &[String], sim: &[Vec<f32>]) {
-    println!("\nCosine similarity of all-MiniLM-L6-v2 sentence embeddings:\n");
-    for (i, s) in sentences.iter().enumerate() {
-        println!("  [{i}] {s}");
-    }
-    print!("\n     ");
-    for j in 0..sim.len() {
-        print!("{:>7}", format!("[{j}]"));
-    }
-    println!();
-    for (i, row) in sim.iter().enumerate() {
-        print!("  [{i}]");
-        for v in row {
-            print!("{v:>7.3}");
-        }
-        println!();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln::data::{Label, TextInput};
+
+    #[test]
+    fn fixture_is_balanced_and_dev_is_unseen() {
+        let data = fixture().unwrap();
+        assert_eq!((data.train.len(), data.dev.len()), (238, 60));
+        let positives = |xs: &[kiln::data::Example]| xs.iter().filter(|e| e.label == Label::Class(1)).count();
+        assert_eq!((positives(&data.train), positives(&data.dev)), (119, 30));
+        let text = |e: &kiln::data::Example| match &e.input {
+            TextInput::Single(s) => s.clone(),
+            TextInput::Pair(a, b) => format!("{a} {b}"),
+        };
+        let train: std::collections::HashSet<String> = data.train.iter().map(text).collect();
+        assert!(data.dev.iter().all(|e| !train.contains(&text(e))));
     }
 }

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod embed;
 mod experiment;
 mod model_files;
 mod parity;
@@ -26,8 +27,34 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Embed sentences with all-MiniLM-L6-v2 and print their cosine similarities.
+    /// The main job: fine-tune all-MiniLM-L6-v2 on the bundled sentiment fixture (or --task/--data) and evaluate.
     Demo {
+        /// Model directory (else KILN_MODEL_DIR, the HF cache, kiln's cache, shared/; fetched if absent).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Device: cpu (Flex), flex, ndarray, wgpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+        /// A GLUE task (cola, sst2, mrpc, stsb, rte, qnli, mnli, qqp, wnli) instead of the fixture.
+        #[arg(long)]
+        task: Option<String>,
+        /// GLUE directory holding the task's folder (default: shared/data/glue when found).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Passes over the training data (default: 1 on the fixture, 3 on GLUE).
+        #[arg(long)]
+        epochs: Option<usize>,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Run directory (default: runs/demo or runs/demo-<task>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Do not fetch the model when it is not found locally.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Embed sentences with all-MiniLM-L6-v2 and print their cosine similarities.
+    Embed {
         /// Model directory (else KILN_MODEL_DIR, the HF cache, kiln's cache, shared/; fetched if absent).
         #[arg(long)]
         model: Option<PathBuf>,
@@ -154,24 +181,66 @@ fn main() -> Result<()> {
         Command::Demo {
             model,
             device,
+            task,
+            data,
+            epochs,
+            seed,
+            out,
+            offline,
+        } => {
+            let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), !offline)?;
+            let task = task.as_deref().map(kiln::data::GlueTask::parse).transpose()?;
+            let data = demo::demo_data(task, data.as_deref())?;
+            let what = match task {
+                None => format!(
+                    "the bundled sentiment fixture ({} train / {} dev sentences)",
+                    data.train.len(),
+                    data.dev.len()
+                ),
+                Some(t) => format!(
+                    "GLUE {} ({} train / {} dev)",
+                    t.short_name(),
+                    data.train.len(),
+                    data.dev.len()
+                ),
+            };
+            let out = out.unwrap_or_else(|| match task {
+                None => PathBuf::from("runs/demo"),
+                Some(t) => PathBuf::from(format!("runs/demo-{}", t.short_name())),
+            });
+            let train = demo::demo_config(task.is_none(), epochs, seed);
+            let outcome = run_on(
+                device,
+                demo::DemoJob {
+                    model,
+                    data,
+                    train,
+                    out: out.clone(),
+                },
+            )??;
+            demo::print_outcome(&out, &outcome, &what);
+        }
+        Command::Embed {
+            model,
+            device,
             sentences,
             offline,
         } => {
             let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), !offline)?;
             let sentences: Vec<String> = if sentences.is_empty() {
-                demo::DEFAULT_SENTENCES.iter().map(|s| s.to_string()).collect()
+                embed::DEFAULT_SENTENCES.iter().map(|s| s.to_string()).collect()
             } else {
                 sentences
             };
             let embeddings = run_on(
                 device,
-                demo::DemoJob {
+                embed::EmbedJob {
                     model,
                     sentences: sentences.clone(),
                     batch_size: 32,
                 },
             )??;
-            demo::print_similarity(&sentences, &demo::similarity(&embeddings));
+            embed::print_similarity(&sentences, &embed::similarity(&embeddings));
         }
         Command::Parity {
             model,

@@ -492,6 +492,19 @@ pub fn train<B: AutodiffBackend>(
                 window_loss / window_n.max(1) as f64
             ));
             if state.global_step % cfg.log_every.max(1) == 0 {
+                if bar.is_hidden() {
+                    // No terminal (a log file, CI): the bar is invisible, so log the window instead.
+                    let loss = window_loss / window_n.max(1) as f64;
+                    tracing::info!(
+                        step = state.global_step,
+                        total = total_steps,
+                        epoch,
+                        loss,
+                        lr,
+                        seq_per_s,
+                        "train"
+                    );
+                }
                 log.write(serde_json::json!({
                     "kind": "train", "step": state.global_step, "epoch": epoch, "loss": window_loss / window_n.max(1) as f64,
                     "lr": lr, "grad_norm": stats.grad_norm, "seq_per_s": seq_per_s,
