@@ -28,6 +28,7 @@ pub mod hub;
 pub mod layers;
 pub mod load;
 pub mod parity;
+pub mod peft;
 pub mod pooling;
 
 pub use bert::BertModel;

@@ -4,7 +4,9 @@
 //!
 //! Layout of a checkpoint directory:
 //! - `model.safetensors` — `bert.*`, `classifier.*` in `BertForSequenceClassification`
-//!   names and layouts (Linear weights `[out, in]`), loadable by transformers;
+//!   names and layouts (Linear weights `[out, in]`), loadable by transformers — when every
+//!   parameter trains; or `tuned.safetensors` — only the trained tensors in kiln paths, with
+//!   the strategy in its metadata — when a strategy trains a subset;
 //! - `optimizer.safetensors` — `exp_avg.<kiln path>`, `exp_avg_sq.<kiln path>` (flattened);
 //! - `state.json` — [`TrainState`].
 
@@ -17,6 +19,8 @@ use burn_store::{BurnToPyTorchAdapter, KeyRemapper, ModuleSnapshot, PyTorchToBur
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
+
+use crate::strategy::Tuning;
 
 use crate::classifier::SequenceClassifier;
 use crate::optim::{AdamW, Moments};
@@ -226,6 +230,7 @@ fn load_optimizer<B: Backend>(opt: &mut AdamW<B>, path: &Path, device: &B::Devic
 pub fn save<B: Backend, O: Backend>(
     dir: &Path,
     model: &SequenceClassifier<B>,
+    tuning: &Tuning,
     opt: &AdamW<O>,
     state: &TrainState,
 ) -> Result<(), CheckpointError> {
@@ -236,7 +241,7 @@ pub fn save<B: Backend, O: Backend>(
     let old = parent.join(format!(".{name}.old"));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    write_atomic(&staging.join("model.safetensors"), &model_bytes(model)?)?;
+    write_weights(&staging, model, tuning)?;
     write_atomic(&staging.join("optimizer.safetensors"), &optimizer_bytes(opt)?)?;
     write_atomic(
         &staging.join("state.json"),
@@ -250,6 +255,29 @@ pub fn save<B: Backend, O: Backend>(
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
+
+/// Writes what `tuning` trains into `dir`: `model.safetensors` (HF names, the whole model) when
+/// everything trains, else `tuned.safetensors` (only the trained tensors, kiln paths; see
+/// [`crate::strategy::save_tuned`]).
+///
+/// # Errors
+/// [`CheckpointError`] on I/O.
+pub fn write_weights<B: Backend>(
+    dir: &Path,
+    model: &SequenceClassifier<B>,
+    tuning: &Tuning,
+) -> Result<(), CheckpointError> {
+    if tuning.restricts() {
+        write_atomic(&dir.join(TUNED_FILE), &crate::strategy::tuned_bytes(model, tuning))
+    } else {
+        write_atomic(&dir.join(MODEL_FILE), &model_bytes(model)?)
+    }
+}
+
+/// Whole-model weights file of a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// Tuned-part file of a checkpoint directory (strategies that train a subset).
+pub const TUNED_FILE: &str = "tuned.safetensors";
 
 /// Restores optimizer moments and the loop state from `dir` (load the model weights first
 /// with [`load_model`], then build the optimizer for the loaded parameters).

@@ -1,6 +1,7 @@
 //! # kiln-tune
 //!
-//! Fine-tuning: task heads ([`classifier::SequenceClassifier`]), a PyTorch-exact AdamW with
+//! Fine-tuning: task heads ([`classifier::SequenceClassifier`]), tuning strategies (what trains,
+//! inserted modules, gradient masks: [`strategy`]), a PyTorch-exact AdamW with
 //! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, the
 //! training loop with its run directory and checkpoints ([`trainer`]), and the exactness
 //! check against PyTorch's training step ([`train_parity`]).
@@ -16,5 +17,6 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod optim;
 pub mod params;
+pub mod strategy;
 pub mod train_parity;
 pub mod trainer;

@@ -21,6 +21,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::params::{decays, ParamInfo};
+use crate::strategy::ChildMask;
 
 /// Hyper-parameters (PyTorch defaults for β and ε; burn's differ).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -126,6 +127,7 @@ struct UpdateMapper<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     lr: f64,
     grad_scale: f64,
+    mask: Option<&'a ChildMask<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
@@ -136,9 +138,13 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
         let tensor = match (group, grad) {
             (Some((path, group)), Some(grad)) if group.trainable => {
                 let require_grad = tensor.is_require_grad();
-                let updated = self
-                    .opt
-                    .update(&path, group, tensor.inner(), grad.mul_scalar(self.grad_scale), self.lr);
+                let mut grad = grad.mul_scalar(self.grad_scale);
+                if let Some(mask) = self.mask {
+                    let shape = grad.shape();
+                    let n = shape.num_elements();
+                    grad = mask.apply(&path, grad.reshape([n])).reshape(shape);
+                }
+                let updated = self.opt.update(&path, group, tensor.inner(), grad, self.lr);
                 let t = Tensor::from_inner(updated);
                 if require_grad {
                     t.require_grad()
@@ -236,7 +242,24 @@ impl<B: Backend> AdamW<B> {
 
     /// One update of every trainable parameter that has a gradient, at learning rate `lr`
     /// (before group scaling). Clips first when configured. Consumes the gradients.
-    pub fn step<AB, M>(&mut self, module: M, mut grads: GradientsParams, lr: f64) -> (M, StepStats)
+    pub fn step<AB, M>(&mut self, module: M, grads: GradientsParams, lr: f64) -> (M, StepStats)
+    where
+        AB: AutodiffBackend<InnerBackend = B>,
+        M: AutodiffModule<AB>,
+    {
+        self.step_masked(module, grads, lr, None)
+    }
+
+    /// [`AdamW::step`] with a Child-Tuning gradient mask applied after clipping and before the
+    /// moment updates (the authors' `ChildTuningAdamW`): masked elements still move by their
+    /// earlier momentum and by weight decay.
+    pub fn step_masked<AB, M>(
+        &mut self,
+        module: M,
+        mut grads: GradientsParams,
+        lr: f64,
+        mask: Option<&ChildMask<B>>,
+    ) -> (M, StepStats)
     where
         AB: AutodiffBackend<InnerBackend = B>,
         M: AutodiffModule<AB>,
@@ -252,6 +275,7 @@ impl<B: Backend> AdamW<B> {
             grads: &mut grads,
             lr,
             grad_scale,
+            mask,
         };
         let module = module.map(&mut mapper);
         self.step += 1;

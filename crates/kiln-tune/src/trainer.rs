@@ -38,6 +38,9 @@ use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::classifier::{SequenceClassifier, Targets};
 use crate::optim::{linear_schedule, AdamW, AdamWConfig, ParamGroup};
 use crate::params::param_infos;
+use crate::strategy::{
+    child_tuning_d_mask, load_tuned, ChildMask, StrategyConfig, StrategyError, TrainableReport, TunedIoError, Tuning,
+};
 
 /// Hyper-parameters of a fine-tuning run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,6 +74,8 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Use only the first N training examples (smoke tests).
     pub max_train_examples: Option<usize>,
+    /// Tuning strategy components (empty: full fine-tuning); see [`crate::strategy`].
+    pub tuning: Vec<StrategyConfig>,
 }
 
 impl Default for TrainConfig {
@@ -90,6 +95,7 @@ impl Default for TrainConfig {
             dropout: None,
             seed: 42,
             max_train_examples: None,
+            tuning: Vec::new(),
         }
     }
 }
@@ -129,6 +135,12 @@ pub enum TrainError {
     /// The data does not fit the task.
     #[error("{0}")]
     Invalid(String),
+    /// A bad tuning strategy.
+    #[error(transparent)]
+    Strategy(#[from] StrategyError),
+    /// A tuned-part file could not be read or does not fit.
+    #[error(transparent)]
+    Tuned(#[from] TunedIoError),
 }
 
 /// Training and dev examples of a task.
@@ -161,6 +173,12 @@ pub struct TrainResults {
     pub peak_rss_mb: Option<f64>,
     /// Whether the run was resumed from a checkpoint.
     pub resumed: bool,
+    /// Strategy name (`full`, `lora`, `bit_fit+child_tuning_f`, ...).
+    pub strategy: String,
+    /// Trainable parameters (head included).
+    pub trainable_params: usize,
+    /// All parameters, inserted modules included.
+    pub total_params: usize,
 }
 
 /// When to stop early (for checkpoint/resume tests and time-boxed runs).
@@ -338,6 +356,10 @@ impl MetricsLog {
     }
 }
 
+/// RNG streams besides the micro-steps (which use `0..`): module insertion and the Fisher pass.
+const INSERT_STREAM: u64 = u64::MAX;
+const FISHER_STREAM: u64 = 1 << 48;
+
 fn mix(seed: u64, x: u64) -> u64 {
     kiln_data::batching::SplitMix64(seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
@@ -351,7 +373,7 @@ fn mix(seed: u64, x: u64) -> u64 {
 /// left as it was.
 #[allow(clippy::too_many_arguments)]
 pub fn train<B: AutodiffBackend>(
-    mut model: SequenceClassifier<B>,
+    model: SequenceClassifier<B>,
     tok: &TextTokenizer,
     data: &TaskData,
     cfg: &TrainConfig,
@@ -370,6 +392,7 @@ pub fn train<B: AutodiffBackend>(
         &run.0.join("config.json"),
         serde_json::to_string_pretty(&config_json).expect("json").as_bytes(),
     )?;
+    let mut model = model;
     if let Some(p) = cfg.dropout {
         model.set_dropout(p);
     }
@@ -405,10 +428,50 @@ pub fn train<B: AutodiffBackend>(
         best: None,
         seed: cfg.seed,
     };
+    let tuning = Tuning::new(&cfg.tuning)?;
+    B::seed(device, mix(cfg.seed, INSERT_STREAM));
+    let mut model = tuning.insert(model, device)?;
+    // Child-Tuning_D's Fisher pass sees the pretrained weights, also when resuming (the mask
+    // is recomputed, not stored: it is a function of the seed and the pretrained model).
+    let child_mask: Option<ChildMask<B::InnerBackend>> = match (tuning.child_tuning_d(), tuning.child_tuning_f()) {
+        (Some(reserve_p), _) => {
+            let order: Vec<usize> = (0..train_examples.len()).collect();
+            let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
+            tracing::info!(
+                batches = chunks.len(),
+                reserve_p,
+                "Child-Tuning_D: Fisher pass over the training set"
+            );
+            Some(child_tuning_d_mask(&model, chunks.len(), reserve_p, |m, i| {
+                B::seed(device, mix(cfg.seed, FISHER_STREAM + i as u64));
+                let enc = encode_indices(tok, &inputs, chunks[i])?;
+                let [ids, types, mask] = tensors::<B>(&enc, device);
+                let logits = m.forward(ids, types, mask);
+                Ok::<_, TrainError>(m.loss(logits, &targets::<B>(train_examples, chunks[i], device)?))
+            })?)
+        }
+        (None, Some(reserve_p)) => Some(ChildMask::Bernoulli(reserve_p)),
+        (None, None) => None,
+    };
     if resumed {
-        checkpoint::load_model(&mut model, &run.last().join("model.safetensors"))?;
+        if tuning.restricts() {
+            model = load_tuned(model, &tuning, &run.last().join(checkpoint::TUNED_FILE))?;
+        } else {
+            checkpoint::load_model(&mut model, &run.last().join(checkpoint::MODEL_FILE))?;
+        }
     }
-    let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &param_infos(&model), ParamGroup::hf_default);
+    let model_infos = param_infos(&model);
+    let report = TrainableReport::new(&tuning, &model_infos);
+    tracing::info!(strategy = %report.strategy, trainable = report.trainable, total = report.total, percent = format!("{:.3}", report.percent), "trainable parameters");
+    checkpoint::write_atomic(
+        &run.0.join("trainable.json"),
+        serde_json::to_string_pretty(&report).expect("json").as_bytes(),
+    )?;
+    let mut model = tuning.freeze(model);
+    let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &model_infos, |info| ParamGroup {
+        trainable: tuning.trains(&info.path),
+        ..ParamGroup::hf_default(info)
+    });
     if resumed {
         state = checkpoint::load_optimizer_and_state(&run.last(), &mut opt, device)?;
         tracing::info!(
@@ -467,7 +530,7 @@ pub fn train<B: AutodiffBackend>(
             }
             in_accum = 0;
             let lr = linear_schedule(cfg.lr, state.global_step, warmup, total_steps);
-            let (next, stats) = opt.step(model, accumulator.grads(), lr);
+            let (next, stats) = opt.step_masked(model, accumulator.grads(), lr, child_mask.as_ref());
             model = next;
             if !stats.grad_norm.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -529,12 +592,12 @@ pub fn train<B: AutodiffBackend>(
                 log.write(serde_json::json!({ "kind": "eval", "step": state.global_step, "epoch": epoch, "metrics": metrics.values }))?;
                 if state.best.is_none_or(|(b, _)| value > b) {
                     state.best = Some((value, state.global_step));
-                    checkpoint::write_atomic(&run.best().join("model.safetensors"), &checkpoint::model_bytes(&model)?)?;
+                    checkpoint::write_weights(&run.best(), &model, &tuning)?;
                 }
                 last_metrics = Some(metrics);
             }
             if eval_now || stopping {
-                checkpoint::save(&checkpoint_dir, &model, &opt, &state)?;
+                checkpoint::save(&checkpoint_dir, &model, &tuning, &opt, &state)?;
             }
             if stopping {
                 break 'epochs;
@@ -556,6 +619,9 @@ pub fn train<B: AutodiffBackend>(
         train_seq_per_s: seen_examples as f64 / train_start.elapsed().as_secs_f64().max(1e-9),
         peak_rss_mb: peak_rss_mb(),
         resumed,
+        strategy: report.strategy,
+        trainable_params: report.trainable,
+        total_params: report.total,
     };
     checkpoint::write_atomic(
         &run.0.join("results.json"),

@@ -1,0 +1,167 @@
+//! Modules that parameter-efficient tuning strategies insert into a pretrained encoder:
+//! low-rank deltas on linear layers (LoRA, Hu et al. 2021) and bottleneck adapters (Houlsby
+//! et al. 2019; Pfeiffer et al. 2021).
+//!
+//! They live in one optional [`LayerInserts`] per encoder layer (`encoder.layer.{i}.inserts`),
+//! beside — not inside — the Hugging Face-shaped blocks, so pretrained checkpoints load with
+//! no inserts and every original parameter keeps its path. *Which* inserts exist and what
+//! trains is decided by `kiln-tune`; this module only defines the computation.
+
+use burn::module::Param;
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+
+use crate::activation::Activation;
+use crate::layers::linear;
+
+/// `Δ(x) = scale · Dropout(x) A B` with `A: [d_in, r]`, `B: [r, d_out]` (burn layout; PEFT's
+/// `lora_A.weight` is `Aᵀ`, `lora_B.weight` is `Bᵀ`). `B` starts at zero, so the model is
+/// unchanged at initialisation.
+#[derive(Module, Debug)]
+pub struct LoraDelta<B: Backend> {
+    /// Down-projection `[d_in, r]`.
+    pub a: Param<Tensor<B, 2>>,
+    /// Up-projection `[r, d_out]`.
+    pub b: Param<Tensor<B, 2>>,
+    /// Dropout on the LoRA path's input.
+    pub dropout: Dropout,
+    /// `alpha / r`.
+    pub scale: f64,
+    /// When merged, the delta is already inside the base weight and [`LoraDelta::forward`]
+    /// adds nothing.
+    pub merged: bool,
+}
+
+impl<B: Backend> LoraDelta<B> {
+    /// A new delta for a `d_in → d_out` linear: `A` Kaiming-uniform as PEFT (`a = √5`, i.e.
+    /// `U(±1/√d_in)`), `B = 0`.
+    pub fn new(d_in: usize, d_out: usize, r: usize, alpha: f64, dropout: f64, device: &B::Device) -> Self {
+        let bound = 1.0 / (d_in as f64).sqrt();
+        Self {
+            a: Param::from_tensor(Tensor::random([d_in, r], Distribution::Uniform(-bound, bound), device)),
+            b: Param::from_tensor(Tensor::zeros([r, d_out], device)),
+            dropout: DropoutConfig::new(dropout).init(),
+            scale: alpha / r as f64,
+            merged: false,
+        }
+    }
+
+    /// `scale · A B`, `[d_in, d_out]` (the change to the base weight).
+    pub fn weight_delta(&self) -> Tensor<B, 2> {
+        self.a.val().matmul(self.b.val()).mul_scalar(self.scale)
+    }
+
+    /// The delta's contribution for `x: [n, d_in]` (zero-cost `None` when merged).
+    pub fn forward(&self, x: Tensor<B, 2>) -> Option<Tensor<B, 2>> {
+        (!self.merged).then(|| {
+            self.dropout
+                .forward(x)
+                .matmul(self.a.val())
+                .matmul(self.b.val())
+                .mul_scalar(self.scale)
+        })
+    }
+}
+
+/// Adds `lora` to `base`'s weight (`merge = true`) or takes it out again (`false`); no-op when
+/// the delta is already in that state.
+pub fn set_merged<B: Backend>(base: &mut Linear<B>, lora: &mut LoraDelta<B>, merge: bool) {
+    if lora.merged == merge {
+        return;
+    }
+    let delta = lora.weight_delta();
+    let weight = base.weight.val();
+    let weight = if merge { weight + delta } else { weight - delta };
+    base.weight = Param::initialized(
+        base.weight.id,
+        weight.detach().set_require_grad(base.weight.is_require_grad()),
+    );
+    lora.merged = merge;
+}
+
+/// `h + W_up act(W_down h)`: a bottleneck with an inner skip connection. `W_up` starts at
+/// zero (near-identity initialisation), `W_down` at `N(0, 0.02²)` like the rest of BERT.
+#[derive(Module, Debug)]
+pub struct Bottleneck<B: Backend> {
+    /// `d → d / reduction`.
+    pub down: Linear<B>,
+    /// `d / reduction → d`.
+    pub up: Linear<B>,
+    /// Non-linearity between them.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl<B: Backend> Bottleneck<B> {
+    /// A bottleneck of width `d / reduction` (at least 1).
+    pub fn new(d: usize, reduction: usize, activation: Activation, device: &B::Device) -> Self {
+        let inner = (d / reduction.max(1)).max(1);
+        let up = Linear {
+            weight: Param::from_tensor(Tensor::zeros([inner, d], device)),
+            bias: Some(Param::from_tensor(Tensor::zeros([d], device))),
+        };
+        Self {
+            down: linear(d, inner, 0.02, device),
+            up,
+            activation,
+        }
+    }
+
+    /// `[n, d]` → `[n, d]`.
+    pub fn forward(&self, h: Tensor<B, 2>) -> Tensor<B, 2> {
+        h.clone() + self.up.forward(self.activation.forward(self.down.forward(h)))
+    }
+}
+
+/// LoRA deltas of one layer's linears (any subset).
+#[derive(Module, Debug)]
+pub struct LayerLora<B: Backend> {
+    /// On `attention.self.query`.
+    pub query: Option<LoraDelta<B>>,
+    /// On `attention.self.key`.
+    pub key: Option<LoraDelta<B>>,
+    /// On `attention.self.value`.
+    pub value: Option<LoraDelta<B>>,
+    /// On `attention.output.dense`.
+    pub attention_output: Option<LoraDelta<B>>,
+    /// On `intermediate.dense`.
+    pub intermediate: Option<LoraDelta<B>>,
+    /// On `output.dense`.
+    pub output: Option<LoraDelta<B>>,
+}
+
+/// Everything inserted into one encoder layer.
+#[derive(Module, Debug)]
+pub struct LayerInserts<B: Backend> {
+    /// LoRA deltas.
+    pub lora: Option<LayerLora<B>>,
+    /// Adapter after the attention output projection, before its residual + LayerNorm
+    /// (Houlsby).
+    pub attention_adapter: Option<Bottleneck<B>>,
+    /// Adapter after the FFN output projection, before its residual + LayerNorm (Houlsby and
+    /// Pfeiffer).
+    pub ffn_adapter: Option<Bottleneck<B>>,
+}
+
+impl<B: Backend> LayerInserts<B> {
+    /// Nothing inserted.
+    pub fn empty() -> Self {
+        Self {
+            lora: None,
+            attention_adapter: None,
+            ffn_adapter: None,
+        }
+    }
+}
+
+/// The names LoRA can target, in the order of [`LayerLora`]'s fields, with the Hugging Face
+/// module path of each inside `encoder.layer.{i}`.
+pub const LORA_TARGETS: [(&str, &str); 6] = [
+    ("query", "attention.self.query"),
+    ("key", "attention.self.key"),
+    ("value", "attention.self.value"),
+    ("attention_output", "attention.output.dense"),
+    ("intermediate", "intermediate.dense"),
+    ("output", "output.dense"),
+];

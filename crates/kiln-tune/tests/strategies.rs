@@ -1,0 +1,460 @@
+//! Tuning strategies: what trains (and nothing else moves), closed-form parameter counts,
+//! tuned-part save/load, LoRA identities, Child-Tuning mask statistics, composition rules.
+
+use std::collections::HashMap;
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use kiln_data::{Example, GlueTask, Label, TextInput, TextTokenizer};
+use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
+use kiln_model::peft::set_merged;
+use kiln_model::{BertConfig, BertModel};
+use kiln_tune::classifier::{SequenceClassifier, Targets};
+use kiln_tune::optim::{AdamW, AdamWConfig, ParamGroup};
+use kiln_tune::params::param_infos;
+use kiln_tune::strategy::{
+    child_d_eligible, child_tuning_d_mask, load_tuned, percentile, save_tuned, ChildMask, StrategyConfig,
+    StrategyError, TrainableReport, Tuning,
+};
+use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig};
+
+type A = Autodiff<Flex>;
+type I = Flex;
+
+/// burn's backend RNG is process-global: tests that draw from it take turns.
+static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+const H: usize = 16;
+const F: usize = 32;
+const L: usize = 2;
+const VOCAB: usize = 30522;
+
+fn config() -> BertConfig {
+    serde_json::from_str(&format!(
+        r#"{{"vocab_size": {VOCAB}, "hidden_size": {H}, "num_hidden_layers": {L}, "num_attention_heads": 2,
+            "intermediate_size": {F}, "max_position_embeddings": 64, "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0}}"#
+    ))
+    .unwrap()
+}
+
+fn tiny(seed: u64) -> SequenceClassifier<A> {
+    let device = Default::default();
+    A::seed(&device, seed);
+    let config = config();
+    let mut m = SequenceClassifier::new_head(BertModel::new(&config, true, &device), &config, 2, &device);
+    m.set_dropout(0.0);
+    m
+}
+
+fn batch(device: &burn::tensor::Device<A>) -> (Tensor<A, 2, Int>, Targets<A>) {
+    let ids: Vec<i64> = (0..4 * 6).map(|i| (i * 7919 % 2000 + 1000) as i64).collect();
+    (
+        Tensor::from_data(TensorData::new(ids, [4, 6]), device),
+        Targets::Classes(Tensor::from_data(TensorData::new(vec![0i64, 1, 1, 0], [4]), device)),
+    )
+}
+
+/// Forward with segment 0 and no padding.
+fn fwd<B: Backend>(m: &SequenceClassifier<B>, ids: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+    let device = ids.device();
+    let dims = ids.dims();
+    m.forward(ids, Tensor::zeros(dims, &device), Tensor::ones(dims, &device))
+}
+
+fn logits(m: &SequenceClassifier<A>) -> Vec<f32> {
+    let device = Default::default();
+    let (ids, _) = batch(&device);
+    let m = m.valid();
+    let ids = Tensor::<I, 2, Int>::from_data(ids.into_data(), &device);
+    fwd(&m, ids).into_data().to_vec().unwrap()
+}
+
+fn snapshot(m: &SequenceClassifier<A>) -> HashMap<String, Vec<f32>> {
+    let bytes = kiln_tune::strategy::tuned_bytes(m, &Tuning::new(&[]).unwrap());
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(n, v)| {
+            let d = v
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            (n, d)
+        })
+        .collect()
+}
+
+/// Inserts, freezes and takes `steps` AdamW steps (no weight decay on frozen: they get no
+/// update at all) with `tuning`'s gradient mask.
+fn run_steps(tuning: &Tuning, model: SequenceClassifier<A>, steps: usize, wd: f64) -> SequenceClassifier<A> {
+    let device = Default::default();
+    let model = tuning.insert(model, &device).unwrap();
+    let mut model = tuning.freeze(model);
+    let cfg = AdamWConfig {
+        weight_decay: wd,
+        max_grad_norm: None,
+        ..Default::default()
+    };
+    let mut opt = AdamW::<I>::new(cfg, &param_infos(&model), |info| ParamGroup {
+        trainable: tuning.trains(&info.path),
+        ..ParamGroup::hf_default(info)
+    });
+    let mask = tuning.child_tuning_f().map(ChildMask::<I>::Bernoulli);
+    for _ in 0..steps {
+        let (ids, targets) = batch(&device);
+        let loss = model.loss(fwd(&model, ids), &targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = opt.step_masked(model, grads, 1e-2, mask.as_ref()).0;
+    }
+    model
+}
+
+/// Closed-form trainable counts for the tiny config (L layers, width H, FFN F, 2 labels).
+fn expected_trainable(kind: &str) -> usize {
+    let head = H * 2 + 2;
+    let layer_norms = L * 2 * 2 * H + 2 * H;
+    match kind {
+        "bit_fit" => L * (4 * H + F + H + 2 * H) + H + H + head,
+        "lna" => L * 4 * (H * H + H) + layer_norms + head,
+        "lora_qv_r4" => L * 2 * (H * 4 + 4 * H) + head,
+        "houlsby_r4" => L * 2 * (H * (H / 4) + H / 4 + (H / 4) * H + H) + layer_norms + head,
+        "pfeiffer_r4" => L * (H * (H / 4) + H / 4 + (H / 4) * H + H) + layer_norms + head,
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let cases: Vec<(&str, Vec<StrategyConfig>)> = vec![
+        ("bit_fit", vec![StrategyConfig::BitFit]),
+        ("lna", vec![StrategyConfig::Lna]),
+        (
+            "lora_qv_r4",
+            vec![StrategyConfig::Lora {
+                r: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                targets: vec!["query".into(), "re:.*value".into()],
+            }],
+        ),
+        ("houlsby_r4", vec![StrategyConfig::Houlsby { reduction: 4 }]),
+        ("pfeiffer_r4", vec![StrategyConfig::Pfeiffer { reduction: 4 }]),
+    ];
+    for (name, components) in cases {
+        let tuning = Tuning::new(&components).unwrap();
+        let device = Default::default();
+        let base = tiny(3);
+        let before = snapshot(&tuning.insert(base.clone(), &device).unwrap());
+        let after_model = run_steps(&tuning, base, 2, 0.01);
+        let after = snapshot(&after_model);
+        let report = TrainableReport::new(&tuning, &param_infos(&after_model));
+        assert_eq!(report.trainable, expected_trainable(name), "{name}: {report:?}");
+        for (path, b) in &before {
+            let a = &after[path];
+            if tuning.trains(path) {
+                assert!(a != b, "{name}: trained {path} did not change");
+            } else {
+                assert!(a == b, "{name}: frozen {path} changed");
+            }
+        }
+    }
+}
+
+#[test]
+fn tuned_part_alone_reproduces_the_logits() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    for components in [
+        vec![StrategyConfig::Lora {
+            r: 4,
+            alpha: 8.0,
+            dropout: 0.0,
+            targets: vec!["query".into(), "value".into(), "output".into()],
+        }],
+        vec![StrategyConfig::Houlsby { reduction: 4 }],
+        vec![StrategyConfig::BitFit, StrategyConfig::ChildTuningF { reserve_p: 0.5 }],
+    ] {
+        let tuning = Tuning::new(&components).unwrap();
+        let trained = run_steps(&tuning, tiny(5), 3, 0.01);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("tuned.safetensors");
+        save_tuned(&trained, &tuning, &file).unwrap();
+        let stored = kiln_tune::strategy::read_tuning(&file).unwrap();
+        assert_eq!(stored.components, components);
+        // The same base; inserted modules drawn with a different seed, then overwritten.
+        A::seed(&device, 12345);
+        let fresh = stored.insert(tiny(5), &device).unwrap();
+        assert_ne!(logits(&fresh), logits(&trained));
+        let loaded = load_tuned(fresh, &stored, &file).unwrap();
+        assert_eq!(logits(&loaded), logits(&trained), "{}", tuning.name());
+        let bytes = std::fs::metadata(&file).unwrap().len() as usize;
+        let all = kiln_tune::strategy::tuned_bytes(&trained, &Tuning::new(&[]).unwrap()).len();
+        assert!(
+            bytes * 4 < all,
+            "{}: tuned part {bytes} B vs whole model {all} B",
+            tuning.name()
+        );
+    }
+}
+
+#[test]
+fn lora_starts_as_the_base_model_and_merging_is_exact() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let lora = StrategyConfig::Lora {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec!["re:.*".into()],
+    };
+    let tuning = Tuning::new(&[lora]).unwrap();
+    let base = tiny(9);
+    assert_eq!(logits(&tuning.insert(base.clone(), &device).unwrap()), logits(&base));
+    let trained = run_steps(&tuning, base.clone(), 3, 0.0);
+    let unmerged = logits(&trained);
+    assert_ne!(unmerged, logits(&base));
+    let mut merged_model = trained.clone();
+    let w0 = merged_model.bert.encoder.layer[0].output.dense.weight.val();
+    for layer in &mut merged_model.bert.encoder.layer {
+        let lora = layer.inserts.lora.as_mut().unwrap();
+        let sa = &mut layer.attention.self_attention;
+        set_merged(&mut sa.query, lora.query.as_mut().unwrap(), true);
+        set_merged(&mut sa.key, lora.key.as_mut().unwrap(), true);
+        set_merged(&mut sa.value, lora.value.as_mut().unwrap(), true);
+        set_merged(
+            &mut layer.attention.output.dense,
+            lora.attention_output.as_mut().unwrap(),
+            true,
+        );
+        set_merged(&mut layer.intermediate.dense, lora.intermediate.as_mut().unwrap(), true);
+        set_merged(&mut layer.output.dense, lora.output.as_mut().unwrap(), true);
+    }
+    let merged = logits(&merged_model);
+    let worst = unmerged
+        .iter()
+        .zip(&merged)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst < 1e-5, "merged vs unmerged logits differ by {worst}");
+    let layer = &mut merged_model.bert.encoder.layer[0];
+    set_merged(
+        &mut layer.output.dense,
+        layer.inserts.lora.as_mut().unwrap().output.as_mut().unwrap(),
+        false,
+    );
+    let restored = layer.output.dense.weight.val();
+    let diff = (restored - w0).abs().max().into_scalar();
+    assert!(diff < 1e-6, "unmerge left {diff}");
+}
+
+#[test]
+fn child_tuning_f_keeps_a_binomial_fraction_scaled_by_inverse_p() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    I::seed(&device, 1);
+    let n = 200_000usize;
+    for p in [0.1, 0.3, 0.9] {
+        let masked = ChildMask::<I>::Bernoulli(p).apply("x", Tensor::ones([n], &device));
+        let v: Vec<f32> = masked.into_data().to_vec().unwrap();
+        let kept = v.iter().filter(|&&x| x != 0.0).count() as f64;
+        let (mean, sd) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
+        assert!(
+            (kept - mean).abs() < 5.0 * sd,
+            "p={p}: kept {kept}, expected {mean} ± {sd}"
+        );
+        assert!(v.iter().all(|&x| x == 0.0 || (x as f64 - 1.0 / p).abs() < 1e-5));
+    }
+}
+
+#[test]
+fn child_tuning_d_keeps_reserve_p_of_encoder_elements_and_masked_ones_do_not_move() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let model = tiny(11);
+    let reserve_p = 0.3;
+    let mask = child_tuning_d_mask(&model, 3, reserve_p, |m, i| {
+        let (ids, targets) = batch(&device);
+        let ids = ids.add_scalar(i as i64);
+        Ok::<_, ()>(m.loss(fwd(m, ids), &targets))
+    })
+    .unwrap();
+    let ChildMask::Fixed(masks) = &mask else {
+        panic!("fixed mask expected")
+    };
+    let eligible: Vec<_> = param_infos(&model)
+        .into_iter()
+        .filter(|p| child_d_eligible(&p.path))
+        .collect();
+    assert_eq!(masks.len(), eligible.len());
+    assert!(masks.keys().all(|k| k.starts_with("bert.encoder.layer.")));
+    let total: usize = eligible.iter().map(|p| p.numel()).sum();
+    let kept: f64 = masks.values().map(|m| m.clone().sum().into_scalar() as f64).sum();
+    let want = reserve_p * total as f64;
+    assert!((kept - want).abs() <= 2.0, "kept {kept} of {total}, want ≈ {want}");
+
+    // One step without weight decay from zero momentum: masked-out elements stay put.
+    let tuning = Tuning::new(&[StrategyConfig::ChildTuningD { reserve_p }]).unwrap();
+    let mut model = tuning.freeze(model);
+    let before = snapshot(&model);
+    let cfg = AdamWConfig {
+        weight_decay: 0.0,
+        max_grad_norm: None,
+        ..Default::default()
+    };
+    let mut opt = AdamW::<I>::new(cfg, &param_infos(&model), ParamGroup::hf_default);
+    let (ids, targets) = batch(&device);
+    let loss = model.loss(fwd(&model, ids), &targets);
+    let grads = GradientsParams::from_grads(loss.backward(), &model);
+    model = opt.step_masked(model, grads, 1e-2, Some(&mask)).0;
+    let after = snapshot(&model);
+    for (path, m) in masks {
+        let m: Vec<f32> = m.clone().into_data().to_vec().unwrap();
+        for (i, keep) in m.iter().enumerate() {
+            if *keep == 0.0 {
+                assert_eq!(before[path][i], after[path][i], "{path}[{i}] moved although masked");
+            }
+        }
+    }
+    assert_ne!(before["classifier.weight"], after["classifier.weight"]);
+}
+
+#[test]
+fn percentile_matches_numpy_linear_interpolation() {
+    // numpy.percentile([4, 1, 3, 2], q) for q = 0, 30, 50, 100.
+    for (q, want) in [(0.0, 1.0), (30.0, 1.9), (50.0, 2.5), (100.0, 4.0)] {
+        let mut v = vec![4.0f32, 1.0, 3.0, 2.0];
+        assert!((percentile(&mut v, q) - want).abs() < 1e-6, "q={q}");
+    }
+    let mut big: Vec<f32> = (0..1001).rev().map(|x| x as f32).collect();
+    assert_eq!(percentile(&mut big, 70.0), 700.0);
+}
+
+#[test]
+fn nonsensical_compositions_are_clear_errors() {
+    let err = |c: &[StrategyConfig]| Tuning::new(c).unwrap_err();
+    assert!(matches!(
+        err(&[StrategyConfig::Full, StrategyConfig::BitFit]),
+        StrategyError::Incompatible("full", "bit_fit", _)
+    ));
+    assert!(matches!(
+        err(&[
+            StrategyConfig::ChildTuningF { reserve_p: 0.3 },
+            StrategyConfig::ChildTuningD { reserve_p: 0.3 }
+        ]),
+        StrategyError::Incompatible(..)
+    ));
+    assert!(matches!(
+        err(&[
+            StrategyConfig::Houlsby { reduction: 16 },
+            StrategyConfig::Pfeiffer { reduction: 16 }
+        ]),
+        StrategyError::Incompatible(..)
+    ));
+    let e = err(&[StrategyConfig::Lora {
+        r: 8,
+        alpha: 16.0,
+        dropout: 0.0,
+        targets: vec!["qeury".into()],
+    }]);
+    assert!(
+        e.to_string().contains("qeury") && e.to_string().contains("query"),
+        "{e}"
+    );
+    assert!(matches!(
+        err(&[StrategyConfig::ChildTuningF { reserve_p: 0.0 }]),
+        StrategyError::Invalid { .. }
+    ));
+    // Sensible compositions are accepted.
+    for ok in [
+        vec![StrategyConfig::BitFit, StrategyConfig::ChildTuningF { reserve_p: 0.3 }],
+        vec![
+            StrategyConfig::Lora {
+                r: 8,
+                alpha: 16.0,
+                dropout: 0.1,
+                targets: vec!["query".into(), "value".into()],
+            },
+            StrategyConfig::ChildTuningD { reserve_p: 0.3 },
+        ],
+    ] {
+        Tuning::new(&ok).unwrap();
+    }
+}
+
+fn tokenizer() -> TextTokenizer {
+    let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    TextTokenizer::from_file(dir.join("tokenizer.json"), 32).unwrap()
+}
+
+#[test]
+fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tok = tokenizer();
+    let words = ["good", "bad", "fine", "awful", "great", "poor", "nice", "terrible"];
+    let ex = |i: usize| Example {
+        input: TextInput::Single(format!("a {} film number {}", words[i % 8], i)),
+        label: Label::Class(i % 2),
+    };
+    let data = TaskData {
+        task: GlueTask::Sst2,
+        train: (0..40).map(ex).collect(),
+        dev: (40..56).map(ex).collect(),
+    };
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 8,
+        lr: 1e-2,
+        eval_every: Some(2),
+        tuning: vec![
+            StrategyConfig::Lora {
+                r: 4,
+                alpha: 8.0,
+                dropout: 0.1,
+                targets: vec!["query".into(), "value".into()],
+            },
+            StrategyConfig::ChildTuningF { reserve_p: 0.5 },
+        ],
+        ..TrainConfig::default()
+    };
+    let device = Default::default();
+    let dir_a = tempfile::tempdir().unwrap();
+    let (full, res_a) = train(
+        tiny(7),
+        &tok,
+        &data,
+        &cfg,
+        &RunDir(dir_a.path().into()),
+        false,
+        StopAt::default(),
+        &device,
+    )
+    .unwrap();
+    assert_eq!(res_a.strategy, "lora+child_tuning_f");
+    assert_eq!(res_a.trainable_params, expected_trainable("lora_qv_r4"));
+    let last = dir_a.path().join("checkpoints/last");
+    assert!(last.join("tuned.safetensors").exists() && !last.join("model.safetensors").exists());
+    let dir_b = tempfile::tempdir().unwrap();
+    let run_b = RunDir(dir_b.path().into());
+    train(
+        tiny(7),
+        &tok,
+        &data,
+        &cfg,
+        &run_b,
+        false,
+        StopAt { step: Some(4) },
+        &device,
+    )
+    .unwrap();
+    let (resumed, res_b) = train(tiny(7), &tok, &data, &cfg, &run_b, true, StopAt::default(), &device).unwrap();
+    assert!(res_b.resumed);
+    let (a, b) = (snapshot(&full), snapshot(&resumed));
+    let differing: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
+    assert!(differing.is_empty(), "differ after resume: {differing:?}");
+}
