@@ -157,11 +157,27 @@ pub fn default_model(explicit: Option<&Path>, allow_fetch: bool) -> Result<PathB
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kiln::tune::strategy::StrategyConfig;
 
     fn write(text: &str) -> tempfile::NamedTempFile {
         let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
         std::fs::write(f.path(), text).unwrap();
         f
+    }
+
+    #[test]
+    fn every_shipped_experiment_file_parses_and_builds_its_strategy() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../experiments");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let e = load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
+                kiln::tune::strategy::Tuning::new(&e.train.tuning).unwrap();
+                n += 1;
+            }
+        }
+        assert!(n >= 13, "found {n} experiment files");
     }
 
     #[test]
@@ -174,6 +190,25 @@ mod tests {
         );
         let e = load(f.path(), &["train.lr=3e-5".into(), "train.adamw.weight_decay=0".into()]).unwrap();
         assert_eq!((e.train.lr, e.train.adamw.weight_decay), (3e-5, 0.0));
+        let tuned = write(
+            "[experiment]\nname = \"x\"\ntask = \"rte\"\n[[train.tuning]]\nkind = \"lora\"\nr = 4\ntargets = [\"query\", \"re:.*value\"]\n[[train.tuning]]\nkind = \"child_tuning_d\"\n",
+        );
+        let e = load(tuned.path(), &[]).unwrap();
+        assert_eq!(
+            e.train.tuning,
+            vec![
+                StrategyConfig::Lora {
+                    r: 4,
+                    alpha: 16.0,
+                    dropout: 0.0,
+                    targets: vec!["query".into(), "re:.*value".into()]
+                },
+                StrategyConfig::ChildTuningD { reserve_p: 0.3 }
+            ]
+        );
+        let typo = write("[experiment]\nname = \"x\"\ntask = \"rte\"\n[[train.tuning]]\nkind = \"lora\"\nrank = 4\n");
+        let err = format!("{:#}", load(typo.path(), &[]).unwrap_err());
+        assert!(err.contains("rank"), "{err}");
         let bad = write("[experiment]\nname = \"x\"\ntask = \"rte\"\n[train]\nlearning_rate = 1e-5\n");
         let err = format!("{:#}", load(bad.path(), &[]).unwrap_err());
         assert!(err.contains("learning_rate"), "{err}");

