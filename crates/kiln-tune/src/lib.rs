@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod classifier;
+pub mod export;
 pub mod optim;
 pub mod params;
 pub mod strategy;

@@ -1,0 +1,413 @@
+//! Interoperability with Python: LoRA adapters in PEFT's layout (both ways) and fine-tuned
+//! models in Hugging Face's layout.
+//!
+//! PEFT layout (what `PeftModel.save_pretrained` writes for `task_type="SEQ_CLS"` on
+//! `BertForSequenceClassification`):
+//! - `adapter_config.json`: `peft_type "LORA"`, `r`, `lora_alpha`, `lora_dropout`,
+//!   `target_modules`, `modules_to_save ["classifier", "score"]`, ...;
+//! - `adapter_model.safetensors`:
+//!   `base_model.model.bert.encoder.layer.{i}.attention.self.query.lora_A.weight` `[r, d_in]`,
+//!   `….lora_B.weight` `[d_out, r]`, and the head as `base_model.model.classifier.weight`
+//!   `[num_labels, hidden]` / `.bias`.
+//!
+//! kiln's deltas are stored transposed (`a: [d_in, r]`, `b: [r, d_out]`), so export and
+//! import transpose.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::TensorData;
+use kiln_model::peft::{set_merged, LoraDelta, LORA_TARGETS};
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{model_bytes, write_atomic};
+use crate::classifier::SequenceClassifier;
+use crate::strategy::{lora_targets, StrategyConfig, Tuning};
+
+/// Errors of export and import.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// File system.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The adapter or model does not fit.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
+    move |e| ExportError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// PEFT's `adapter_config.json` (the fields kiln reads and writes; unknown ones are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeftLoraConfig {
+    /// Must be `"LORA"`.
+    pub peft_type: String,
+    /// `"SEQ_CLS"` for classifiers.
+    #[serde(default)]
+    pub task_type: Option<String>,
+    /// Rank.
+    pub r: usize,
+    /// Scale numerator.
+    pub lora_alpha: f64,
+    /// Dropout on the LoRA path.
+    #[serde(default)]
+    pub lora_dropout: f64,
+    /// Module-name suffixes (`query`, `value`, `dense`, ...).
+    pub target_modules: Vec<String>,
+    /// Must be `"none"` (kiln's LoRA trains no biases).
+    #[serde(default = "none")]
+    pub bias: String,
+    /// Must be false (BERT linears are not Conv1D).
+    #[serde(default)]
+    pub fan_in_fan_out: bool,
+    /// rsLoRA scaling (`alpha / √r`); kiln supports only the classic `alpha / r`.
+    #[serde(default)]
+    pub use_rslora: bool,
+    /// Modules trained fully and saved beside the adapter.
+    #[serde(default)]
+    pub modules_to_save: Option<Vec<String>>,
+    /// The base model.
+    #[serde(default)]
+    pub base_model_name_or_path: Option<String>,
+    /// Always true for saved adapters.
+    #[serde(default)]
+    pub inference_mode: bool,
+}
+
+fn none() -> String {
+    "none".into()
+}
+
+const PREFIX: &str = "base_model.model.";
+
+fn f32s(t: Tensor<impl Backend, 2>) -> (Vec<usize>, Vec<u8>) {
+    let dims = t.dims().to_vec();
+    let v = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+    (dims, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+}
+
+/// The one LoRA component of `tuning`.
+fn lora_of(tuning: &Tuning) -> Result<(usize, f64, f64, Vec<String>), ExportError> {
+    let mut found = None;
+    for c in &tuning.components {
+        match c {
+            StrategyConfig::Lora {
+                r,
+                alpha,
+                dropout,
+                targets,
+            } => found = Some((*r, *alpha, *dropout, targets.clone())),
+            StrategyConfig::ChildTuningF { .. } | StrategyConfig::ChildTuningD { .. } => {}
+            other => {
+                return Err(ExportError::Invalid(format!(
+                    "PEFT export covers LoRA (optionally trained with Child-Tuning); {} trains parameters PEFT's LoRA layout cannot hold",
+                    other.name()
+                )))
+            }
+        }
+    }
+    found.ok_or_else(|| ExportError::Invalid("the strategy has no LoRA component".into()))
+}
+
+/// Writes `dir/adapter_config.json` and `dir/adapter_model.safetensors` in PEFT's layout.
+///
+/// # Errors
+/// [`ExportError`] when the strategy is not LoRA or a file cannot be written.
+pub fn export_peft_lora<B: Backend>(
+    model: &SequenceClassifier<B>,
+    tuning: &Tuning,
+    base_model: &str,
+    dir: &Path,
+) -> Result<(), ExportError> {
+    let (r, alpha, dropout, targets) = lora_of(tuning)?;
+    let names = lora_targets(&targets).map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (i, layer) in model.bert.encoder.layer.iter().enumerate() {
+        let lora = layer
+            .inserts
+            .lora
+            .as_ref()
+            .ok_or_else(|| ExportError::Invalid(format!("layer {i} has no LoRA deltas")))?;
+        for (name, hf) in LORA_TARGETS {
+            let Some(delta) = delta_ref(lora, name) else { continue };
+            if delta.merged {
+                return Err(ExportError::Invalid(format!("layer {i} {name}: unmerge before exporting")));
+            }
+            let key = format!("{PREFIX}bert.encoder.layer.{i}.{hf}");
+            let (s, b) = f32s(delta.a.val().transpose());
+            tensors.push((format!("{key}.lora_A.weight"), s, b));
+            let (s, b) = f32s(delta.b.val().transpose());
+            tensors.push((format!("{key}.lora_B.weight"), s, b));
+        }
+    }
+    let (s, b) = f32s(model.classifier.weight.val().transpose());
+    tensors.push((format!("{PREFIX}classifier.weight"), s, b));
+    if let Some(bias) = &model.classifier.bias {
+        let v = bias.val().into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+        tensors.push((
+            format!("{PREFIX}classifier.bias"),
+            vec![v.len()],
+            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        ));
+    }
+    let views: Vec<(String, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("view")))
+        .collect();
+    let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let config = PeftLoraConfig {
+        peft_type: "LORA".into(),
+        task_type: Some("SEQ_CLS".into()),
+        r,
+        lora_alpha: alpha,
+        lora_dropout: dropout,
+        target_modules: names
+            .iter()
+            .map(|n| LORA_TARGETS.iter().find(|(k, _)| k == n).expect("known").1.to_string())
+            .collect(),
+        bias: "none".into(),
+        fan_in_fan_out: false,
+        use_rslora: false,
+        modules_to_save: Some(vec!["classifier".into(), "score".into()]),
+        base_model_name_or_path: Some(base_model.into()),
+        inference_mode: true,
+    };
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    write_atomic(&dir.join("adapter_model.safetensors"), &bytes).map_err(|e| ExportError::Io {
+        path: dir.join("adapter_model.safetensors"),
+        message: e.to_string(),
+    })?;
+    let json = serde_json::to_string_pretty(&config).expect("json");
+    write_atomic(&dir.join("adapter_config.json"), json.as_bytes()).map_err(|e| ExportError::Io {
+        path: dir.join("adapter_config.json"),
+        message: e.to_string(),
+    })
+}
+
+fn delta_ref<'a, B: Backend>(l: &'a kiln_model::peft::LayerLora<B>, name: &str) -> Option<&'a LoraDelta<B>> {
+    match name {
+        "query" => l.query.as_ref(),
+        "key" => l.key.as_ref(),
+        "value" => l.value.as_ref(),
+        "attention_output" => l.attention_output.as_ref(),
+        "intermediate" => l.intermediate.as_ref(),
+        "output" => l.output.as_ref(),
+        _ => None,
+    }
+}
+
+fn delta_mut<'a, B: Backend>(l: &'a mut kiln_model::peft::LayerLora<B>, name: &str) -> Option<&'a mut LoraDelta<B>> {
+    match name {
+        "query" => l.query.as_mut(),
+        "key" => l.key.as_mut(),
+        "value" => l.value.as_mut(),
+        "attention_output" => l.attention_output.as_mut(),
+        "intermediate" => l.intermediate.as_mut(),
+        "output" => l.output.as_mut(),
+        _ => None,
+    }
+}
+
+/// Reads a PEFT LoRA adapter directory onto `model` (the base, without inserts): inserts the
+/// deltas its config names, loads them and the head. Returns the model and the equivalent
+/// kiln strategy.
+///
+/// # Errors
+/// [`ExportError`] for an unsupported config (rsLoRA, biases, fan-in-fan-out), missing or
+/// wrong-shaped tensors, or unknown keys.
+pub fn import_peft_lora<B: Backend>(
+    model: SequenceClassifier<B>,
+    dir: &Path,
+    device: &B::Device,
+) -> Result<(SequenceClassifier<B>, Tuning), ExportError> {
+    let cfg_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&cfg_path).map_err(io(&cfg_path))?;
+    let cfg: PeftLoraConfig =
+        serde_json::from_str(&text).map_err(|e| ExportError::Invalid(format!("{}: {e}", cfg_path.display())))?;
+    if cfg.peft_type != "LORA" || cfg.bias != "none" || cfg.fan_in_fan_out || cfg.use_rslora {
+        return Err(ExportError::Invalid(format!(
+            "{}: kiln reads LORA adapters with bias \"none\", no fan_in_fan_out and no rsLoRA (got {} / {} / {} / {})",
+            cfg_path.display(),
+            cfg.peft_type,
+            cfg.bias,
+            cfg.fan_in_fan_out,
+            cfg.use_rslora
+        )));
+    }
+    let tuning = Tuning::new(&[StrategyConfig::Lora {
+        r: cfg.r,
+        alpha: cfg.lora_alpha,
+        dropout: cfg.lora_dropout,
+        targets: cfg.target_modules.clone(),
+    }])
+    .map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let mut model = tuning
+        .insert(model, device)
+        .map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let st_path = dir.join("adapter_model.safetensors");
+    let bytes = std::fs::read(&st_path).map_err(io(&st_path))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| ExportError::Invalid(format!("{}: {e}", st_path.display())))?;
+    let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+    for (name, view) in st.tensors() {
+        let data: Vec<f32> = match view.dtype() {
+            Dtype::F32 => view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect(),
+            other => {
+                return Err(ExportError::Invalid(format!(
+                    "{}: {name} is {other:?}; kiln reads F32 adapters",
+                    st_path.display()
+                )))
+            }
+        };
+        // Older PEFT versions keep the adapter name in the key.
+        let key = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.");
+        let key = key.replace(".modules_to_save.default.", ".");
+        tensors.insert(key, (view.shape().to_vec(), data));
+    }
+    let mut take2 = |key: &str, want: [usize; 2]| -> Result<Tensor<B, 2>, ExportError> {
+        let (shape, data) = tensors
+            .remove(key)
+            .ok_or_else(|| ExportError::Invalid(format!("{}: missing {key}", st_path.display())))?;
+        if shape != want {
+            return Err(ExportError::Invalid(format!(
+                "{}: {key} has shape {shape:?}, the model needs {want:?}",
+                st_path.display()
+            )));
+        }
+        Ok(Tensor::from_data(TensorData::new(data, shape), device))
+    };
+    for (i, layer) in model.bert.encoder.layer.iter_mut().enumerate() {
+        let lora = layer.inserts.lora.as_mut().expect("inserted");
+        for (name, hf) in LORA_TARGETS {
+            let Some(delta) = delta_mut(lora, name) else { continue };
+            let key = format!("{PREFIX}bert.encoder.layer.{i}.{hf}");
+            let [d_in, r] = delta.a.dims();
+            let [_, d_out] = delta.b.dims();
+            let a = take2(&format!("{key}.lora_A.weight"), [r, d_in])?.transpose();
+            let b = take2(&format!("{key}.lora_B.weight"), [d_out, r])?.transpose();
+            delta.a = Param::initialized(delta.a.id, a);
+            delta.b = Param::initialized(delta.b.id, b);
+        }
+    }
+    let [hidden, labels] = model.classifier.weight.dims();
+    if let Ok(w) = take2(&format!("{PREFIX}classifier.weight"), [labels, hidden]) {
+        model.classifier.weight = Param::initialized(model.classifier.weight.id, w.transpose());
+        if let Some((shape, data)) = tensors.remove(&format!("{PREFIX}classifier.bias")) {
+            if let Some(bias) = &mut model.classifier.bias {
+                if shape != [labels] {
+                    return Err(ExportError::Invalid(format!("classifier.bias has shape {shape:?}")));
+                }
+                *bias = Param::initialized(bias.id, Tensor::from_data(TensorData::new(data, shape), device));
+            }
+        }
+    } else {
+        tracing::warn!("{}: no classifier head; the model keeps its own", st_path.display());
+    }
+    if !tensors.is_empty() {
+        let mut left: Vec<String> = tensors.into_keys().collect();
+        left.sort();
+        return Err(ExportError::Invalid(format!(
+            "{}: tensors kiln does not know: {left:?}",
+            st_path.display()
+        )));
+    }
+    Ok((model, tuning))
+}
+
+/// Folds every LoRA delta into its base weight and removes the deltas: the result is a plain
+/// `BertForSequenceClassification`.
+pub fn merge_lora<B: Backend>(mut model: SequenceClassifier<B>) -> SequenceClassifier<B> {
+    for layer in &mut model.bert.encoder.layer {
+        let Some(mut lora) = layer.inserts.lora.take() else { continue };
+        let sa = &mut layer.attention.self_attention;
+        let pairs: [(&mut burn::nn::Linear<B>, Option<&mut LoraDelta<B>>); 6] = [
+            (&mut sa.query, lora.query.as_mut()),
+            (&mut sa.key, lora.key.as_mut()),
+            (&mut sa.value, lora.value.as_mut()),
+            (&mut layer.attention.output.dense, lora.attention_output.as_mut()),
+            (&mut layer.intermediate.dense, lora.intermediate.as_mut()),
+            (&mut layer.output.dense, lora.output.as_mut()),
+        ];
+        for (base, delta) in pairs {
+            if let Some(delta) = delta {
+                set_merged(base, delta, true);
+            }
+        }
+    }
+    model
+}
+
+/// Writes a Hugging Face model directory that `AutoModelForSequenceClassification` loads:
+/// `config.json` (the base config plus `architectures`, `num_labels`/`id2label`, and
+/// `problem_type` for regression), `model.safetensors`, and the tokenizer files of
+/// `tokenizer_dir`. LoRA deltas are merged first; adapters cannot be expressed in this layout
+/// and are an error.
+///
+/// # Errors
+/// [`ExportError`] on adapters or I/O.
+pub fn export_hf_model<B: Backend>(
+    model: SequenceClassifier<B>,
+    base_config_json: &Path,
+    tokenizer_dir: &Path,
+    dir: &Path,
+) -> Result<(), ExportError> {
+    let model = merge_lora(model);
+    if model
+        .bert
+        .encoder
+        .layer
+        .iter()
+        .any(|l| l.inserts.attention_adapter.is_some() || l.inserts.ffn_adapter.is_some())
+    {
+        return Err(ExportError::Invalid(
+            "bottleneck adapters have no place in BertForSequenceClassification; save the tuned part instead".into(),
+        ));
+    }
+    let text = std::fs::read_to_string(base_config_json).map_err(io(base_config_json))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ExportError::Invalid(format!("{}: {e}", base_config_json.display())))?;
+    let labels = model.num_labels();
+    json["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
+    json["num_labels"] = serde_json::json!(labels);
+    json["id2label"] = serde_json::json!((0..labels).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect::<HashMap<_, _>>());
+    json["label2id"] = serde_json::json!((0..labels).map(|i| (format!("LABEL_{i}"), i)).collect::<HashMap<_, _>>());
+    if labels == 1 {
+        json["problem_type"] = serde_json::json!("regression");
+    }
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let bytes = model_bytes(&model).map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let write = |name: &str, bytes: &[u8]| {
+        write_atomic(&dir.join(name), bytes).map_err(|e| ExportError::Io {
+            path: dir.join(name),
+            message: e.to_string(),
+        })
+    };
+    write("model.safetensors", &bytes)?;
+    write("config.json", serde_json::to_string_pretty(&json).expect("json").as_bytes())?;
+    for name in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
+        let src = tokenizer_dir.join(name);
+        if src.exists() {
+            let bytes = std::fs::read(&src).map_err(io(&src))?;
+            write(name, &bytes)?;
+        }
+    }
+    Ok(())
+}
