@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod embed;
 mod experiment;
+mod export;
 mod model_files;
 mod parity;
 mod sweep;
@@ -137,6 +138,18 @@ enum Command {
         sets: Vec<String>,
         #[arg(long, default_value = "cpu")]
         device: DeviceKind,
+    },
+    /// Export a run's best checkpoint: a PEFT LoRA adapter (--format peft) or a Hugging Face model (--format hf).
+    Export {
+        /// The run directory (holding config.json and checkpoints/best).
+        run: PathBuf,
+        #[arg(long, value_enum)]
+        format: export::ExportFormat,
+        #[arg(long)]
+        out: PathBuf,
+        /// Base model directory (default: located like demo).
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
     /// Aggregate finished sweeps into a table (markdown + CSV).
     Table {
@@ -292,6 +305,23 @@ fn main() -> Result<()> {
                 .map(|t| kiln::data::GlueTask::parse(t))
                 .collect::<Result<Vec<_>, _>>()?;
             sweep::sweep(&files, &tasks, &seeds, &out, &sets, device)?;
+        }
+        Command::Export {
+            run,
+            format,
+            out,
+            model,
+        } => {
+            let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
+            run_on(
+                DeviceKind::Cpu,
+                export::ExportJob {
+                    model,
+                    run,
+                    format,
+                    out,
+                },
+            )??;
         }
         Command::Table {
             what: TableCommand::Strategies { runs, out },
