@@ -58,7 +58,12 @@ impl BackendJob for ExportJob {
                 export_hf_model(model, &dir.config(), &self.model, &self.out)?
             }
         }
-        println!("Exported {} ({}) to {}", self.run.display(), tuning.name(), self.out.display());
+        println!(
+            "Exported {} ({}) to {}",
+            self.run.display(),
+            tuning.name(),
+            self.out.display()
+        );
         Ok(())
     }
 }

@@ -18,7 +18,14 @@ use kiln::tune::trainer::TrainResults;
 use crate::experiment;
 
 /// One sweep: every file × task × seed, sequentially.
-pub fn sweep(files: &[PathBuf], tasks: &[GlueTask], seeds: &[u64], root: &Path, sets: &[String], device: DeviceKind) -> Result<()> {
+pub fn sweep(
+    files: &[PathBuf],
+    tasks: &[GlueTask],
+    seeds: &[u64],
+    root: &Path,
+    sets: &[String],
+    device: DeviceKind,
+) -> Result<()> {
     let total = files.len() * tasks.len() * seeds.len();
     let mut done = 0;
     for file in files {
@@ -29,7 +36,10 @@ pub fn sweep(files: &[PathBuf], tasks: &[GlueTask], seeds: &[u64], root: &Path, 
                 sets.push(format!("experiment.task={}", task.short_name()));
                 sets.push(format!("train.seed={seed}"));
                 let exp = experiment::load(file, &sets)?;
-                let out = root.join(task.short_name()).join(&exp.experiment.name).join(format!("seed{seed}"));
+                let out = root
+                    .join(task.short_name())
+                    .join(&exp.experiment.name)
+                    .join(format!("seed{seed}"));
                 if out.join("results.json").exists() {
                     tracing::info!(run = %out.display(), "[{done}/{total}] already finished, skipped");
                     continue;
@@ -117,7 +127,11 @@ pub fn strategies_table(root: &Path, out: &Path) -> Result<String> {
             }
         }
     }
-    anyhow::ensure!(!cells.is_empty(), "no finished runs (results.json) under {}", root.display());
+    anyhow::ensure!(
+        !cells.is_empty(),
+        "no finished runs (results.json) under {}",
+        root.display()
+    );
     let mut md = String::new();
     let mut csv = String::from("strategy,task,metric,mean,std,n,trainable_percent,wall_time_s,peak_rss_mb\n");
     let _ = write!(md, "| strategy | trainable % |");
@@ -137,7 +151,9 @@ pub fn strategies_table(root: &Path, out: &Path) -> Result<String> {
                     let shown: Vec<String> = c
                         .metrics
                         .iter()
-                        .filter(|(k, _)| *k == &c.primary || (k.as_str() == "spearman") || (t == "mrpc" && k.as_str() == "accuracy"))
+                        .filter(|(k, _)| {
+                            *k == &c.primary || (k.as_str() == "spearman") || (t == "mrpc" && k.as_str() == "accuracy")
+                        })
                         .map(|(k, xs)| {
                             let (m, s) = mean_std(xs);
                             let _ = writeln!(
@@ -189,7 +205,9 @@ fn read_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 fn file_name(p: &Path) -> String {
-    p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Modules that parameter-efficient tuning strategies insert into a pretrained encoder:
-//! low-rank deltas on linear layers (LoRA, Hu et al. 2021) and bottleneck adapters (Houlsby
-//! et al. 2019; Pfeiffer et al. 2021).
+//! low-rank deltas on linear layers (LoRA, Hu et al. 2021), bottleneck adapters (Houlsby
+//! et al. 2019; Pfeiffer et al. 2021), (IA)³ scales (Liu et al. 2022) and learned weight
+//! masks (Zhao et al. 2020).
 //!
 //! They live in one optional [`LayerInserts`] per encoder layer (`encoder.layer.{i}.inserts`),
 //! beside — not inside — the Hugging Face-shaped blocks, so pretrained checkpoints load with
@@ -131,11 +132,91 @@ pub struct LayerLora<B: Backend> {
     pub output: Option<LoraDelta<B>>,
 }
 
+/// (IA)³ (Liu et al. 2022): learned element-wise rescaling of keys, values and the FFN's
+/// inner activation, initialised to one.
+#[derive(Module, Debug)]
+pub struct LayerIa3<B: Backend> {
+    /// `l_k`, `[hidden]`.
+    pub key: Param<Tensor<B, 1>>,
+    /// `l_v`, `[hidden]`.
+    pub value: Param<Tensor<B, 1>>,
+    /// `l_ff`, `[intermediate]`.
+    pub ffn: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> LayerIa3<B> {
+    /// All scales one (the model is unchanged).
+    pub fn new(hidden: usize, intermediate: usize, device: &B::Device) -> Self {
+        Self {
+            key: Param::from_tensor(Tensor::ones([hidden], device)),
+            value: Param::from_tensor(Tensor::ones([hidden], device)),
+            ffn: Param::from_tensor(Tensor::ones([intermediate], device)),
+        }
+    }
+}
+
+/// Learned binary masks over pretrained weights (Zhao et al. 2020): a real score per weight,
+/// mask `= 1[score > threshold]`, gradients reach the scores by the straight-through estimator
+/// (`∂L/∂s = ∂L/∂(W ⊙ m) ⊙ W`). Scores start at `init` (above the threshold: every weight kept).
+#[derive(Module, Debug)]
+pub struct WeightMask<B: Backend> {
+    /// Scores, the weight's shape `[d_in, d_out]`.
+    pub scores: Param<Tensor<B, 2>>,
+    /// Threshold.
+    pub threshold: f64,
+}
+
+impl<B: Backend> WeightMask<B> {
+    /// Scores `init` everywhere for a `d_in × d_out` weight.
+    pub fn new(d_in: usize, d_out: usize, init: f64, threshold: f64, device: &B::Device) -> Self {
+        Self {
+            scores: Param::from_tensor(Tensor::full([d_in, d_out], init, device)),
+            threshold,
+        }
+    }
+
+    /// The binary mask with a straight-through gradient to the scores.
+    pub fn mask(&self) -> Tensor<B, 2> {
+        let s = self.scores.val();
+        let hard = s.clone().greater_elem(self.threshold).float().detach();
+        // `s − s` is exactly zero, so the forward value is exactly the hard mask.
+        hard + (s.clone() - s.detach())
+    }
+
+    /// Fraction of weights kept.
+    pub fn density(&self) -> f64 {
+        let s = self.scores.val();
+        let n = s.shape().num_elements() as f64;
+        s.greater_elem(self.threshold).float().sum().into_scalar().elem::<f64>() / n
+    }
+}
+
+/// Learned masks of one layer's linears (any subset), named as [`LayerLora`]'s fields.
+#[derive(Module, Debug)]
+pub struct LayerMasks<B: Backend> {
+    /// On `attention.self.query`.
+    pub query: Option<WeightMask<B>>,
+    /// On `attention.self.key`.
+    pub key: Option<WeightMask<B>>,
+    /// On `attention.self.value`.
+    pub value: Option<WeightMask<B>>,
+    /// On `attention.output.dense`.
+    pub attention_output: Option<WeightMask<B>>,
+    /// On `intermediate.dense`.
+    pub intermediate: Option<WeightMask<B>>,
+    /// On `output.dense`.
+    pub output: Option<WeightMask<B>>,
+}
+
 /// Everything inserted into one encoder layer.
 #[derive(Module, Debug)]
 pub struct LayerInserts<B: Backend> {
     /// LoRA deltas.
     pub lora: Option<LayerLora<B>>,
+    /// (IA)³ scales.
+    pub ia3: Option<LayerIa3<B>>,
+    /// Learned weight masks.
+    pub masks: Option<LayerMasks<B>>,
     /// Adapter after the attention output projection, before its residual + LayerNorm
     /// (Houlsby).
     pub attention_adapter: Option<Bottleneck<B>>,
@@ -149,6 +230,8 @@ impl<B: Backend> LayerInserts<B> {
     pub fn empty() -> Self {
         Self {
             lora: None,
+            ia3: None,
+            masks: None,
             attention_adapter: None,
             ffn_adapter: None,
         }

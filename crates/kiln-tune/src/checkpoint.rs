@@ -175,7 +175,11 @@ fn optimizer_bytes<B: Backend>(opt: &AdamW<B>) -> Result<Vec<u8>, CheckpointErro
             )
         })
         .collect();
-    let meta = HashMap::from([("step".to_string(), opt.step.to_string())]);
+    let steps: std::collections::BTreeMap<&String, u64> = opt.state.iter().map(|(p, m)| (p, m.step)).collect();
+    let meta = HashMap::from([
+        ("step".to_string(), opt.step.to_string()),
+        ("param_steps".to_string(), serde_json::to_string(&steps).expect("json")),
+    ]);
     safetensors::serialize(views, Some(meta)).map_err(|e| invalid(Path::new("optimizer"), e))
 }
 
@@ -188,6 +192,10 @@ fn load_optimizer<B: Backend>(opt: &mut AdamW<B>, path: &Path, device: &B::Devic
         .and_then(|m| m.get("step"))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| invalid(path, "no step in metadata"))?;
+    let param_steps: HashMap<String, u64> = match meta.metadata().as_ref().and_then(|m| m.get("param_steps")) {
+        Some(text) => serde_json::from_str(text).map_err(|e| invalid(path, e))?,
+        None => HashMap::new(),
+    };
     let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, e))?;
     let mut tensors: HashMap<String, Tensor<B, 1>> = HashMap::new();
     for (name, view) in st.tensors() {
@@ -210,10 +218,11 @@ fn load_optimizer<B: Backend>(opt: &mut AdamW<B>, path: &Path, device: &B::Devic
             .remove(&format!("exp_avg_sq.{p}"))
             .ok_or_else(|| invalid(path, format!("exp_avg_sq.{p} missing")))?;
         state.insert(
-            p,
+            p.clone(),
             Moments {
                 exp_avg: m,
                 exp_avg_sq: v,
+                step: param_steps.get(&p).copied().unwrap_or(step),
             },
         );
     }

@@ -145,7 +145,9 @@ pub fn export_peft_lora<B: Backend>(
         for (name, hf) in LORA_TARGETS {
             let Some(delta) = delta_ref(lora, name) else { continue };
             if delta.merged {
-                return Err(ExportError::Invalid(format!("layer {i} {name}: unmerge before exporting")));
+                return Err(ExportError::Invalid(format!(
+                    "layer {i} {name}: unmerge before exporting"
+                )));
             }
             let key = format!("{PREFIX}bert.encoder.layer.{i}.{hf}");
             let (s, b) = f32s(delta.a.val().transpose());
@@ -261,7 +263,8 @@ pub fn import_peft_lora<B: Backend>(
         .map_err(|e| ExportError::Invalid(e.to_string()))?;
     let st_path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&st_path).map_err(io(&st_path))?;
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| ExportError::Invalid(format!("{}: {e}", st_path.display())))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| ExportError::Invalid(format!("{}: {e}", st_path.display())))?;
     let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
     for (name, view) in st.tensors() {
         let data: Vec<f32> = match view.dtype() {
@@ -278,7 +281,9 @@ pub fn import_peft_lora<B: Backend>(
             }
         };
         // Older PEFT versions keep the adapter name in the key.
-        let key = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.");
+        let key = name
+            .replace(".lora_A.default.", ".lora_A.")
+            .replace(".lora_B.default.", ".lora_B.");
         let key = key.replace(".modules_to_save.default.", ".");
         tensors.insert(key, (view.shape().to_vec(), data));
     }
@@ -336,7 +341,9 @@ pub fn import_peft_lora<B: Backend>(
 /// `BertForSequenceClassification`.
 pub fn merge_lora<B: Backend>(mut model: SequenceClassifier<B>) -> SequenceClassifier<B> {
     for layer in &mut model.bert.encoder.layer {
-        let Some(mut lora) = layer.inserts.lora.take() else { continue };
+        let Some(mut lora) = layer.inserts.lora.take() else {
+            continue;
+        };
         let sa = &mut layer.attention.self_attention;
         let pairs: [(&mut burn::nn::Linear<B>, Option<&mut LoraDelta<B>>); 6] = [
             (&mut sa.query, lora.query.as_mut()),
@@ -382,13 +389,17 @@ pub fn export_hf_model<B: Backend>(
         ));
     }
     let text = std::fs::read_to_string(base_config_json).map_err(io(base_config_json))?;
-    let mut json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| ExportError::Invalid(format!("{}: {e}", base_config_json.display())))?;
+    let mut json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| ExportError::Invalid(format!("{}: {e}", base_config_json.display())))?;
     let labels = model.num_labels();
     json["architectures"] = serde_json::json!(["BertForSequenceClassification"]);
     json["num_labels"] = serde_json::json!(labels);
-    json["id2label"] = serde_json::json!((0..labels).map(|i| (i.to_string(), format!("LABEL_{i}"))).collect::<HashMap<_, _>>());
-    json["label2id"] = serde_json::json!((0..labels).map(|i| (format!("LABEL_{i}"), i)).collect::<HashMap<_, _>>());
+    json["id2label"] = serde_json::json!((0..labels)
+        .map(|i| (i.to_string(), format!("LABEL_{i}")))
+        .collect::<HashMap<_, _>>());
+    json["label2id"] = serde_json::json!((0..labels)
+        .map(|i| (format!("LABEL_{i}"), i))
+        .collect::<HashMap<_, _>>());
     if labels == 1 {
         json["problem_type"] = serde_json::json!("regression");
     }
@@ -401,8 +412,16 @@ pub fn export_hf_model<B: Backend>(
         })
     };
     write("model.safetensors", &bytes)?;
-    write("config.json", serde_json::to_string_pretty(&json).expect("json").as_bytes())?;
-    for name in ["tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"] {
+    write(
+        "config.json",
+        serde_json::to_string_pretty(&json).expect("json").as_bytes(),
+    )?;
+    for name in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vocab.txt",
+        "special_tokens_map.json",
+    ] {
         let src = tokenizer_dir.join(name);
         if src.exists() {
             let bytes = std::fs::read(&src).map_err(io(&src))?;

@@ -80,6 +80,9 @@ pub struct Moments<B: Backend> {
     pub exp_avg: Tensor<B, 1>,
     /// v.
     pub exp_avg_sq: Tensor<B, 1>,
+    /// Updates this parameter has received (PyTorch's per-parameter `state["step"]`: a
+    /// parameter unfrozen late starts its bias correction at 1).
+    pub step: u64,
 }
 
 /// The optimizer and its state (on the inner, non-autodiff backend).
@@ -87,7 +90,8 @@ pub struct Moments<B: Backend> {
 pub struct AdamW<B: Backend> {
     /// Hyper-parameters.
     pub config: AdamWConfig,
-    /// Number of updates done (t in the bias corrections).
+    /// Number of optimizer steps done (each parameter's own count, which the bias corrections
+    /// use, is in its [`Moments`]).
     pub step: u64,
     /// Moments by parameter path.
     pub state: HashMap<String, Moments<B>>,
@@ -199,13 +203,15 @@ impl<B: Backend> AdamW<B> {
             Some(m) => Moments {
                 exp_avg: m.exp_avg.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1),
                 exp_avg_sq: m.exp_avg_sq.mul_scalar(c.beta2) + g.powi_scalar(2).mul_scalar(1.0 - c.beta2),
+                step: m.step + 1,
             },
             None => Moments {
                 exp_avg: g.clone().mul_scalar(1.0 - c.beta1),
                 exp_avg_sq: g.powi_scalar(2).mul_scalar(1.0 - c.beta2),
+                step: 1,
             },
         };
-        let t = (self.step + 1) as i32;
+        let t = moments.step as i32;
         let bc1 = 1.0 - c.beta1.powi(t);
         let bc2 = 1.0 - c.beta2.powi(t);
         // PyTorch: denom = √v / √bc2 + ε; p −= (lr / bc1) · m / denom.

@@ -24,7 +24,7 @@ use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Distribution;
-use kiln_model::peft::{Bottleneck, LayerLora, LoraDelta, LORA_TARGETS};
+use kiln_model::peft::{Bottleneck, LayerIa3, LayerLora, LayerMasks, LoraDelta, WeightMask, LORA_TARGETS};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::SequenceClassifier;
@@ -83,6 +83,59 @@ pub enum StrategyConfig {
         #[serde(default = "default_reduction")]
         reduction: usize,
     },
+    /// (IA)³: learned rescaling of keys, values and the FFN inner activation (Liu et al. 2022).
+    Ia3,
+    /// Learned binary masks over the chosen linears' pretrained weights (Zhao et al. 2020).
+    LearnedMask {
+        /// Linears, as LoRA's `targets`.
+        #[serde(default = "all_linears")]
+        targets: Vec<String>,
+        /// Initial score (above `threshold`: start from the pretrained weights).
+        #[serde(default = "default_mask_init")]
+        init: f64,
+        /// Mask threshold.
+        #[serde(default = "default_mask_threshold")]
+        threshold: f64,
+    },
+    /// ULMFiT (Howard & Ruder 2018): slanted triangular learning rate, discriminative
+    /// learning rates (÷`decay` per layer going down), and gradual unfreezing (the head in the
+    /// first epoch, one more layer each epoch, embeddings last).
+    Ulmfit {
+        /// Fraction of steps spent increasing the learning rate.
+        #[serde(default = "default_cut_frac")]
+        cut_frac: f64,
+        /// Peak / lowest learning rate.
+        #[serde(default = "default_ratio")]
+        ratio: f64,
+        /// Per-layer learning-rate divisor (1 = off).
+        #[serde(default = "default_decay")]
+        decay: f64,
+        /// Whether to unfreeze gradually.
+        #[serde(default = "yes")]
+        gradual_unfreezing: bool,
+    },
+}
+
+fn all_linears() -> Vec<String> {
+    LORA_TARGETS.iter().map(|(n, _)| n.to_string()).collect()
+}
+fn default_mask_init() -> f64 {
+    0.01
+}
+fn default_mask_threshold() -> f64 {
+    0.005
+}
+fn default_cut_frac() -> f64 {
+    0.1
+}
+fn default_ratio() -> f64 {
+    32.0
+}
+fn default_decay() -> f64 {
+    2.6
+}
+fn yes() -> bool {
+    true
 }
 
 fn default_reserve_p() -> f64 {
@@ -113,13 +166,22 @@ impl StrategyConfig {
             Self::Lora { .. } => "lora",
             Self::Houlsby { .. } => "houlsby",
             Self::Pfeiffer { .. } => "pfeiffer",
+            Self::Ia3 => "ia3",
+            Self::LearnedMask { .. } => "learned_mask",
+            Self::Ulmfit { .. } => "ulmfit",
         }
     }
 
     fn is_selection(&self) -> bool {
         matches!(
             self,
-            Self::BitFit | Self::Lna | Self::Lora { .. } | Self::Houlsby { .. } | Self::Pfeiffer { .. }
+            Self::BitFit
+                | Self::Lna
+                | Self::Lora { .. }
+                | Self::Houlsby { .. }
+                | Self::Pfeiffer { .. }
+                | Self::Ia3
+                | Self::LearnedMask { .. }
         )
     }
 
@@ -137,6 +199,8 @@ impl StrategyConfig {
             }
             Self::Lora { .. } => path.contains(".inserts.lora."),
             Self::Houlsby { .. } | Self::Pfeiffer { .. } => path.contains("_adapter.") || path.contains("layer_norm"),
+            Self::Ia3 => path.contains(".inserts.ia3."),
+            Self::LearnedMask { .. } => path.contains(".inserts.masks."),
             _ => false,
         }
     }
@@ -327,6 +391,38 @@ impl Tuning {
                     }
                     lora_targets(targets)?;
                 }
+                StrategyConfig::LearnedMask {
+                    targets,
+                    init,
+                    threshold,
+                } => {
+                    lora_targets(targets).map_err(|e| match e {
+                        StrategyError::NoMatch {
+                            pattern, candidates, ..
+                        } => StrategyError::NoMatch {
+                            strategy: "learned_mask",
+                            pattern,
+                            candidates,
+                        },
+                        other => other,
+                    })?;
+                    if init <= threshold {
+                        return Err(StrategyError::Invalid {
+                            strategy: "learned_mask",
+                            message: format!("init {init} must exceed threshold {threshold} (else training starts with every weight masked)"),
+                        });
+                    }
+                }
+                StrategyConfig::Ulmfit {
+                    cut_frac, ratio, decay, ..
+                } if !(*cut_frac > 0.0 && *cut_frac < 1.0 && *ratio >= 1.0 && *decay >= 1.0) => {
+                    return Err(StrategyError::Invalid {
+                        strategy: "ulmfit",
+                        message: format!(
+                            "need 0 < cut_frac < 1, ratio ≥ 1, decay ≥ 1 (got {cut_frac}, {ratio}, {decay})"
+                        ),
+                    });
+                }
                 StrategyConfig::Houlsby { reduction } | StrategyConfig::Pfeiffer { reduction } if *reduction == 0 => {
                     return Err(StrategyError::Invalid {
                         strategy: a.name(),
@@ -363,6 +459,53 @@ impl Tuning {
     pub fn trains(&self, path: &str) -> bool {
         let selections: Vec<&StrategyConfig> = self.components.iter().filter(|c| c.is_selection()).collect();
         is_head(path) || selections.is_empty() || selections.iter().any(|c| c.selects(path))
+    }
+
+    fn ulmfit(&self) -> Option<(f64, f64, f64, bool)> {
+        self.components.iter().find_map(|c| match c {
+            StrategyConfig::Ulmfit {
+                cut_frac,
+                ratio,
+                decay,
+                gradual_unfreezing,
+            } => Some((*cut_frac, *ratio, *decay, *gradual_unfreezing)),
+            _ => None,
+        })
+    }
+
+    /// Learning rate at optimizer step `step` of `total`: ULMFiT's slanted triangular
+    /// schedule when configured (its `cut_frac` replaces `warmup`), else linear warm-up and
+    /// decay.
+    pub fn learning_rate(&self, base: f64, step: usize, warmup: usize, total: usize) -> f64 {
+        match self.ulmfit() {
+            Some((cut_frac, ratio, _, _)) => slanted_triangular(base, step, total, cut_frac, ratio),
+            None => crate::optim::linear_schedule(base, step, warmup, total),
+        }
+    }
+
+    /// Learning-rate multiplier of a parameter: `1 / decay^depth` under ULMFiT (depth 0 for the
+    /// head and pooler, `k` for the `k`-th encoder layer from the top, `num_layers + 1` for the
+    /// embeddings); 1 otherwise.
+    pub fn lr_scale(&self, path: &str, num_layers: usize) -> f64 {
+        match self.ulmfit() {
+            Some((_, _, decay, _)) => 1.0 / decay.powi(layer_depth(path, num_layers) as i32),
+            None => 1.0,
+        }
+    }
+
+    /// Whether the parameter at `path` trains during `epoch` (gradual unfreezing opens depth
+    /// `epoch` and everything above it).
+    pub fn trains_at(&self, path: &str, epoch: usize, num_layers: usize) -> bool {
+        let open = match self.ulmfit() {
+            Some((_, _, _, true)) => layer_depth(path, num_layers) <= epoch,
+            _ => true,
+        };
+        open && self.trains(path)
+    }
+
+    /// Whether what trains changes from epoch to epoch.
+    pub fn unfreezes_gradually(&self) -> bool {
+        matches!(self.ulmfit(), Some((_, _, _, true)))
     }
 
     /// The Child-Tuning_D component's `reserve_p`, if any.
@@ -429,6 +572,37 @@ impl Tuning {
                         layer.inserts.ffn_adapter = Some(Bottleneck::new(h, *reduction, act, device));
                     }
                 }
+                StrategyConfig::Ia3 => {
+                    for layer in &mut model.bert.encoder.layer {
+                        let h = layer.attention.self_attention.query.weight.dims()[0];
+                        let ffn = layer.intermediate.dense.weight.dims()[1];
+                        layer.inserts.ia3 = Some(LayerIa3::new(h, ffn, device));
+                    }
+                }
+                StrategyConfig::LearnedMask {
+                    targets,
+                    init,
+                    threshold,
+                } => {
+                    let targets = lora_targets(targets)?;
+                    for layer in &mut model.bert.encoder.layer {
+                        let h = layer.attention.self_attention.query.weight.dims()[0];
+                        let ffn = layer.intermediate.dense.weight.dims()[1];
+                        let make = |name: &str, d_in: usize, d_out: usize| {
+                            targets
+                                .contains(&name)
+                                .then(|| WeightMask::new(d_in, d_out, *init, *threshold, device))
+                        };
+                        layer.inserts.masks = Some(LayerMasks {
+                            query: make("query", h, h),
+                            key: make("key", h, h),
+                            value: make("value", h, h),
+                            attention_output: make("attention_output", h, h),
+                            intermediate: make("intermediate", h, ffn),
+                            output: make("output", ffn, h),
+                        });
+                    }
+                }
                 _ => {}
             }
         }
@@ -441,14 +615,54 @@ impl Tuning {
         let mut mapper = Freezer {
             tuning: self,
             stack: Vec::new(),
+            epoch: None,
+        };
+        model.map(&mut mapper)
+    }
+
+    /// [`Tuning::freeze`] for `epoch` of gradual unfreezing.
+    pub fn freeze_at<B: AutodiffBackend>(&self, model: SequenceClassifier<B>, epoch: usize) -> SequenceClassifier<B> {
+        let layers = model.bert.num_layers();
+        let mut mapper = Freezer {
+            tuning: self,
+            stack: Vec::new(),
+            epoch: Some((epoch, layers)),
         };
         model.map(&mut mapper)
     }
 }
 
+/// ULMFiT's slanted triangular learning rate (Howard & Ruder 2018, eq. 3) at step `t` of `total`.
+pub fn slanted_triangular(base: f64, t: usize, total: usize, cut_frac: f64, ratio: f64) -> f64 {
+    let cut = ((total as f64 * cut_frac).floor()).max(1.0);
+    let t = t as f64;
+    let p = if t < cut {
+        t / cut
+    } else {
+        1.0 - (t - cut) / (cut * (1.0 / cut_frac - 1.0))
+    };
+    base * (1.0 + p.max(0.0) * (ratio - 1.0)) / ratio
+}
+
+/// Depth of a parameter from the top: 0 for the head and pooler (anything outside the encoder
+/// and embeddings), `num_layers − i` for encoder layer `i` (so the top layer is 1), and
+/// `num_layers + 1` for the embeddings.
+fn layer_depth(path: &str, num_layers: usize) -> usize {
+    if path.starts_with("bert.embeddings.") {
+        return num_layers + 1;
+    }
+    if let Some(rest) = path.strip_prefix("bert.encoder.layer.") {
+        if let Some(i) = rest.split('.').next().and_then(|i| i.parse::<usize>().ok()) {
+            return num_layers - i;
+        }
+    }
+    0
+}
+
 struct Freezer<'a> {
     tuning: &'a Tuning,
     stack: Vec<String>,
+    epoch: Option<(usize, usize)>,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for Freezer<'_> {
@@ -459,7 +673,11 @@ impl<B: AutodiffBackend> ModuleMapper<B> for Freezer<'_> {
         self.stack.pop();
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let trains = self.tuning.trains(&self.stack.join("."));
+        let path = self.stack.join(".");
+        let trains = match self.epoch {
+            Some((epoch, layers)) => self.tuning.trains_at(&path, epoch, layers),
+            None => self.tuning.trains(&path),
+        };
         let (id, tensor, mapper) = param.consume();
         let tensor = if trains {
             tensor.set_require_grad(true)

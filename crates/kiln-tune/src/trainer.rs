@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::classifier::{SequenceClassifier, Targets};
-use crate::optim::{linear_schedule, AdamW, AdamWConfig, ParamGroup};
+use crate::optim::{AdamW, AdamWConfig, ParamGroup};
 use crate::params::param_infos;
 use crate::strategy::{
     child_tuning_d_mask, load_tuned, ChildMask, StrategyConfig, StrategyError, TrainableReport, TunedIoError, Tuning,
@@ -467,11 +467,14 @@ pub fn train<B: AutodiffBackend>(
         &run.0.join("trainable.json"),
         serde_json::to_string_pretty(&report).expect("json").as_bytes(),
     )?;
-    let mut model = tuning.freeze(model);
-    let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &model_infos, |info| ParamGroup {
-        trainable: tuning.trains(&info.path),
+    let num_layers = model.bert.num_layers();
+    let group_at = |info: &crate::params::ParamInfo, epoch: usize| ParamGroup {
+        trainable: tuning.trains_at(&info.path, epoch, num_layers),
+        lr_scale: tuning.lr_scale(&info.path, num_layers),
         ..ParamGroup::hf_default(info)
-    });
+    };
+    let mut model = tuning.freeze(model);
+    let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &model_infos, |info| group_at(info, 0));
     if resumed {
         state = checkpoint::load_optimizer_and_state(&run.last(), &mut opt, device)?;
         tracing::info!(
@@ -499,6 +502,13 @@ pub fn train<B: AutodiffBackend>(
     let train_start = Instant::now();
 
     'epochs: for epoch in state.epoch..cfg.epochs {
+        if tuning.unfreezes_gradually() {
+            model = tuning.freeze_at(model, epoch);
+            for info in &model_infos {
+                opt.set_group(info.id, group_at(info, epoch));
+            }
+            tracing::info!(epoch, "gradual unfreezing: depth {epoch} and above train");
+        }
         let batches = epoch_batches(&plan, &lengths, epoch as u64);
         let first = if epoch == state.epoch { state.next_batch } else { 0 };
         for (bi, batch) in batches.iter().enumerate().skip(first) {
@@ -529,7 +539,7 @@ pub fn train<B: AutodiffBackend>(
                 continue;
             }
             in_accum = 0;
-            let lr = linear_schedule(cfg.lr, state.global_step, warmup, total_steps);
+            let lr = tuning.learning_rate(cfg.lr, state.global_step, warmup, total_steps);
             let (next, stats) = opt.step_masked(model, accumulator.grads(), lr, child_mask.as_ref());
             model = next;
             if !stats.grad_norm.is_finite() {

@@ -30,7 +30,10 @@ fn logits(m: &SequenceClassifier<A>) -> Vec<f32> {
     let m = m.valid();
     let ids: Vec<i64> = (0..12).map(|i| (i * 37 % 97 + 1) as i64).collect();
     let ids = Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids, [2, 6]), &device);
-    m.forward(ids.clone(), ids.zeros_like(), ids.ones_like()).into_data().to_vec().unwrap()
+    m.forward(ids.clone(), ids.zeros_like(), ids.ones_like())
+        .into_data()
+        .to_vec()
+        .unwrap()
 }
 
 /// A LoRA model whose deltas are non-zero (B is zero at init: perturb it).
@@ -46,12 +49,23 @@ fn trained_lora(targets: &[&str]) -> (SequenceClassifier<A>, Tuning) {
     let mut m = tuning.insert(tiny(1), &device).unwrap();
     for layer in &mut m.bert.encoder.layer {
         let l = layer.inserts.lora.as_mut().unwrap();
-        for d in [&mut l.query, &mut l.key, &mut l.value, &mut l.attention_output, &mut l.intermediate, &mut l.output]
-            .into_iter()
-            .flatten()
+        for d in [
+            &mut l.query,
+            &mut l.key,
+            &mut l.value,
+            &mut l.attention_output,
+            &mut l.intermediate,
+            &mut l.output,
+        ]
+        .into_iter()
+        .flatten()
         {
             let dims = d.b.dims();
-            d.b = burn::module::Param::from_tensor(Tensor::random(dims, burn::tensor::Distribution::Normal(0.0, 0.1), &device));
+            d.b = burn::module::Param::from_tensor(Tensor::random(
+                dims,
+                burn::tensor::Distribution::Normal(0.0, 0.1),
+                &device,
+            ));
         }
     }
     (m, tuning)
@@ -82,9 +96,14 @@ fn peft_round_trip_reproduces_logits_with_peft_key_names() {
         .tensor("base_model.model.bert.encoder.layer.1.attention.self.query.lora_A.weight")
         .unwrap();
     assert_eq!(a.shape(), [4, 16]);
-    let b = st.tensor("base_model.model.bert.encoder.layer.0.intermediate.dense.lora_B.weight").unwrap();
+    let b = st
+        .tensor("base_model.model.bert.encoder.layer.0.intermediate.dense.lora_B.weight")
+        .unwrap();
     assert_eq!(b.shape(), [32, 4]);
-    assert_eq!(st.tensor("base_model.model.classifier.weight").unwrap().shape(), [3, 16]);
+    assert_eq!(
+        st.tensor("base_model.model.classifier.weight").unwrap().shape(),
+        [3, 16]
+    );
     // 2 layers × 3 targets × (A, B) + head weight and bias.
     assert_eq!(st.len(), 2 * 3 * 2 + 2);
 

@@ -124,6 +124,8 @@ fn expected_trainable(kind: &str) -> usize {
         "lora_qv_r4" => L * 2 * (H * 4 + 4 * H) + head,
         "houlsby_r4" => L * 2 * (H * (H / 4) + H / 4 + (H / 4) * H + H) + layer_norms + head,
         "pfeiffer_r4" => L * (H * (H / 4) + H / 4 + (H / 4) * H + H) + layer_norms + head,
+        "ia3" => L * (2 * H + F) + head,
+        "learned_mask" => L * (4 * H * H + 2 * H * F) + head,
         _ => unreachable!(),
     }
 }
@@ -145,6 +147,15 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
         ),
         ("houlsby_r4", vec![StrategyConfig::Houlsby { reduction: 4 }]),
         ("pfeiffer_r4", vec![StrategyConfig::Pfeiffer { reduction: 4 }]),
+        ("ia3", vec![StrategyConfig::Ia3]),
+        (
+            "learned_mask",
+            vec![StrategyConfig::LearnedMask {
+                targets: vec!["re:.*".into()],
+                init: 0.01,
+                threshold: 0.005,
+            }],
+        ),
     ];
     for (name, components) in cases {
         let tuning = Tuning::new(&components).unwrap();
@@ -457,4 +468,158 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
     let (a, b) = (snapshot(&full), snapshot(&resumed));
     let differing: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
     assert!(differing.is_empty(), "differ after resume: {differing:?}");
+}
+
+#[test]
+fn ia3_and_learned_masks_start_as_the_base_model() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let base = tiny(21);
+    for c in [
+        StrategyConfig::Ia3,
+        StrategyConfig::LearnedMask {
+            targets: vec!["query".into(), "intermediate".into()],
+            init: 0.01,
+            threshold: 0.005,
+        },
+    ] {
+        let tuning = Tuning::new(&[c]).unwrap();
+        assert_eq!(
+            logits(&tuning.insert(base.clone(), &device).unwrap()),
+            logits(&base),
+            "{}",
+            tuning.name()
+        );
+    }
+}
+
+#[test]
+fn learned_mask_scores_get_the_straight_through_gradient() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let base = tiny(22);
+    let (ids, targets) = batch(&device);
+    // ∂L/∂W of the unmasked model ...
+    let loss = base.loss(fwd(&base, ids.clone()), &targets);
+    let grads = loss.backward();
+    let w = base.bert.encoder.layer[1].attention.self_attention.query.weight.val();
+    let g_w = w.grad(&grads).unwrap();
+    // ... times W is ∂L/∂s of the masked one (at init the mask is all ones, W ⊙ m = W).
+    let tuning = Tuning::new(&[StrategyConfig::LearnedMask {
+        targets: vec!["query".into()],
+        init: 0.01,
+        threshold: 0.005,
+    }])
+    .unwrap();
+    let masked = tuning.freeze(tuning.insert(base.clone(), &device).unwrap());
+    let loss = masked.loss(fwd(&masked, ids), &targets);
+    let grads = loss.backward();
+    let s = masked.bert.encoder.layer[1]
+        .inserts
+        .masks
+        .as_ref()
+        .unwrap()
+        .query
+        .as_ref()
+        .unwrap()
+        .scores
+        .val();
+    let g_s = s.grad(&grads).unwrap();
+    let want = g_w * w.inner();
+    let diff = (g_s - want.clone()).abs().max().into_scalar();
+    let scale = want.abs().max().into_scalar();
+    assert!(scale > 0.0 && diff <= 1e-5 * scale, "diff {diff} vs scale {scale}");
+}
+
+#[test]
+fn slanted_triangular_rate_follows_the_paper() {
+    use kiln_tune::strategy::slanted_triangular;
+    // Howard & Ruder (2018), eq. 3, with T = 1000, cut_frac = 0.1, ratio = 32.
+    let lr = |t| slanted_triangular(1.0, t, 1000, 0.1, 32.0);
+    assert!((lr(0) - 1.0 / 32.0).abs() < 1e-12);
+    assert!((lr(50) - (1.0 + 0.5 * 31.0) / 32.0).abs() < 1e-12);
+    assert!((lr(100) - 1.0).abs() < 1e-12);
+    assert!((lr(550) - 16.5 / 32.0).abs() < 1e-12);
+    assert!((lr(1000) - 1.0 / 32.0).abs() < 1e-12);
+    let t = Tuning::new(&[StrategyConfig::Ulmfit {
+        cut_frac: 0.1,
+        ratio: 32.0,
+        decay: 2.6,
+        gradual_unfreezing: true,
+    }])
+    .unwrap();
+    assert_eq!(t.learning_rate(1.0, 550, 0, 1000), lr(550));
+    // Discriminative rates: head 1, top layer (of 2) 1/2.6, bottom 1/2.6², embeddings 1/2.6³.
+    assert_eq!(t.lr_scale("classifier.weight", 2), 1.0);
+    assert!((t.lr_scale("bert.encoder.layer.1.output.dense.weight", 2) - 1.0 / 2.6).abs() < 1e-12);
+    assert!((t.lr_scale("bert.encoder.layer.0.output.dense.weight", 2) - 1.0 / 2.6f64.powi(2)).abs() < 1e-12);
+    assert!((t.lr_scale("bert.embeddings.word_embeddings.weight", 2) - 1.0 / 2.6f64.powi(3)).abs() < 1e-12);
+}
+
+#[test]
+fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tok = tokenizer();
+    let words = ["good", "bad", "fine", "awful", "great", "poor", "nice", "terrible"];
+    let ex = |i: usize| Example {
+        input: TextInput::Single(format!("a {} film number {}", words[i % 8], i)),
+        label: Label::Class(i % 2),
+    };
+    let data = TaskData {
+        task: GlueTask::Sst2,
+        train: (0..40).map(ex).collect(),
+        dev: (40..48).map(ex).collect(),
+    };
+    let cfg = TrainConfig {
+        epochs: 4,
+        batch_size: 8,
+        lr: 1e-2,
+        tuning: vec![StrategyConfig::Ulmfit {
+            cut_frac: 0.1,
+            ratio: 32.0,
+            decay: 2.6,
+            gradual_unfreezing: true,
+        }],
+        ..TrainConfig::default()
+    };
+    let device = Default::default();
+    let initial = snapshot(&tiny(8));
+    let moved = |stop: usize| {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, _) = train(
+            tiny(8),
+            &tok,
+            &data,
+            &cfg,
+            &RunDir(dir.path().into()),
+            false,
+            StopAt { step: Some(stop) },
+            &device,
+        )
+        .unwrap();
+        let after = snapshot(&m);
+        let mut groups: Vec<&str> = initial
+            .keys()
+            .filter(|k| initial[*k] != after[*k])
+            .map(|k| {
+                if k.starts_with("classifier.") || k.starts_with("bert.pooler.") {
+                    "head"
+                } else if k.starts_with("bert.encoder.layer.1.") {
+                    "layer1"
+                } else if k.starts_with("bert.encoder.layer.0.") {
+                    "layer0"
+                } else {
+                    "embeddings"
+                }
+            })
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    };
+    // 40 examples / 8 = 5 steps per epoch.
+    assert_eq!(moved(5), ["head"]);
+    assert_eq!(moved(10), ["head", "layer1"]);
+    assert_eq!(moved(15), ["head", "layer0", "layer1"]);
+    assert_eq!(moved(20), ["embeddings", "head", "layer0", "layer1"]);
 }
