@@ -4,6 +4,7 @@
 //! Per layer: `a = LN(x + Dropout(SelfAttn(x) W_O + b_O))`, then
 //! `y = LN(a + Dropout(act(a W_1 + b_1) W_2 + b_2))`.
 
+use burn::module::Param;
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
 use burn::prelude::*;
 use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
@@ -145,6 +146,10 @@ pub struct BertModel<B: Backend> {
     pub encoder: BertEncoder<B>,
     /// Pooler (present in most BERT checkpoints; sentence-transformers models ignore it).
     pub pooler: Option<BertPooler<B>>,
+    /// Soft prompt `[n_virtual, hidden]` (prompt tuning, Lester et al. 2021): when present, it
+    /// is prepended to the word embeddings of every input, as PEFT does, so outputs have
+    /// `n_virtual` extra leading positions. `None` for a pretrained model.
+    pub prompt: Option<Param<Tensor<B, 2>>>,
 }
 
 impl<B: Backend> BertLayer<B> {
@@ -323,7 +328,13 @@ impl<B: Backend> BertModel<B> {
             pooler: with_pooler.then(|| BertPooler {
                 dense: linear(h, h, INIT_STD, device),
             }),
+            prompt: None,
         }
+    }
+
+    /// Number of soft-prompt positions prepended to every input (0 without prompt tuning).
+    pub fn prompt_len(&self) -> usize {
+        self.prompt.as_ref().map_or(0, |p| p.dims()[0])
     }
 
     /// Number of encoder layers.
@@ -382,7 +393,37 @@ impl<B: Backend> BertModel<B> {
         attention_mask: Option<Tensor<B, 2, Int>>,
         capture: Capture,
     ) -> ModelOutput<B> {
-        let embeddings = self.embed(input_ids, token_type_ids);
-        self.encode(embeddings, attention_mask, capture)
+        match &self.prompt {
+            None => {
+                let embeddings = self.embed(input_ids, token_type_ids);
+                self.encode(embeddings, attention_mask, capture)
+            }
+            Some(prompt) => {
+                let [batch, seq] = input_ids.dims();
+                let n = prompt.dims()[0];
+                let device = input_ids.device();
+                let e = &self.embeddings;
+                let words = Tensor::cat(
+                    vec![
+                        prompt.val().unsqueeze::<3>().expand([batch, n, prompt.dims()[1]]),
+                        e.word_embeddings.forward(input_ids),
+                    ],
+                    1,
+                );
+                let types = Tensor::cat(
+                    vec![
+                        Tensor::<B, 2, Int>::zeros([batch, n], &device),
+                        token_type_ids.unwrap_or_else(|| Tensor::zeros([batch, seq], &device)),
+                    ],
+                    1,
+                );
+                let sum = words
+                    + e.position_embeddings.forward(position_ids(batch, n + seq, 0, &device))
+                    + e.token_type_embeddings.forward(types);
+                let embeddings = e.dropout.forward(e.layer_norm.forward(sum));
+                let mask = attention_mask.map(|m| Tensor::cat(vec![Tensor::ones([batch, n], &device), m], 1));
+                self.encode(embeddings, mask, capture)
+            }
+        }
     }
 }

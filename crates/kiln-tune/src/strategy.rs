@@ -83,6 +83,14 @@ pub enum StrategyConfig {
         #[serde(default = "default_reduction")]
         reduction: usize,
     },
+    /// Prompt tuning (Lester et al. 2021): a soft prompt of `n_virtual` vectors prepended to the
+    /// word embeddings, initialised from the embeddings of random vocabulary tokens; only the
+    /// prompt and the head train.
+    PromptTuning {
+        /// Number of virtual tokens.
+        #[serde(default = "default_virtual")]
+        n_virtual: usize,
+    },
     /// (IA)³: learned rescaling of keys, values and the FFN inner activation (Liu et al. 2022).
     Ia3,
     /// Learned binary masks over the chosen linears' pretrained weights (Zhao et al. 2020).
@@ -116,6 +124,9 @@ pub enum StrategyConfig {
     },
 }
 
+fn default_virtual() -> usize {
+    20
+}
 fn all_linears() -> Vec<String> {
     LORA_TARGETS.iter().map(|(n, _)| n.to_string()).collect()
 }
@@ -166,6 +177,7 @@ impl StrategyConfig {
             Self::Lora { .. } => "lora",
             Self::Houlsby { .. } => "houlsby",
             Self::Pfeiffer { .. } => "pfeiffer",
+            Self::PromptTuning { .. } => "prompt_tuning",
             Self::Ia3 => "ia3",
             Self::LearnedMask { .. } => "learned_mask",
             Self::Ulmfit { .. } => "ulmfit",
@@ -182,6 +194,7 @@ impl StrategyConfig {
                 | Self::Pfeiffer { .. }
                 | Self::Ia3
                 | Self::LearnedMask { .. }
+                | Self::PromptTuning { .. }
         )
     }
 
@@ -200,6 +213,7 @@ impl StrategyConfig {
             Self::Lora { .. } => path.contains(".inserts.lora."),
             Self::Houlsby { .. } | Self::Pfeiffer { .. } => path.contains("_adapter.") || path.contains("layer_norm"),
             Self::Ia3 => path.contains(".inserts.ia3."),
+            Self::PromptTuning { .. } => path == "bert.prompt",
             Self::LearnedMask { .. } => path.contains(".inserts.masks."),
             _ => false,
         }
@@ -571,6 +585,29 @@ impl Tuning {
                         }
                         layer.inserts.ffn_adapter = Some(Bottleneck::new(h, *reduction, act, device));
                     }
+                }
+                StrategyConfig::PromptTuning { n_virtual } => {
+                    let [vocab, hidden] = model.bert.embeddings.word_embeddings.weight.dims();
+                    let max_pos = model.bert.embeddings.position_embeddings.weight.dims()[0];
+                    if *n_virtual == 0 || *n_virtual >= max_pos / 2 {
+                        return Err(StrategyError::Invalid {
+                            strategy: "prompt_tuning",
+                            message: format!(
+                                "n_virtual must be in 1..{} (half the model's {max_pos} positions)",
+                                max_pos / 2
+                            ),
+                        });
+                    }
+                    // Lester et al. initialise from sampled vocabulary embeddings; skip the
+                    // first 1000 ids, which hold BERT's [PAD]/[unused*]/special tokens.
+                    let low = 1000.min(vocab - 1) as f64;
+                    let ids = Tensor::<B, 1>::random([*n_virtual], Distribution::Uniform(low, vocab as f64), device)
+                        .floor()
+                        .int()
+                        .clamp(0, vocab as i64 - 1);
+                    let rows = model.bert.embeddings.word_embeddings.weight.val().select(0, ids);
+                    debug_assert_eq!(rows.dims(), [*n_virtual, hidden]);
+                    model.bert.prompt = Some(Param::from_tensor(rows.detach()));
                 }
                 StrategyConfig::Ia3 => {
                     for layer in &mut model.bert.encoder.layer {

@@ -125,6 +125,7 @@ fn expected_trainable(kind: &str) -> usize {
         "houlsby_r4" => L * 2 * (H * (H / 4) + H / 4 + (H / 4) * H + H) + layer_norms + head,
         "pfeiffer_r4" => L * (H * (H / 4) + H / 4 + (H / 4) * H + H) + layer_norms + head,
         "ia3" => L * (2 * H + F) + head,
+        "prompt_5" => 5 * H + head,
         "learned_mask" => L * (4 * H * H + 2 * H * F) + head,
         _ => unreachable!(),
     }
@@ -148,6 +149,7 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
         ("houlsby_r4", vec![StrategyConfig::Houlsby { reduction: 4 }]),
         ("pfeiffer_r4", vec![StrategyConfig::Pfeiffer { reduction: 4 }]),
         ("ia3", vec![StrategyConfig::Ia3]),
+        ("prompt_5", vec![StrategyConfig::PromptTuning { n_virtual: 5 }]),
         (
             "learned_mask",
             vec![StrategyConfig::LearnedMask {
@@ -622,4 +624,55 @@ fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
     assert_eq!(moved(10), ["head", "layer1"]);
     assert_eq!(moved(15), ["head", "layer0", "layer1"]);
     assert_eq!(moved(20), ["embeddings", "head", "layer0", "layer1"]);
+}
+
+#[test]
+fn soft_prompt_is_prepended_as_vocabulary_rows() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let base = tiny(31);
+    let tuning = Tuning::new(&[StrategyConfig::PromptTuning { n_virtual: 3 }]).unwrap();
+    let prompted = tuning.insert(base.clone(), &device).unwrap();
+    let prompt = prompted.bert.prompt.as_ref().unwrap().val();
+    assert_eq!(prompt.dims(), [3, H]);
+    // Each prompt row is a row of the word-embedding table with id ≥ 1000.
+    let table: Vec<f32> = base
+        .bert
+        .embeddings
+        .word_embeddings
+        .weight
+        .val()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let rows: Vec<f32> = prompt.into_data().to_vec().unwrap();
+    for r in rows.chunks(H) {
+        let id = table.chunks(H).position(|t| t == r).expect("a vocabulary row");
+        assert!(id >= 1000, "id {id}");
+    }
+    // Outputs gain 3 leading positions; the real tokens see the prompt (their states change).
+    let ids = Tensor::<A, 2, Int>::from_data(TensorData::new(vec![1001i64, 1002, 1003], [1, 3]), &device);
+    let plain = base
+        .bert
+        .forward(ids.clone(), None, None, kiln_model::Capture::none())
+        .last_hidden_state;
+    let with = prompted
+        .bert
+        .forward(ids, None, None, kiln_model::Capture::none())
+        .last_hidden_state;
+    assert_eq!(with.dims(), [1, 6, H]);
+    assert!(
+        plain
+            .clone()
+            .sub(with.slice([0..1, 3..6, 0..H]))
+            .abs()
+            .max()
+            .into_scalar()
+            > 1e-4
+    );
+    // A too-long prompt is a clear error.
+    assert!(Tuning::new(&[StrategyConfig::PromptTuning { n_virtual: 40 }])
+        .unwrap()
+        .insert(base, &device)
+        .is_err());
 }
