@@ -13,7 +13,7 @@ use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
 use crate::config::BertConfig;
 use crate::layers::{embedding, layer_norm, linear, merge_heads, position_ids, split_heads};
-use crate::peft::{Bottleneck, LayerInserts, LoraDelta, WeightMask};
+use crate::peft::{Bottleneck, CompacterAdapter, LayerInserts, LoraDelta, SharedInserts, WeightMask};
 
 const INIT_STD: f64 = 0.02;
 
@@ -119,6 +119,8 @@ pub struct BertLayer<B: Backend> {
 pub struct BertEncoder<B: Backend> {
     /// Layers, bottom first.
     pub layer: Vec<BertLayer<B>>,
+    /// Parameters shared by inserted modules of every layer (empty for a pretrained model).
+    pub shared: SharedInserts<B>,
 }
 
 /// `tanh(W h_[CLS] + b)` (HF `pooler`).
@@ -191,6 +193,17 @@ impl<B: Backend> BertLayer<B> {
         mask: &AttentionMask<B>,
         capture: Capture,
     ) -> (Tensor<B, 3>, LayerCapture<B>) {
+        self.forward_shared(x, mask, capture, None)
+    }
+
+    /// [`BertLayer::forward`] with the encoder's shared insert parameters (Compacter's rules).
+    pub fn forward_shared(
+        &self,
+        x: Tensor<B, 3>,
+        mask: &AttentionMask<B>,
+        capture: Capture,
+        phm_rules: Option<Tensor<B, 3>>,
+    ) -> (Tensor<B, 3>, LayerCapture<B>) {
         let mut rec = LayerCapture::empty();
         if capture.block_input {
             rec.block_input = Some(x.clone());
@@ -233,6 +246,7 @@ impl<B: Backend> BertLayer<B> {
             merge_heads(out.context),
         ));
         let attn_out = adapt(self.inserts.attention_adapter.as_ref(), attn_out);
+        let attn_out = compact(self.inserts.attention_compacter.as_ref(), phm_rules.clone(), attn_out);
         if capture.attention_output {
             rec.attention_output = Some(attn_out.clone());
         }
@@ -255,6 +269,7 @@ impl<B: Backend> BertLayer<B> {
             inner,
         ));
         let ffn = adapt(self.inserts.ffn_adapter.as_ref(), ffn);
+        let ffn = compact(self.inserts.ffn_compacter.as_ref(), phm_rules, ffn);
         (self.output.layer_norm.forward(ffn + a), rec)
     }
 }
@@ -296,6 +311,23 @@ fn rescale<B: Backend>(x: Tensor<B, 3>, scale: Option<Tensor<B, 1>>) -> Tensor<B
     }
 }
 
+/// A Compacter adapter on `[batch, seq, d]`, or the identity.
+fn compact<B: Backend>(
+    adapter: Option<&CompacterAdapter<B>>,
+    rules: Option<Tensor<B, 3>>,
+    h: Tensor<B, 3>,
+) -> Tensor<B, 3> {
+    match (adapter, rules) {
+        (Some(adapter), Some(rules)) => {
+            let [batch, seq, d] = h.dims();
+            adapter
+                .forward(h.reshape([batch * seq, d]), rules)
+                .reshape([batch, seq, d])
+        }
+        _ => h,
+    }
+}
+
 /// A bottleneck adapter on `[batch, seq, d]`, or the identity.
 fn adapt<B: Backend>(adapter: Option<&Bottleneck<B>>, h: Tensor<B, 3>) -> Tensor<B, 3> {
     match adapter {
@@ -324,6 +356,7 @@ impl<B: Backend> BertModel<B> {
                 layer: (0..config.num_hidden_layers)
                     .map(|_| BertLayer::new(config, device))
                     .collect(),
+                shared: SharedInserts { phm_rules: None },
             },
             pooler: with_pooler.then(|| BertPooler {
                 dense: linear(h, h, INIT_STD, device),
@@ -369,7 +402,8 @@ impl<B: Backend> BertModel<B> {
             if capture.hidden_states {
                 hidden_states.push(x.clone());
             }
-            let (y, rec) = layer.forward(x, &mask, capture);
+            let rules = self.encoder.shared.phm_rules.as_ref().map(|p| p.val());
+            let (y, rec) = layer.forward_shared(x, &mask, capture, rules);
             if capture.any_layer() {
                 layers.push(rec);
             }

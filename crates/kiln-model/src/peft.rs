@@ -115,6 +115,88 @@ impl<B: Backend> Bottleneck<B> {
     }
 }
 
+/// A parameterised-hypercomplex-multiplication (PHM) linear with rank-one factors, as in
+/// Compacter (Karimi Mahabadi et al. 2021): `W = Σᵢ Aᵢ ⊗ (sᵢ tᵢᵀ)`, `Aᵢ ∈ ℝⁿˣⁿ` shared by
+/// every Compacter layer of the model ([`SharedInserts::phm_rules`]), `sᵢ ∈ ℝ^{d_in/n}`,
+/// `tᵢ ∈ ℝ^{d_out/n}` per layer.
+#[derive(Module, Debug)]
+pub struct PhmLinear<B: Backend> {
+    /// `s`, `[n, d_in/n, 1]`.
+    pub s: Param<Tensor<B, 3>>,
+    /// `t`, `[n, 1, d_out/n]`.
+    pub t: Param<Tensor<B, 3>>,
+    /// Bias `[d_out]`.
+    pub bias: Param<Tensor<B, 1>>,
+}
+
+impl<B: Backend> PhmLinear<B> {
+    /// `s ~ N(0, std²)`; `t ~ N(0, std²)`, or zero with `zero_t` (a zero weight at start).
+    pub fn new(n: usize, d_in: usize, d_out: usize, std: f64, zero_t: bool, device: &B::Device) -> Self {
+        let t = if zero_t {
+            Tensor::zeros([n, 1, d_out / n], device)
+        } else {
+            Tensor::random([n, 1, d_out / n], Distribution::Normal(0.0, std), device)
+        };
+        Self {
+            s: Param::from_tensor(Tensor::random([n, d_in / n, 1], Distribution::Normal(0.0, std), device)),
+            t: Param::from_tensor(t),
+            bias: Param::from_tensor(Tensor::zeros([d_out], device)),
+        }
+    }
+
+    /// The full weight `[d_in, d_out]` = `Σᵢ Aᵢ ⊗ (sᵢ tᵢᵀ)` for rules `A: [n, n, n]`.
+    pub fn weight(&self, rules: Tensor<B, 3>) -> Tensor<B, 2> {
+        let [n, a, _] = self.s.dims();
+        let b = self.t.dims()[2];
+        let low_rank = self.s.val().matmul(self.t.val()); // [n, a, b]
+        let kron = rules.reshape([n, n, 1, n, 1]) * low_rank.reshape([n, 1, a, 1, b]);
+        kron.sum_dim(0).reshape([n * a, n * b])
+    }
+
+    /// `x W + bias` for `x: [N, d_in]`.
+    pub fn forward(&self, x: Tensor<B, 2>, rules: Tensor<B, 3>) -> Tensor<B, 2> {
+        x.matmul(self.weight(rules)) + self.bias.val().unsqueeze()
+    }
+}
+
+/// A Compacter adapter: a bottleneck whose projections are [`PhmLinear`]s, with an inner skip
+/// connection; the up-projection starts at zero.
+#[derive(Module, Debug)]
+pub struct CompacterAdapter<B: Backend> {
+    /// `d → d / reduction`.
+    pub down: PhmLinear<B>,
+    /// `d / reduction → d`.
+    pub up: PhmLinear<B>,
+    /// Non-linearity.
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+impl<B: Backend> CompacterAdapter<B> {
+    /// `n` must divide `d` and `d / reduction`.
+    pub fn new(d: usize, reduction: usize, n: usize, activation: Activation, device: &B::Device) -> Self {
+        let inner = d / reduction.max(1);
+        Self {
+            down: PhmLinear::new(n, d, inner, 0.02, false, device),
+            up: PhmLinear::new(n, inner, d, 0.02, true, device),
+            activation,
+        }
+    }
+
+    /// `[N, d]` → `[N, d]`.
+    pub fn forward(&self, h: Tensor<B, 2>, rules: Tensor<B, 3>) -> Tensor<B, 2> {
+        let inner = self.activation.forward(self.down.forward(h.clone(), rules.clone()));
+        h + self.up.forward(inner, rules)
+    }
+}
+
+/// Parameters shared by the inserts of every layer (`encoder.shared`).
+#[derive(Module, Debug)]
+pub struct SharedInserts<B: Backend> {
+    /// Compacter's PHM rule matrices `A: [n, n, n]`.
+    pub phm_rules: Option<Param<Tensor<B, 3>>>,
+}
+
 /// LoRA deltas of one layer's linears (any subset).
 #[derive(Module, Debug)]
 pub struct LayerLora<B: Backend> {
@@ -223,6 +305,10 @@ pub struct LayerInserts<B: Backend> {
     /// Adapter after the FFN output projection, before its residual + LayerNorm (Houlsby and
     /// Pfeiffer).
     pub ffn_adapter: Option<Bottleneck<B>>,
+    /// Compacter adapter after the attention output projection.
+    pub attention_compacter: Option<CompacterAdapter<B>>,
+    /// Compacter adapter after the FFN output projection.
+    pub ffn_compacter: Option<CompacterAdapter<B>>,
 }
 
 impl<B: Backend> LayerInserts<B> {
@@ -234,6 +320,8 @@ impl<B: Backend> LayerInserts<B> {
             masks: None,
             attention_adapter: None,
             ffn_adapter: None,
+            attention_compacter: None,
+            ffn_compacter: None,
         }
     }
 }

@@ -24,7 +24,9 @@ use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Distribution;
-use kiln_model::peft::{Bottleneck, LayerIa3, LayerLora, LayerMasks, LoraDelta, WeightMask, LORA_TARGETS};
+use kiln_model::peft::{
+    Bottleneck, CompacterAdapter, LayerIa3, LayerLora, LayerMasks, LoraDelta, WeightMask, LORA_TARGETS,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::SequenceClassifier;
@@ -83,6 +85,16 @@ pub enum StrategyConfig {
         #[serde(default = "default_reduction")]
         reduction: usize,
     },
+    /// Compacter (Karimi Mahabadi et al. 2021): Houlsby-placed adapters whose projections are
+    /// PHM layers with rank-one factors and rule matrices shared across all layers.
+    Compacter {
+        /// Hidden size / bottleneck width.
+        #[serde(default = "default_compacter_reduction")]
+        reduction: usize,
+        /// Number of Kronecker terms (must divide the hidden size and the bottleneck width).
+        #[serde(default = "default_phm_n")]
+        n: usize,
+    },
     /// Prompt tuning (Lester et al. 2021): a soft prompt of `n_virtual` vectors prepended to the
     /// word embeddings, initialised from the embeddings of random vocabulary tokens; only the
     /// prompt and the head train.
@@ -124,6 +136,12 @@ pub enum StrategyConfig {
     },
 }
 
+fn default_compacter_reduction() -> usize {
+    32
+}
+fn default_phm_n() -> usize {
+    4
+}
 fn default_virtual() -> usize {
     20
 }
@@ -178,6 +196,7 @@ impl StrategyConfig {
             Self::Houlsby { .. } => "houlsby",
             Self::Pfeiffer { .. } => "pfeiffer",
             Self::PromptTuning { .. } => "prompt_tuning",
+            Self::Compacter { .. } => "compacter",
             Self::Ia3 => "ia3",
             Self::LearnedMask { .. } => "learned_mask",
             Self::Ulmfit { .. } => "ulmfit",
@@ -195,6 +214,7 @@ impl StrategyConfig {
                 | Self::Ia3
                 | Self::LearnedMask { .. }
                 | Self::PromptTuning { .. }
+                | Self::Compacter { .. }
         )
     }
 
@@ -214,6 +234,11 @@ impl StrategyConfig {
             Self::Houlsby { .. } | Self::Pfeiffer { .. } => path.contains("_adapter.") || path.contains("layer_norm"),
             Self::Ia3 => path.contains(".inserts.ia3."),
             Self::PromptTuning { .. } => path == "bert.prompt",
+            Self::Compacter { .. } => {
+                path.contains("_compacter.")
+                    || path.starts_with("bert.encoder.shared.phm_rules")
+                    || path.contains("layer_norm")
+            }
             Self::LearnedMask { .. } => path.contains(".inserts.masks."),
             _ => false,
         }
@@ -584,6 +609,28 @@ impl Tuning {
                             layer.inserts.attention_adapter = Some(Bottleneck::new(h, *reduction, act, device));
                         }
                         layer.inserts.ffn_adapter = Some(Bottleneck::new(h, *reduction, act, device));
+                    }
+                }
+                StrategyConfig::Compacter { reduction, n } => {
+                    let h = model.bert.embeddings.word_embeddings.weight.dims()[1];
+                    let inner = h / (*reduction).max(1);
+                    if *n == 0 || inner == 0 || h % n != 0 || inner % n != 0 {
+                        return Err(StrategyError::Invalid {
+                            strategy: "compacter",
+                            message: format!(
+                                "n = {n} must divide the hidden size {h} and the bottleneck width {inner}"
+                            ),
+                        });
+                    }
+                    model.bert.encoder.shared.phm_rules = Some(Param::from_tensor(Tensor::random(
+                        [*n, *n, *n],
+                        Distribution::Normal(0.0, 1.0 / *n as f64),
+                        device,
+                    )));
+                    for layer in &mut model.bert.encoder.layer {
+                        let act = layer.intermediate.activation;
+                        layer.inserts.attention_compacter = Some(CompacterAdapter::new(h, *reduction, *n, act, device));
+                        layer.inserts.ffn_compacter = Some(CompacterAdapter::new(h, *reduction, *n, act, device));
                     }
                 }
                 StrategyConfig::PromptTuning { n_virtual } => {

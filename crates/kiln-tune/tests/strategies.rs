@@ -126,6 +126,9 @@ fn expected_trainable(kind: &str) -> usize {
         "pfeiffer_r4" => L * (H * (H / 4) + H / 4 + (H / 4) * H + H) + layer_norms + head,
         "ia3" => L * (2 * H + F) + head,
         "prompt_5" => 5 * H + head,
+        // Per layer two adapters, each PHM down (H → H/4) and up (H/4 → H): s, t and bias
+        // are d_in + d_out + d_out each; plus the shared 2×2×2 rules.
+        "compacter_r4_n2" => L * 2 * ((H + H / 4 + H / 4) + (H / 4 + H + H)) + 8 + layer_norms + head,
         "learned_mask" => L * (4 * H * H + 2 * H * F) + head,
         _ => unreachable!(),
     }
@@ -150,6 +153,10 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
         ("pfeiffer_r4", vec![StrategyConfig::Pfeiffer { reduction: 4 }]),
         ("ia3", vec![StrategyConfig::Ia3]),
         ("prompt_5", vec![StrategyConfig::PromptTuning { n_virtual: 5 }]),
+        (
+            "compacter_r4_n2",
+            vec![StrategyConfig::Compacter { reduction: 4, n: 2 }],
+        ),
         (
             "learned_mask",
             vec![StrategyConfig::LearnedMask {
@@ -674,5 +681,43 @@ fn soft_prompt_is_prepended_as_vocabulary_rows() {
     assert!(Tuning::new(&[StrategyConfig::PromptTuning { n_virtual: 40 }])
         .unwrap()
         .insert(base, &device)
+        .is_err());
+}
+
+#[test]
+fn phm_weight_is_the_sum_of_kronecker_products() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    I::seed(&device, 5);
+    let (n, d_in, d_out) = (2, 4, 6);
+    let phm = kiln_model::peft::PhmLinear::<I>::new(n, d_in, d_out, 1.0, false, &device);
+    let rules = Tensor::<I, 3>::random([n, n, n], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+    let w: Vec<f32> = phm.weight(rules.clone()).into_data().to_vec().unwrap();
+    let a: Vec<f32> = rules.into_data().to_vec().unwrap();
+    let s: Vec<f32> = phm.s.val().into_data().to_vec().unwrap();
+    let t: Vec<f32> = phm.t.val().into_data().to_vec().unwrap();
+    let (p, q) = (d_in / n, d_out / n);
+    // W[r·p + i, c·q + j] = Σ_k A_k[r, c] · s_k[i] · t_k[j]  (kron(A_k, s_k t_kᵀ)).
+    for r in 0..n {
+        for i in 0..p {
+            for c in 0..n {
+                for j in 0..q {
+                    let want: f32 = (0..n)
+                        .map(|k| a[k * n * n + r * n + c] * s[k * p + i] * t[k * q + j])
+                        .sum();
+                    let got = w[(r * p + i) * d_out + c * q + j];
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "W[{}, {}] {got} vs {want}",
+                        r * p + i,
+                        c * q + j
+                    );
+                }
+            }
+        }
+    }
+    assert!(Tuning::new(&[StrategyConfig::Compacter { reduction: 4, n: 3 }])
+        .unwrap()
+        .insert(tiny(1), &device)
         .is_err());
 }
