@@ -155,7 +155,8 @@ pub struct BertModel<B: Backend> {
 }
 
 impl<B: Backend> BertLayer<B> {
-    fn new(config: &BertConfig, device: &B::Device) -> Self {
+    /// A randomly initialised layer of `config`'s sizes (HF initialisation).
+    pub fn new(config: &BertConfig, device: &B::Device) -> Self {
         let h = config.hidden_size;
         let dropout = || DropoutConfig::new(config.hidden_dropout_prob).init();
         Self {

@@ -31,6 +31,8 @@ pub struct SequenceClassifier<B: Backend> {
     pub dropout: Dropout,
     /// The head, `[hidden, num_labels]`.
     pub classifier: Linear<B>,
+    /// Ladder side network (LST); when present the head reads it instead of the backbone.
+    pub side: Option<crate::ladder::LadderSide<B>>,
 }
 
 impl<B: Backend> SequenceClassifier<B> {
@@ -83,6 +85,7 @@ impl<B: Backend> SequenceClassifier<B> {
             bert,
             dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             classifier: linear(config.hidden_size, num_labels, 0.02, device),
+            side: None,
         }
     }
 
@@ -126,15 +129,46 @@ impl<B: Backend> SequenceClassifier<B> {
         token_type_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 2> {
-        let out = self
-            .bert
-            .forward(input_ids, Some(token_type_ids), Some(attention_mask), Capture::none());
+        let last = match &self.side {
+            None => {
+                self.bert
+                    .forward(input_ids, Some(token_type_ids), Some(attention_mask), Capture::none())
+                    .last_hidden_state
+            }
+            Some(side) => {
+                let capture = Capture {
+                    hidden_states: true,
+                    ..Capture::none()
+                };
+                let n = self.bert.prompt_len();
+                let mask = match n {
+                    0 => attention_mask.clone(),
+                    _ => {
+                        let [batch, _] = attention_mask.dims();
+                        Tensor::cat(
+                            vec![
+                                Tensor::ones([batch, n], &attention_mask.device()),
+                                attention_mask.clone(),
+                            ],
+                            1,
+                        )
+                    }
+                };
+                let out = self
+                    .bert
+                    .forward(input_ids, Some(token_type_ids), Some(attention_mask), capture);
+                side.forward(
+                    &out.hidden_states,
+                    &kiln_attention::AttentionMask::from_attention_mask(mask),
+                )
+            }
+        };
         let pooled = self
             .bert
             .pooler
             .as_ref()
             .expect("classifier always has a pooler")
-            .forward(out.last_hidden_state);
+            .forward(last);
         let [batch, hidden] = pooled.dims();
         let logits = self
             .classifier

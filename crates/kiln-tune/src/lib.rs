@@ -16,6 +16,7 @@
 pub mod checkpoint;
 pub mod classifier;
 pub mod export;
+pub mod ladder;
 pub mod optim;
 pub mod params;
 pub mod strategy;

@@ -95,6 +95,14 @@ pub enum StrategyConfig {
         #[serde(default = "default_phm_n")]
         n: usize,
     },
+    /// Ladder side-tuning (Sung et al. 2022): a `reduction`-times narrower side network fed by
+    /// the frozen backbone's hidden states through learned gates; no backpropagation through
+    /// the backbone. See [`crate::ladder`].
+    Ladder {
+        /// Backbone width / side width.
+        #[serde(default = "default_ladder_reduction")]
+        reduction: usize,
+    },
     /// Prompt tuning (Lester et al. 2021): a soft prompt of `n_virtual` vectors prepended to the
     /// word embeddings, initialised from the embeddings of random vocabulary tokens; only the
     /// prompt and the head train.
@@ -136,6 +144,9 @@ pub enum StrategyConfig {
     },
 }
 
+fn default_ladder_reduction() -> usize {
+    8
+}
 fn default_compacter_reduction() -> usize {
     32
 }
@@ -197,6 +208,7 @@ impl StrategyConfig {
             Self::Pfeiffer { .. } => "pfeiffer",
             Self::PromptTuning { .. } => "prompt_tuning",
             Self::Compacter { .. } => "compacter",
+            Self::Ladder { .. } => "ladder",
             Self::Ia3 => "ia3",
             Self::LearnedMask { .. } => "learned_mask",
             Self::Ulmfit { .. } => "ulmfit",
@@ -215,6 +227,7 @@ impl StrategyConfig {
                 | Self::LearnedMask { .. }
                 | Self::PromptTuning { .. }
                 | Self::Compacter { .. }
+                | Self::Ladder { .. }
         )
     }
 
@@ -234,6 +247,7 @@ impl StrategyConfig {
             Self::Houlsby { .. } | Self::Pfeiffer { .. } => path.contains("_adapter.") || path.contains("layer_norm"),
             Self::Ia3 => path.contains(".inserts.ia3."),
             Self::PromptTuning { .. } => path == "bert.prompt",
+            Self::Ladder { .. } => path.starts_with("side.") || path.starts_with("bert.pooler."),
             Self::Compacter { .. } => {
                 path.contains("_compacter.")
                     || path.starts_with("bert.encoder.shared.phm_rules")
@@ -610,6 +624,19 @@ impl Tuning {
                         }
                         layer.inserts.ffn_adapter = Some(Bottleneck::new(h, *reduction, act, device));
                     }
+                }
+                StrategyConfig::Ladder { reduction } => {
+                    let d = model.bert.embeddings.word_embeddings.weight.dims()[1];
+                    let layers = model.bert.num_layers();
+                    let act = model.bert.encoder.layer[0].intermediate.activation;
+                    model.side = Some(
+                        crate::ladder::LadderSide::new(d, layers, *reduction, act, device).map_err(|message| {
+                            StrategyError::Invalid {
+                                strategy: "ladder",
+                                message,
+                            }
+                        })?,
+                    );
                 }
                 StrategyConfig::Compacter { reduction, n } => {
                     let h = model.bert.embeddings.word_embeddings.weight.dims()[1];

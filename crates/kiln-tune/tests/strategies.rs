@@ -126,6 +126,11 @@ fn expected_trainable(kind: &str) -> usize {
         "pfeiffer_r4" => L * (H * (H / 4) + H / 4 + (H / 4) * H + H) + layer_norms + head,
         "ia3" => L * (2 * H + F) + head,
         "prompt_5" => 5 * H + head,
+        "ladder_r4" => {
+            let w = H / 4;
+            let side_layer = 4 * (w * w + w) + 2 * 2 * w + (w * 4 * w + 4 * w) + (4 * w * w + w);
+            (L + 1) * (H * w + w) + L * side_layer + L + (w * H + H) + (H * H + H) + head
+        }
         // Per layer two adapters, each PHM down (H → H/4) and up (H/4 → H): s, t and bias
         // are d_in + d_out + d_out each; plus the shared 2×2×2 rules.
         "compacter_r4_n2" => L * 2 * ((H + H / 4 + H / 4) + (H / 4 + H + H)) + 8 + layer_norms + head,
@@ -153,6 +158,7 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
         ("pfeiffer_r4", vec![StrategyConfig::Pfeiffer { reduction: 4 }]),
         ("ia3", vec![StrategyConfig::Ia3]),
         ("prompt_5", vec![StrategyConfig::PromptTuning { n_virtual: 5 }]),
+        ("ladder_r4", vec![StrategyConfig::Ladder { reduction: 4 }]),
         (
             "compacter_r4_n2",
             vec![StrategyConfig::Compacter { reduction: 4, n: 2 }],
