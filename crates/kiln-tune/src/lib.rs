@@ -4,11 +4,13 @@
 //! inserted modules, gradient masks: [`strategy`]), a PyTorch-exact AdamW with
 //! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, the
 //! training loop with its run directory and checkpoints ([`trainer`]), and the exactness
-//! check against PyTorch's training step ([`train_parity`]).
+//! check against PyTorch's training step ([`train_parity`]), the ladder side network
+//! ([`ladder`]), and interop with PEFT and Hugging Face layouts ([`export`]).
 //!
 //! **Owns:** what trains, how, and what is saved. **Must not touch:** model architecture
-//! (`kiln-model`), attention mechanisms (`kiln-attention`), data parsing and metrics
-//! (`kiln-data`).
+//! (`kiln-model`; the modules strategies insert — LoRA deltas, adapters, (IA)³, masks, soft
+//! prompts — are defined there in `kiln_model::peft` and only instantiated here), attention
+//! mechanisms (`kiln-attention`), data parsing and metrics (`kiln-data`).
 //!
 //! The optimizer is kiln's own rather than `burn::optim::AdamW`: see [`optim`] for why.
 #![warn(missing_docs)]
