@@ -7,7 +7,9 @@
 //! projections stay untouched when one mechanism is swapped for another.
 //!
 //! **Owns:** the [`Attention`] trait, the masks it receives ([`AttentionMask`]), and the
-//! mechanisms themselves (today the exact [`SoftmaxAttention`]; linear variants later).
+//! mechanisms themselves: exact [`SoftmaxAttention`], [`SlidingWindowAttention`], and kernelised
+//! [`LinearAttention`] with ELU+1, T2R and Hedgehog feature maps (bidirectional, causal in
+//! chunked parallel form, and recurrent with O(1) state per token).
 //! **Must not touch:** model layout, weight loading, tokenization, training.
 //!
 //! The softmax mechanism calls burn's fused [`burn::tensor::module::attention`] op whenever
@@ -17,12 +19,16 @@
 #![warn(missing_docs)]
 
 mod kind;
+pub mod linear;
 mod mask;
 mod softmax;
+mod window;
 
-pub use kind::AttentionKind;
+pub use kind::{AttentionKind, AttentionVariant};
+pub use linear::{FeatureKind, FeatureMap, LinearAttention, RecurrentState};
 pub use mask::AttentionMask;
 pub use softmax::SoftmaxAttention;
+pub use window::SlidingWindowAttention;
 
 use burn::prelude::*;
 

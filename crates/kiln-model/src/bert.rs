@@ -55,7 +55,7 @@ pub struct BertSelfAttention<B: Backend> {
     /// Value projection.
     pub value: Linear<B>,
     /// The mechanism combining them (softmax for pretrained BERT).
-    pub mechanism: AttentionKind,
+    pub mechanism: AttentionKind<B>,
     /// Number of heads.
     pub num_heads: usize,
 }
@@ -363,6 +363,29 @@ impl<B: Backend> BertModel<B> {
                 dense: linear(h, h, INIT_STD, device),
             }),
             prompt: None,
+        }
+    }
+
+    /// Swaps the attention mechanism of the layers in `layers` (all when `None`) for
+    /// `variant`, keeping every other weight (swap-then-finetune, Kasai et al. 2021). New
+    /// feature-map parameters are drawn from the backend RNG as the variant's paper does.
+    ///
+    /// # Panics
+    /// If a layer index is out of range.
+    pub fn convert_attention(
+        &mut self,
+        variant: &kiln_attention::AttentionVariant,
+        layers: Option<&[usize]>,
+        dropout: f64,
+    ) {
+        let n = self.encoder.layer.len();
+        let chosen: Vec<usize> = layers.map_or_else(|| (0..n).collect(), <[usize]>::to_vec);
+        for i in chosen {
+            assert!(i < n, "layer {i} out of range (the model has {n})");
+            let sa = &mut self.encoder.layer[i].attention.self_attention;
+            let [_, width] = sa.query.weight.dims();
+            let device = sa.query.weight.device();
+            sa.mechanism = variant.build(sa.num_heads, width / sa.num_heads, dropout, &device);
         }
     }
 

@@ -24,7 +24,7 @@ pub struct Gpt2Attention<B: Backend> {
     /// Output projection.
     pub c_proj: Linear<B>,
     /// The mechanism (softmax for pretrained GPT-2).
-    pub mechanism: AttentionKind,
+    pub mechanism: AttentionKind<B>,
     /// Residual dropout.
     pub resid_dropout: Dropout,
     /// Number of heads.

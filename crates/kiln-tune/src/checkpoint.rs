@@ -106,6 +106,10 @@ fn to_hf() -> KeyRemapper {
 fn from_hf() -> KeyRemapper {
     KeyRemapper::from_patterns(vec![
         (r"attention\.self\.", "attention.self_attention."),
+        (
+            r"attention\.self_attention\.feature_map\.",
+            "attention.self_attention.mechanism.Linear.feature_map.",
+        ),
         (r"LayerNorm\.weight$", "layer_norm.gamma"),
         (r"LayerNorm\.bias$", "layer_norm.beta"),
     ])

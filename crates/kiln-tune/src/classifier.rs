@@ -112,8 +112,7 @@ impl<B: Backend> SequenceClassifier<B> {
         for layer in &mut self.bert.encoder.layer {
             layer.attention.output.dropout = d();
             layer.output.dropout = d();
-            let kiln_attention::AttentionKind::Softmax(m) = &mut layer.attention.self_attention.mechanism;
-            m.dropout = d();
+            layer.attention.self_attention.mechanism.set_dropout(p);
         }
     }
 

@@ -508,10 +508,14 @@ impl Tuning {
         self.components.iter().any(StrategyConfig::is_selection)
     }
 
-    /// Whether the parameter at `path` trains.
+    /// Whether the parameter at `path` trains. The head and the feature maps of converted
+    /// attention (new parameters, see `BertModel::convert_attention`) train under every strategy.
     pub fn trains(&self, path: &str) -> bool {
         let selections: Vec<&StrategyConfig> = self.components.iter().filter(|c| c.is_selection()).collect();
-        is_head(path) || selections.is_empty() || selections.iter().any(|c| c.selects(path))
+        is_head(path)
+            || path.contains(".feature_map.")
+            || selections.is_empty()
+            || selections.iter().any(|c| c.selects(path))
     }
 
     fn ulmfit(&self) -> Option<(f64, f64, f64, bool)> {

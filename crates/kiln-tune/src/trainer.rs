@@ -76,6 +76,10 @@ pub struct TrainConfig {
     pub max_train_examples: Option<usize>,
     /// Tuning strategy components (empty: full fine-tuning); see [`crate::strategy`].
     pub tuning: Vec<StrategyConfig>,
+    /// Swap the encoder's attention for this mechanism before training (swap-then-finetune).
+    pub attention: Option<kiln_attention::AttentionVariant>,
+    /// Layers to convert (all when absent).
+    pub attention_layers: Option<Vec<usize>>,
 }
 
 impl Default for TrainConfig {
@@ -96,6 +100,8 @@ impl Default for TrainConfig {
             seed: 42,
             max_train_examples: None,
             tuning: Vec::new(),
+            attention: None,
+            attention_layers: None,
         }
     }
 }
@@ -430,6 +436,19 @@ pub fn train<B: AutodiffBackend>(
     };
     let tuning = Tuning::new(&cfg.tuning)?;
     B::seed(device, mix(cfg.seed, INSERT_STREAM));
+    if let Some(variant) = &cfg.attention {
+        let n = model.bert.num_layers();
+        if let Some(bad) = cfg.attention_layers.iter().flatten().find(|&&l| l >= n) {
+            return Err(TrainError::Invalid(format!(
+                "attention_layers: layer {bad} out of range (the model has {n})"
+            )));
+        }
+        let dropout = cfg.dropout.unwrap_or(0.1);
+        model
+            .bert
+            .convert_attention(variant, cfg.attention_layers.as_deref(), dropout);
+        tracing::info!(?variant, layers = ?cfg.attention_layers, "attention converted");
+    }
     let mut model = tuning.insert(model, device)?;
     // Child-Tuning_D's Fisher pass sees the pretrained weights, also when resuming (the mask
     // is recomputed, not stored: it is a function of the seed and the pretrained model).

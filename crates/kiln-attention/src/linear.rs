@@ -1,0 +1,247 @@
+//! Kernelised linear attention (Katharopoulos et al. 2020) with the feature maps of ELU+1,
+//! T2R (Kasai et al. 2021) and Hedgehog (Zhang et al. 2024).
+//!
+//! `out_i = φ(q_i)ᵀ Σ_j φ(k_j) v_jᵀ / max(φ(q_i)ᵀ Σ_j φ(k_j), ε)`, the sums over visible keys.
+//!
+//! - Bidirectional: two matrix products, `O(n·k·d)`.
+//! - Causal, training: chunked — within a chunk of `C` positions the masked `C × C` form,
+//!   across chunks a running state — so memory is `O(n·C + k·d)`, never an `n × n` matrix.
+//! - Causal, decoding: [`RecurrentState`] holds `S = Σ φ(k_j) v_jᵀ` (`[k, d_v]`) and
+//!   `z = Σ φ(k_j)` per head: constant memory per generated token. Parallel and recurrent
+//!   forms agree to float precision (tested).
+
+use burn::module::Param;
+use burn::prelude::*;
+use burn::tensor::activation::{relu, softmax};
+use burn::tensor::Distribution;
+
+use crate::{Attention, AttentionMask, AttentionOutput};
+
+/// Which feature map φ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FeatureKind {
+    /// `elu(x) + 1` (no parameters).
+    EluPlusOne,
+    /// `ReLU(W x + b)`, one `W, b` per head shared by queries and keys; queries are scaled
+    /// by `d_head^-½` before φ.
+    T2r,
+    /// `[softmax(W x + b), softmax(−W x − b)]` over the feature dimension (the Hedgehog code's
+    /// feature map), trainable per head; `2k` features.
+    Hedgehog,
+}
+
+/// A feature map with its (optional) per-head parameters.
+#[derive(Module, Debug)]
+pub struct FeatureMap<B: Backend> {
+    /// The map.
+    #[module(skip)]
+    pub kind: FeatureKind,
+    /// `W`, `[heads, head_dim, k]` (learned maps only).
+    pub weight: Option<Param<Tensor<B, 3>>>,
+    /// `b`, `[heads, k]` (learned maps only).
+    pub bias: Option<Param<Tensor<B, 2>>>,
+}
+
+impl<B: Backend> FeatureMap<B> {
+    /// ELU+1, parameter-free.
+    pub fn elu_plus_one() -> Self {
+        Self {
+            kind: FeatureKind::EluPlusOne,
+            weight: None,
+            bias: None,
+        }
+    }
+
+    /// A learned map (T2R or Hedgehog) with `k` features per head, initialised as PyTorch's
+    /// `nn.Linear` (`U(±1/√head_dim)` for `W` and `b`), which is what the T2R code uses.
+    /// Hedgehog starts from the identity where `k ≥ head_dim` (its authors initialise the
+    /// projection to identity), with zero bias.
+    pub fn learned(kind: FeatureKind, heads: usize, head_dim: usize, k: usize, device: &B::Device) -> Self {
+        let bound = 1.0 / (head_dim as f64).sqrt();
+        let (weight, bias) = match kind {
+            FeatureKind::Hedgehog if k >= head_dim => {
+                let eye = Tensor::<B, 2>::eye(head_dim, device);
+                let w = Tensor::cat(vec![eye, Tensor::zeros([head_dim, k - head_dim], device)], 1)
+                    .unsqueeze::<3>()
+                    .expand([heads, head_dim, k]);
+                (w, Tensor::zeros([heads, k], device))
+            }
+            _ => (
+                Tensor::random([heads, head_dim, k], Distribution::Uniform(-bound, bound), device),
+                Tensor::random([heads, k], Distribution::Uniform(-bound, bound), device),
+            ),
+        };
+        Self {
+            kind,
+            weight: Some(Param::from_tensor(weight)),
+            bias: Some(Param::from_tensor(bias)),
+        }
+    }
+
+    /// Number of features for inputs of `head_dim` dimensions.
+    pub fn num_features(&self, head_dim: usize) -> usize {
+        match (&self.kind, &self.weight) {
+            (FeatureKind::EluPlusOne, _) | (_, None) => head_dim,
+            (FeatureKind::T2r, Some(w)) => w.dims()[2],
+            (FeatureKind::Hedgehog, Some(w)) => 2 * w.dims()[2],
+        }
+    }
+
+    /// φ(x) for `x: [batch, heads, n, head_dim]` → `[batch, heads, n, features]`.
+    pub fn apply(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let project = |x: Tensor<B, 4>| {
+            let w = self.weight.as_ref().expect("learned map has W").val();
+            let b = self.bias.as_ref().expect("learned map has b").val();
+            let [heads, _, k] = w.dims();
+            x.matmul(w.unsqueeze::<4>()) + b.reshape([1, heads, 1, k])
+        };
+        match self.kind {
+            FeatureKind::EluPlusOne => relu(x.clone()) + x.neg().clamp_min(0.0).neg().exp(),
+            FeatureKind::T2r => relu(project(x)),
+            FeatureKind::Hedgehog => {
+                let u = project(x);
+                Tensor::cat(vec![softmax(u.clone(), 3), softmax(u.neg(), 3)], 3)
+            }
+        }
+    }
+}
+
+/// Linear attention with a feature map.
+#[derive(Module, Debug)]
+pub struct LinearAttention<B: Backend> {
+    /// φ.
+    pub feature_map: FeatureMap<B>,
+    /// Lower bound of the normaliser (T2R uses 1e-2: ReLU features can all be zero).
+    pub eps: f64,
+    /// Chunk length of the causal parallel form.
+    pub chunk: usize,
+}
+
+/// The recurrent (RNN-mode) state of causal linear attention: per batch and head,
+/// `S = Σ φ(k_j) v_jᵀ` `[batch, heads, k, d_v]` and `z = Σ φ(k_j)` `[batch, heads, k, 1]`.
+#[derive(Debug, Clone)]
+pub struct RecurrentState<B: Backend> {
+    /// Key-value sum.
+    pub s: Tensor<B, 4>,
+    /// Key sum.
+    pub z: Tensor<B, 4>,
+}
+
+impl<B: Backend> LinearAttention<B> {
+    /// A mechanism with feature map `feature_map`, normaliser floor `eps`, causal chunk 64.
+    pub fn new(feature_map: FeatureMap<B>, eps: f64) -> Self {
+        Self {
+            feature_map,
+            eps,
+            chunk: 64,
+        }
+    }
+
+    fn features(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let head_dim = q.dims()[3];
+        let q = match self.feature_map.kind {
+            FeatureKind::T2r => q.mul_scalar((head_dim as f64).powf(-0.5)),
+            _ => q,
+        };
+        (self.feature_map.apply(q), self.feature_map.apply(k))
+    }
+
+    /// An empty state for `batch × heads` with `d_v`-dimensional values.
+    pub fn initial_state(
+        &self,
+        batch: usize,
+        heads: usize,
+        head_dim: usize,
+        d_v: usize,
+        device: &B::Device,
+    ) -> RecurrentState<B> {
+        let f = self.feature_map.num_features(head_dim);
+        RecurrentState {
+            s: Tensor::zeros([batch, heads, f, d_v], device),
+            z: Tensor::zeros([batch, heads, f, 1], device),
+        }
+    }
+
+    /// One decoding step: `q, k, v` are `[batch, heads, 1, ·]`; returns the output
+    /// `[batch, heads, 1, d_v]` and the updated state.
+    pub fn step(
+        &self,
+        state: RecurrentState<B>,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+    ) -> (Tensor<B, 4>, RecurrentState<B>) {
+        let (fq, fk) = self.features(q, k);
+        let s = state.s + fk.clone().swap_dims(2, 3).matmul(v);
+        let z = state.z + fk.swap_dims(2, 3);
+        let num = fq.clone().matmul(s.clone());
+        let den = fq.matmul(z.clone()).clamp_min(self.eps);
+        (num / den, RecurrentState { s, z })
+    }
+
+    /// Causal output for `seq_q == seq_k`, chunk by chunk.
+    fn causal(&self, fq: Tensor<B, 4>, fk: Tensor<B, 4>, v: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [batch, heads, n, f] = fq.dims();
+        let d_v = v.dims()[3];
+        let device = fq.device();
+        let mut s = Tensor::<B, 4>::zeros([batch, heads, f, d_v], &device);
+        let mut z = Tensor::<B, 4>::zeros([batch, heads, f, 1], &device);
+        let c = self.chunk.max(1);
+        let mut outs = Vec::with_capacity(n.div_ceil(c));
+        for start in (0..n).step_by(c) {
+            let end = (start + c).min(n);
+            let len = end - start;
+            let qc = fq.clone().slice([0..batch, 0..heads, start..end, 0..f]);
+            let kc = fk.clone().slice([0..batch, 0..heads, start..end, 0..f]);
+            let vc = v.clone().slice([0..batch, 0..heads, start..end, 0..d_v]);
+            let future = AttentionMask::<B>::causal_fill_mask(len, len, &device).expand([batch, heads, len, len]);
+            let intra = qc.clone().matmul(kc.clone().swap_dims(2, 3)).mask_fill(future, 0.0);
+            let num = qc.clone().matmul(s.clone()) + intra.clone().matmul(vc.clone());
+            let den = (qc.matmul(z.clone()) + intra.sum_dim(3)).clamp_min(self.eps);
+            outs.push(num / den);
+            s = s + kc.clone().swap_dims(2, 3).matmul(vc);
+            z = z + kc.swap_dims(2, 3).sum_dim(3);
+        }
+        Tensor::cat(outs, 2)
+    }
+}
+
+impl<B: Backend> Attention<B> for LinearAttention<B> {
+    fn attend(
+        &self,
+        q: Tensor<B, 4>,
+        k: Tensor<B, 4>,
+        v: Tensor<B, 4>,
+        mask: &AttentionMask<B>,
+        _need_weights: bool,
+    ) -> AttentionOutput<B> {
+        let (fq, mut fk) = self.features(q, k);
+        if let Some(keep) = &mask.key_padding {
+            let [batch, seq_k] = keep.dims();
+            fk = fk * keep.clone().float().reshape([batch, 1, seq_k, 1]);
+        }
+        let context = if mask.causal {
+            assert_eq!(
+                fq.dims()[2],
+                fk.dims()[2],
+                "causal linear attention in parallel form needs seq_q == seq_k; decode with step()"
+            );
+            self.causal(fq, fk, v)
+        } else {
+            let kv = fk.clone().swap_dims(2, 3).matmul(v);
+            let z = fk.swap_dims(2, 3).sum_dim(3);
+            let num = fq.clone().matmul(kv);
+            num / fq.matmul(z).clamp_min(self.eps)
+        };
+        AttentionOutput { context, weights: None }
+    }
+
+    fn name(&self) -> &'static str {
+        match self.feature_map.kind {
+            FeatureKind::EluPlusOne => "elu_linear",
+            FeatureKind::T2r => "t2r",
+            FeatureKind::Hedgehog => "hedgehog",
+        }
+    }
+}

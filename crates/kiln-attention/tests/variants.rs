@@ -1,0 +1,298 @@
+//! Attention variants against direct float64 loops: linear attention (ELU+1, T2R, Hedgehog),
+//! bidirectional and causal, chunked parallel form against the recurrent form, padding, and
+//! the sliding window.
+
+use burn::backend::Flex;
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData};
+use kiln_attention::{
+    Attention, AttentionMask, FeatureKind, FeatureMap, LinearAttention, SlidingWindowAttention, SoftmaxAttention,
+};
+
+type B = Flex;
+const BATCH: usize = 2;
+const HEADS: usize = 2;
+const N: usize = 11;
+const D: usize = 8;
+
+fn rand4(seed: u64) -> Tensor<B, 4> {
+    let device = Default::default();
+    B::seed(&device, seed);
+    Tensor::random([BATCH, HEADS, N, D], Distribution::Normal(0.0, 1.0), &device)
+}
+
+fn data(t: &Tensor<B, 4>) -> Vec<f64> {
+    t.clone()
+        .into_data()
+        .to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
+}
+
+fn row(t: &[f64], b: usize, h: usize, i: usize) -> Vec<f64> {
+    t[((b * HEADS + h) * N + i) * D..][..D].to_vec()
+}
+
+/// φ in float64 for one `[D]` row of head `h`.
+fn phi(map: &FeatureMap<B>, h: usize, x: &[f64]) -> Vec<f64> {
+    let learned = |x: &[f64]| -> Vec<f64> {
+        let w = map.weight.as_ref().unwrap().val();
+        let [_, d, k] = w.dims();
+        let w: Vec<f64> = w
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let b: Vec<f64> = map
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        (0..k)
+            .map(|j| (0..d).map(|i| x[i] * w[(h * d + i) * k + j]).sum::<f64>() + b[h * k + j])
+            .collect()
+    };
+    match map.kind {
+        FeatureKind::EluPlusOne => x.iter().map(|&v| if v > 0.0 { v + 1.0 } else { v.exp() }).collect(),
+        FeatureKind::T2r => learned(x).into_iter().map(|u| u.max(0.0)).collect(),
+        FeatureKind::Hedgehog => {
+            let u = learned(x);
+            let sm = |u: Vec<f64>| {
+                let m = u.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = u.iter().map(|v| (v - m).exp()).collect();
+                let s: f64 = e.iter().sum();
+                e.into_iter().map(|v| v / s).collect::<Vec<_>>()
+            };
+            let mut out = sm(u.clone());
+            out.extend(sm(u.into_iter().map(|v| -v).collect()));
+            out
+        }
+    }
+}
+
+/// Direct loop: out_i = Σ_j φq_i·φk_j v_j / max(Σ_j φq_i·φk_j, eps) over visible j.
+fn naive_linear(
+    m: &LinearAttention<B>,
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    keep: &[bool],
+    causal: bool,
+) -> Vec<f64> {
+    let (q, k, v) = (data(q), data(k), data(v));
+    let q_scale = if m.feature_map.kind == FeatureKind::T2r {
+        (D as f64).powf(-0.5)
+    } else {
+        1.0
+    };
+    let mut out = vec![0.0; BATCH * HEADS * N * D];
+    for b in 0..BATCH {
+        for h in 0..HEADS {
+            for i in 0..N {
+                let qi: Vec<f64> = row(&q, b, h, i).iter().map(|x| x * q_scale).collect();
+                let fq = phi(&m.feature_map, h, &qi);
+                let mut num = vec![0.0; D];
+                let mut den = 0.0;
+                for j in 0..N {
+                    if !keep[b * N + j] || (causal && j > i) {
+                        continue;
+                    }
+                    let fk = phi(&m.feature_map, h, &row(&k, b, h, j));
+                    let a: f64 = fq.iter().zip(&fk).map(|(x, y)| x * y).sum();
+                    den += a;
+                    for (n, vj) in num.iter_mut().zip(row(&v, b, h, j)) {
+                        *n += a * vj;
+                    }
+                }
+                let den = den.max(m.eps);
+                for x in 0..D {
+                    out[((b * HEADS + h) * N + i) * D + x] = num[x] / den;
+                }
+            }
+        }
+    }
+    out
+}
+
+fn mechanisms() -> Vec<LinearAttention<B>> {
+    let device = Default::default();
+    B::seed(&device, 99);
+    vec![
+        LinearAttention::new(FeatureMap::elu_plus_one(), 1e-6),
+        LinearAttention::new(FeatureMap::learned(FeatureKind::T2r, HEADS, D, 16, &device), 1e-2),
+        LinearAttention::new(FeatureMap::learned(FeatureKind::Hedgehog, HEADS, D, 6, &device), 1e-6),
+    ]
+}
+
+fn keep_mask() -> (Vec<bool>, AttentionMask<B>) {
+    // Batch 0 full, batch 1 with its last 4 keys padded.
+    let keep: Vec<bool> = (0..BATCH * N).map(|i| i < N || i % N < N - 4).collect();
+    let ints: Vec<i64> = keep.iter().map(|&k| k as i64).collect();
+    let mask = AttentionMask::from_attention_mask(Tensor::<B, 2, Int>::from_data(
+        TensorData::new(ints, [BATCH, N]),
+        &Default::default(),
+    ));
+    (keep, mask)
+}
+
+fn assert_close(got: &Tensor<B, 4>, want: &[f64], tol: f64, what: &str) {
+    let got = data(got);
+    let worst = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    assert!(worst <= tol, "{what}: max |diff| {worst:e} > {tol:e}");
+}
+
+#[test]
+fn linear_attention_matches_the_direct_formula_bidirectional_and_causal_with_padding() {
+    let (q, k, v) = (rand4(1), rand4(2), rand4(3));
+    let (keep, mask) = keep_mask();
+    for mut m in mechanisms() {
+        let name = m.name();
+        let bi = m.attend(q.clone(), k.clone(), v.clone(), &mask, false).context;
+        assert_close(&bi, &naive_linear(&m, &q, &k, &v, &keep, false), 1e-4, name);
+        let want = naive_linear(&m, &q, &k, &v, &keep, true);
+        for chunk in [1, 3, 4, N, 64] {
+            m.chunk = chunk;
+            let causal = m
+                .attend(q.clone(), k.clone(), v.clone(), &mask.clone().with_causal(true), false)
+                .context;
+            assert_close(&causal, &want, 1e-4, &format!("{name} causal chunk {chunk}"));
+        }
+    }
+}
+
+#[test]
+fn recurrent_decoding_equals_the_parallel_causal_form() {
+    let (q, k, v) = (rand4(4), rand4(5), rand4(6));
+    let device = Default::default();
+    for m in mechanisms() {
+        let parallel = m
+            .attend(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                &AttentionMask::none().with_causal(true),
+                false,
+            )
+            .context;
+        let mut state = m.initial_state(BATCH, HEADS, D, D, &device);
+        let mut steps = Vec::new();
+        for t in 0..N {
+            let at = |x: &Tensor<B, 4>| x.clone().slice([0..BATCH, 0..HEADS, t..t + 1, 0..D]);
+            let (out, next) = m.step(state, at(&q), at(&k), at(&v));
+            // The state's size does not grow with t.
+            assert_eq!(next.s.dims(), [BATCH, HEADS, m.feature_map.num_features(D), D]);
+            state = next;
+            steps.push(out);
+        }
+        let recurrent = Tensor::cat(steps, 2);
+        let worst = (recurrent - parallel).abs().max().into_scalar();
+        assert!(worst < 1e-5, "{}: recurrent vs parallel {worst:e}", m.name());
+    }
+}
+
+#[test]
+fn t2r_normaliser_floor_prevents_division_by_zero() {
+    // Very negative biases make every ReLU feature zero.
+    let device = Default::default();
+    let mut map = FeatureMap::<B>::learned(FeatureKind::T2r, HEADS, D, 4, &device);
+    map.bias = Some(burn::module::Param::from_tensor(Tensor::full(
+        [HEADS, 4],
+        -100.0,
+        &device,
+    )));
+    let m = LinearAttention::new(map, 1e-2);
+    let out = m
+        .attend(rand4(7), rand4(8), rand4(9), &AttentionMask::none(), false)
+        .context;
+    assert!(data(&out).iter().all(|x| *x == 0.0));
+}
+
+fn in_band(causal: bool, w: usize, i: usize, j: usize) -> bool {
+    if causal {
+        j <= i && i - j < w
+    } else {
+        i.abs_diff(j) < w
+    }
+}
+
+#[test]
+fn sliding_window_matches_a_banded_direct_softmax_and_a_wide_window_is_exact_softmax() {
+    let (q, k, v) = (rand4(10), rand4(11), rand4(12));
+    let (keep, mask) = keep_mask();
+    let (qd, kd, vd) = (data(&q), data(&k), data(&v));
+    for causal in [false, true] {
+        for w in [1usize, 3] {
+            let m = SlidingWindowAttention::new(w, 0.0);
+            let got = data(
+                &m.attend(
+                    q.clone(),
+                    k.clone(),
+                    v.clone(),
+                    &mask.clone().with_causal(causal),
+                    false,
+                )
+                .context,
+            );
+            for b in 0..BATCH {
+                for h in 0..HEADS {
+                    for i in 0..N {
+                        let visible: Vec<usize> = (0..N)
+                            .filter(|&j| keep[b * N + j] && in_band(causal, w, i, j))
+                            .collect();
+                        // A row whose whole band is padding has no defined answer; skip it.
+                        if visible.is_empty() {
+                            continue;
+                        }
+                        let qi = row(&qd, b, h, i);
+                        let s: Vec<f64> = visible
+                            .iter()
+                            .map(|&j| {
+                                qi.iter().zip(row(&kd, b, h, j)).map(|(a, b)| a * b).sum::<f64>() / (D as f64).sqrt()
+                            })
+                            .collect();
+                        let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                        let z: f64 = s.iter().map(|x| (x - mx).exp()).sum();
+                        for x in 0..D {
+                            let want: f64 = visible
+                                .iter()
+                                .zip(&s)
+                                .map(|(&j, sj)| (sj - mx).exp() / z * row(&vd, b, h, j)[x])
+                                .sum();
+                            let got = got[((b * HEADS + h) * N + i) * D + x];
+                            assert!(
+                                (got - want).abs() < 1e-4,
+                                "w={w} causal={causal} [{b},{h},{i},{x}] {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let wide = SlidingWindowAttention::new(N, 0.0).attend(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            &mask.clone().with_causal(causal),
+            false,
+        );
+        let exact = SoftmaxAttention::new(0.0).attend(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            &mask.clone().with_causal(causal),
+            false,
+        );
+        let diff = (wide.context - exact.context).abs().max().into_scalar();
+        assert!(diff < 1e-5, "window ≥ n vs softmax: {diff:e}");
+    }
+}
