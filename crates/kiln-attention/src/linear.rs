@@ -214,12 +214,28 @@ impl<B: Backend> Attention<B> for LinearAttention<B> {
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
         mask: &AttentionMask<B>,
-        _need_weights: bool,
+        need_weights: bool,
     ) -> AttentionOutput<B> {
         let (fq, mut fk) = self.features(q, k);
         if let Some(keep) = &mask.key_padding {
             let [batch, seq_k] = keep.dims();
             fk = fk * keep.clone().float().reshape([batch, 1, seq_k, 1]);
+        }
+        if need_weights {
+            // The quadratic form, for analysis and attention transfer: a_ij = φq_i·φk_j / Σ_j.
+            let mut scores = fq.matmul(fk.swap_dims(2, 3));
+            if mask.causal {
+                let [_, _, n_q, n_k] = scores.dims();
+                let future = AttentionMask::<B>::causal_fill_mask(n_q, n_k, &scores.device());
+                let shape = scores.shape();
+                scores = scores.mask_fill(future.expand(shape), 0.0);
+            }
+            let weights = scores.clone() / scores.sum_dim(3).clamp_min(self.eps);
+            let context = weights.clone().matmul(v);
+            return AttentionOutput {
+                context,
+                weights: Some(weights),
+            };
         }
         let context = if mask.causal {
             assert_eq!(

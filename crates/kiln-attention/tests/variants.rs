@@ -296,3 +296,23 @@ fn sliding_window_matches_a_banded_direct_softmax_and_a_wide_window_is_exact_sof
         assert!(diff < 1e-5, "window ≥ n vs softmax: {diff:e}");
     }
 }
+
+#[test]
+fn requested_weights_give_the_same_context_and_rows_sum_to_one() {
+    let (q, k, v) = (rand4(13), rand4(14), rand4(15));
+    let (_, mask) = keep_mask();
+    for m in mechanisms() {
+        for causal in [false, true] {
+            let mask = mask.clone().with_causal(causal);
+            let fast = m.attend(q.clone(), k.clone(), v.clone(), &mask, false).context;
+            let out = m.attend(q.clone(), k.clone(), v.clone(), &mask, true);
+            let diff = (out.context - fast).abs().max().into_scalar();
+            assert!(diff < 1e-5, "{} causal={causal}: {diff:e}", m.name());
+            let w = out.weights.unwrap();
+            if m.name() != "t2r" {
+                let sums = data(&w.sum_dim(3).reshape([BATCH, HEADS, N, 1]));
+                assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{} rows", m.name());
+            }
+        }
+    }
+}

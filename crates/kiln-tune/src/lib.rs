@@ -24,3 +24,4 @@ pub mod params;
 pub mod strategy;
 pub mod train_parity;
 pub mod trainer;
+pub mod transfer;

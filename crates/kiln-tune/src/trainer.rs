@@ -80,6 +80,8 @@ pub struct TrainConfig {
     pub attention: Option<kiln_attention::AttentionVariant>,
     /// Layers to convert (all when absent).
     pub attention_layers: Option<Vec<usize>>,
+    /// Train the converted layers' feature maps to imitate the original attention first.
+    pub attention_transfer: Option<crate::transfer::TransferConfig>,
 }
 
 impl Default for TrainConfig {
@@ -102,6 +104,7 @@ impl Default for TrainConfig {
             tuning: Vec::new(),
             attention: None,
             attention_layers: None,
+            attention_transfer: None,
         }
     }
 }
@@ -444,10 +447,41 @@ pub fn train<B: AutodiffBackend>(
             )));
         }
         let dropout = cfg.dropout.unwrap_or(0.1);
+        let teacher = cfg
+            .attention_transfer
+            .as_ref()
+            .map(|_| crate::transfer::teacher_of(&model));
         model
             .bert
             .convert_attention(variant, cfg.attention_layers.as_deref(), dropout);
         tracing::info!(?variant, layers = ?cfg.attention_layers, "attention converted");
+        // On resume the checkpoint holds the transferred (and fine-tuned) feature maps.
+        if let (Some(teacher), Some(tc), false) = (teacher, &cfg.attention_transfer, resumed) {
+            let mut batches = Vec::new();
+            let order: Vec<usize> = (0..train_examples.len()).collect();
+            for chunk in order.chunks(tc.batch_size.max(1)).take(tc.steps.max(1)) {
+                let enc = encode_indices(tok, &inputs, chunk)?;
+                batches.push(crate::transfer::TransferBatch {
+                    ids: enc.input_ids,
+                    types: enc.token_type_ids,
+                    mask: enc.attention_mask,
+                    shape: [enc.batch, enc.seq],
+                });
+            }
+            let (student, losses) = crate::transfer::attention_transfer(model, &teacher, &batches, tc, device);
+            model = student;
+            let text: String = losses
+                .iter()
+                .enumerate()
+                .map(|(i, l)| format!("{}\n", serde_json::json!({"kind": "transfer", "step": i, "loss": l})))
+                .collect();
+            checkpoint::write_atomic(&run.0.join("transfer.jsonl"), text.as_bytes())?;
+            tracing::info!(
+                first = losses.first().copied().unwrap_or(f64::NAN),
+                last = losses.last().copied().unwrap_or(f64::NAN),
+                "attention transfer done"
+            );
+        }
     }
     let mut model = tuning.insert(model, device)?;
     // Child-Tuning_D's Fisher pass sees the pretrained weights, also when resuming (the mask

@@ -172,3 +172,122 @@ fn logits_wide(m: &SequenceClassifier<A>) -> Vec<f32> {
         .to_vec()
         .unwrap()
 }
+
+#[test]
+fn attention_transfer_moves_only_feature_maps_and_lowers_the_loss() {
+    use kiln_tune::transfer::{attention_transfer, teacher_of, TransferBatch, TransferConfig, TransferLoss};
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    // A teacher with peaked attention (random BERT initialisation attends almost uniformly,
+    // which any feature map already imitates): scale the query and key projections up.
+    let mut base = tiny(4);
+    for layer in &mut base.bert.encoder.layer {
+        let sa = &mut layer.attention.self_attention;
+        sa.query.weight = burn::module::Param::from_tensor(sa.query.weight.val().mul_scalar(15.0).detach());
+        sa.key.weight = burn::module::Param::from_tensor(sa.key.weight.val().mul_scalar(15.0).detach());
+    }
+    let teacher = teacher_of(&base);
+    let batches: Vec<TransferBatch> = (0..4)
+        .map(|b| {
+            let ids: Vec<i64> = (0..4 * 10).map(|i| ((i * 31 + b * 7) % 97 + 1) as i64).collect();
+            let mask: Vec<i64> = (0..40).map(|i| i64::from(i % 10 < 8 || i < 10)).collect();
+            TransferBatch {
+                types: vec![0; 40],
+                ids,
+                mask,
+                shape: [4, 10],
+            }
+        })
+        .collect();
+    for loss in [TransferLoss::CrossEntropy, TransferLoss::OutputMse] {
+        let mut student = base.clone();
+        A::seed(&device, 5);
+        student
+            .bert
+            .convert_attention(&AttentionVariant::Hedgehog { features: 8 }, None, 0.0);
+        let before = param_infos(&student);
+        let snapshot = |m: &SequenceClassifier<A>| -> Vec<(String, Vec<f32>)> {
+            let mut v = Vec::new();
+            let bytes = kiln_tune::strategy::tuned_bytes(m, &Tuning::new(&[]).unwrap());
+            let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+            for (n, t) in st.tensors() {
+                v.push((
+                    n,
+                    t.data()
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                        .collect(),
+                ));
+            }
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let s0 = snapshot(&student);
+        let cfg = TransferConfig {
+            steps: 150,
+            lr: 1e-1,
+            batch_size: 4,
+            loss,
+        };
+        let (trained, losses) = attention_transfer(student, &teacher, &batches, &cfg, &device);
+        let s1 = snapshot(&trained);
+        for ((name, a), (_, b)) in s0.iter().zip(&s1) {
+            assert_eq!(a != b, name.contains("feature_map"), "{loss:?}: {name}");
+        }
+        // The cross-entropy's floor is the teacher's own row entropy (per batch): compare the
+        // excess over it (the KL divergence) at the start and at the end.
+        let floor: Vec<f64> = batches
+            .iter()
+            .map(|b| match loss {
+                TransferLoss::CrossEntropy => teacher_entropy(&teacher, b),
+                TransferLoss::OutputMse => 0.0,
+            })
+            .collect();
+        let excess = |range: std::ops::Range<usize>| -> f64 {
+            range.clone().map(|s| losses[s] - floor[s % batches.len()]).sum::<f64>() / range.len() as f64
+        };
+        let (first, last) = (excess(0..4), excess(losses.len() - 4..losses.len()));
+        assert!(
+            first > 0.0 && last < 0.5 * first,
+            "{loss:?}: excess loss {first} → {last}"
+        );
+        assert_eq!(before.len(), param_infos(&trained).len());
+    }
+}
+
+/// Mean entropy of the teacher's attention rows at real query tokens (over heads and layers).
+fn teacher_entropy(teacher: &BertModel<Flex>, b: &kiln_tune::transfer::TransferBatch) -> f64 {
+    let device = Default::default();
+    let t = |v: &Vec<i64>| Tensor::<Flex, 2, Int>::from_data(TensorData::new(v.clone(), b.shape), &device);
+    let capture = kiln_model::Capture {
+        attention_probs: true,
+        ..kiln_model::Capture::none()
+    };
+    let out = teacher.forward(t(&b.ids), Some(t(&b.types)), Some(t(&b.mask)), capture);
+    let [n_b, n] = b.shape;
+    let mut total = 0.0;
+    for layer in &out.layers {
+        let p: Vec<f32> = layer.attention_probs.clone().unwrap().into_data().to_vec().unwrap();
+        let heads = p.len() / (n_b * n * n);
+        let mut sum = 0.0;
+        let mut rows = 0.0;
+        for bi in 0..n_b {
+            for h in 0..heads {
+                for i in 0..n {
+                    if b.mask[bi * n + i] == 0 {
+                        continue;
+                    }
+                    let row = &p[((bi * heads + h) * n + i) * n..][..n];
+                    sum += row
+                        .iter()
+                        .filter(|&&x| x > 0.0)
+                        .map(|&x| -(x as f64) * (x as f64).ln())
+                        .sum::<f64>();
+                    rows += 1.0;
+                }
+            }
+        }
+        total += sum / rows;
+    }
+    total / out.layers.len() as f64
+}
