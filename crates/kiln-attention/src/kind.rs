@@ -82,6 +82,15 @@ pub enum AttentionVariant {
         #[serde(default = "default_t2r_eps")]
         eps: f64,
     },
+    /// Performer FAVOR+ with `features` orthogonal random features drawn from `seed`.
+    Performer {
+        /// Number of random features `m`.
+        #[serde(default = "default_performer_features")]
+        features: usize,
+        /// Seed of the draw (fixed for the run; redraw by converting again).
+        #[serde(default)]
+        seed: u64,
+    },
     /// Hedgehog: `[softmax(Wx + b), softmax(−Wx − b)]`, `2 × features` features.
     Hedgehog {
         /// Projection width (Hedgehog uses the head dimension).
@@ -92,6 +101,9 @@ pub enum AttentionVariant {
 
 fn default_features() -> usize {
     32
+}
+fn default_performer_features() -> usize {
+    64
 }
 fn default_t2r_eps() -> f64 {
     1e-2
@@ -118,6 +130,10 @@ impl AttentionVariant {
             Self::T2r { features, eps } => AttentionKind::Linear(LinearAttention::new(
                 FeatureMap::learned(FeatureKind::T2r, heads, head_dim, *features, device),
                 *eps,
+            )),
+            Self::Performer { features, seed } => AttentionKind::Linear(LinearAttention::new(
+                FeatureMap::performer(head_dim, *features, *seed, device),
+                1e-12,
             )),
             Self::Hedgehog { features } => AttentionKind::Linear(LinearAttention::new(
                 FeatureMap::learned(FeatureKind::Hedgehog, heads, head_dim, *features, device),

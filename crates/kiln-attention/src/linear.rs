@@ -13,7 +13,7 @@
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
-use burn::tensor::Distribution;
+use burn::tensor::{Distribution, TensorData};
 
 use crate::{Attention, AttentionMask, AttentionOutput};
 
@@ -29,6 +29,9 @@ pub enum FeatureKind {
     /// `[softmax(W x + b), softmax(−W x − b)]` over the feature dimension (the Hedgehog code's
     /// feature map), trainable per head; `2k` features.
     Hedgehog,
+    /// Performer's FAVOR+ (Choromanski et al. 2021): positive orthogonal random features
+    /// `exp(ωx̂ − ‖x̂‖²/2 − c)/√m`, `x̂ = x·d^-¼`, fixed (not trained).
+    Performer,
 }
 
 /// A feature map with its (optional) per-head parameters.
@@ -41,6 +44,8 @@ pub struct FeatureMap<B: Backend> {
     pub weight: Option<Param<Tensor<B, 3>>>,
     /// `b`, `[heads, k]` (learned maps only).
     pub bias: Option<Param<Tensor<B, 2>>>,
+    /// Performer's random projection `ω`, `[head_dim, m]` (fixed: never trained).
+    pub projection: Option<Param<Tensor<B, 2>>>,
 }
 
 impl<B: Backend> FeatureMap<B> {
@@ -50,6 +55,21 @@ impl<B: Backend> FeatureMap<B> {
             kind: FeatureKind::EluPlusOne,
             weight: None,
             bias: None,
+            projection: None,
+        }
+    }
+
+    /// Performer's FAVOR+ with `m` positive orthogonal random features for `head_dim`-wide
+    /// heads, drawn from `seed` (the redraw policy is the caller's: features stay fixed until
+    /// [`FeatureMap::performer`] is called again, so one generation always uses one draw).
+    pub fn performer(head_dim: usize, m: usize, seed: u64, device: &B::Device) -> Self {
+        let omega = orthogonal_gaussian(head_dim, m, seed);
+        let projection = Tensor::<B, 2>::from_data(TensorData::new(omega, [head_dim, m]), device);
+        Self {
+            kind: FeatureKind::Performer,
+            weight: None,
+            bias: None,
+            projection: Some(Param::from_tensor(projection).set_require_grad(false)),
         }
     }
 
@@ -76,13 +96,17 @@ impl<B: Backend> FeatureMap<B> {
             kind,
             weight: Some(Param::from_tensor(weight)),
             bias: Some(Param::from_tensor(bias)),
+            projection: None,
         }
     }
 
     /// Number of features for inputs of `head_dim` dimensions.
     pub fn num_features(&self, head_dim: usize) -> usize {
+        if let (FeatureKind::Performer, Some(p)) = (&self.kind, &self.projection) {
+            return p.dims()[1];
+        }
         match (&self.kind, &self.weight) {
-            (FeatureKind::EluPlusOne, _) | (_, None) => head_dim,
+            (FeatureKind::EluPlusOne | FeatureKind::Performer, _) | (_, None) => head_dim,
             (FeatureKind::T2r, Some(w)) => w.dims()[2],
             (FeatureKind::Hedgehog, Some(w)) => 2 * w.dims()[2],
         }
@@ -103,7 +127,28 @@ impl<B: Backend> FeatureMap<B> {
                 let u = project(x);
                 Tensor::cat(vec![softmax(u.clone(), 3), softmax(u.neg(), 3)], 3)
             }
+            FeatureKind::Performer => self.performer_features(x, false),
         }
+    }
+
+    /// FAVOR+ features. Stabilisers that stay valid for causal decoding: a query row may be
+    /// shifted by its own maximum (the shift cancels between numerator and normaliser); keys
+    /// are shifted by the data-independent bound `max_i ‖ω_i‖²/2 ≥ ω_i·x̂ − ‖x̂‖²/2`, so their
+    /// exponent is ≤ 0 whatever the input and no future key is needed.
+    fn performer_features(&self, x: Tensor<B, 4>, is_query: bool) -> Tensor<B, 4> {
+        let omega = self.projection.as_ref().expect("performer has ω").val();
+        let [d, m] = omega.dims();
+        let x = x.mul_scalar((d as f64).powf(-0.25));
+        let sq = x.clone().powi_scalar(2).sum_dim(3).div_scalar(2.0); // [b, h, n, 1]
+        let proj = x.matmul(omega.clone().unsqueeze::<4>()) - sq; // [b, h, n, m]
+        let shifted = if is_query {
+            let max = proj.clone().max_dim(3).detach();
+            proj - max
+        } else {
+            let bound = omega.powi_scalar(2).sum_dim(0).max().into_scalar().elem::<f64>() / 2.0;
+            proj.sub_scalar(bound)
+        };
+        shifted.exp().div_scalar((m as f64).sqrt())
     }
 }
 
@@ -140,6 +185,12 @@ impl<B: Backend> LinearAttention<B> {
 
     fn features(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
         let head_dim = q.dims()[3];
+        if self.feature_map.kind == FeatureKind::Performer {
+            return (
+                self.feature_map.performer_features(q, true),
+                self.feature_map.performer_features(k, false),
+            );
+        }
         let q = match self.feature_map.kind {
             FeatureKind::T2r => q.mul_scalar((head_dim as f64).powf(-0.5)),
             _ => q,
@@ -258,6 +309,54 @@ impl<B: Backend> Attention<B> for LinearAttention<B> {
             FeatureKind::EluPlusOne => "elu_linear",
             FeatureKind::T2r => "t2r",
             FeatureKind::Hedgehog => "hedgehog",
+            FeatureKind::Performer => "performer",
         }
     }
+}
+
+/// `[d, m]` (column-major blocks of `d` orthogonal directions): Performer's orthogonal random
+/// features. Each block of up to `d` columns is a Gram–Schmidt-orthonormalised Gaussian block;
+/// each column is then scaled to the norm of an independent `d`-dimensional Gaussian vector,
+/// so columns are marginally `N(0, I)` but orthogonal within a block. Written here (no
+/// random-matrix crate in the tree) with SplitMix64 + Box–Muller so a seed gives the same
+/// features on every backend.
+pub fn orthogonal_gaussian(d: usize, m: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
+    let mut uniform = move || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let mut normal = move || {
+        let (u1, u2) = (uniform(), uniform());
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+    };
+    let mut columns: Vec<Vec<f64>> = Vec::with_capacity(m);
+    while columns.len() < m {
+        let block_start = columns.len();
+        for _ in 0..d.min(m - block_start) {
+            let mut v: Vec<f64> = (0..d).map(|_| normal()).collect();
+            for u in &columns[block_start..] {
+                let dot: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(a, b)| *a -= dot * b);
+            }
+            let norm = v.iter().map(|a| a * a).sum::<f64>().sqrt();
+            v.iter_mut().for_each(|a| *a /= norm);
+            columns.push(v);
+        }
+    }
+    for c in &mut columns {
+        let chi = (0..d).map(|_| normal().powi(2)).sum::<f64>().sqrt();
+        c.iter_mut().for_each(|a| *a *= chi);
+    }
+    let mut out = vec![0f32; d * m];
+    for (j, c) in columns.iter().enumerate() {
+        for (i, v) in c.iter().enumerate() {
+            out[i * m + j] = *v as f32;
+        }
+    }
+    out
 }

@@ -77,6 +77,7 @@ fn phi(map: &FeatureMap<B>, h: usize, x: &[f64]) -> Vec<f64> {
             out.extend(sm(u.into_iter().map(|v| -v).collect()));
             out
         }
+        FeatureKind::Performer => unreachable!("checked against softmax instead"),
     }
 }
 
@@ -315,4 +316,58 @@ fn requested_weights_give_the_same_context_and_rows_sum_to_one() {
             }
         }
     }
+}
+
+#[test]
+fn performer_features_are_blockwise_orthogonal_and_approximate_softmax() {
+    let (d, m) = (D, 3 * D + 2);
+    let omega = kiln_attention::linear::orthogonal_gaussian(d, m, 7);
+    let col = |j: usize| (0..d).map(|i| omega[i * m + j] as f64).collect::<Vec<_>>();
+    for block in 0..m.div_ceil(d) {
+        let cols: Vec<usize> = (block * d..((block + 1) * d).min(m)).collect();
+        for &a in &cols {
+            for &b in &cols {
+                if a < b {
+                    let (x, y) = (col(a), col(b));
+                    let cos = x.iter().zip(&y).map(|(p, q)| p * q).sum::<f64>()
+                        / (x.iter().map(|p| p * p).sum::<f64>().sqrt() * y.iter().map(|p| p * p).sum::<f64>().sqrt());
+                    assert!(cos.abs() < 1e-5, "columns {a}, {b}: cos {cos}");
+                }
+            }
+        }
+    }
+    // With many features FAVOR+ estimates softmax attention (unbiased kernel estimate);
+    // small-norm inputs keep the estimator's variance low.
+    let device = Default::default();
+    let (q, k, v) = (rand4(20).mul_scalar(0.5), rand4(21).mul_scalar(0.5), rand4(22));
+    let favor = LinearAttention::new(FeatureMap::<B>::performer(D, 8192, 3, &device), 1e-12);
+    let exact = SoftmaxAttention::new(0.0);
+    for causal in [false, true] {
+        let mask = AttentionMask::none().with_causal(causal);
+        let a = favor.attend(q.clone(), k.clone(), v.clone(), &mask, false).context;
+        let b = exact.attend(q.clone(), k.clone(), v.clone(), &mask, false).context;
+        let err = (a - b).abs().mean().into_scalar();
+        assert!(err < 0.03, "causal={causal}: mean |FAVOR+ − softmax| = {err}");
+    }
+    // Parallel causal and recurrent decoding agree for Performer too.
+    let small = LinearAttention::new(FeatureMap::<B>::performer(D, 16, 4, &device), 1e-12);
+    let parallel = small
+        .attend(
+            q.clone(),
+            k.clone(),
+            v.clone(),
+            &AttentionMask::none().with_causal(true),
+            false,
+        )
+        .context;
+    let mut state = small.initial_state(BATCH, HEADS, D, D, &device);
+    let mut steps = Vec::new();
+    for t in 0..N {
+        let at = |x: &Tensor<B, 4>| x.clone().slice([0..BATCH, 0..HEADS, t..t + 1, 0..D]);
+        let (out, next) = small.step(state, at(&q), at(&k), at(&v));
+        state = next;
+        steps.push(out);
+    }
+    let diff = (Tensor::cat(steps, 2) - parallel).abs().max().into_scalar();
+    assert!(diff < 1e-5, "performer recurrent vs parallel {diff}");
 }
