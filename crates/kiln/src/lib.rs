@@ -13,5 +13,6 @@ pub mod backend;
 pub use burn;
 pub use kiln_attention as attention;
 pub use kiln_data as data;
+pub use kiln_lens as lens;
 pub use kiln_model as model;
 pub use kiln_tune as tune;
