@@ -5,6 +5,7 @@ mod demo;
 mod embed;
 mod experiment;
 mod export;
+mod lens;
 mod model_files;
 mod parity;
 mod sweep;
@@ -151,6 +152,11 @@ enum Command {
         #[arg(long)]
         model: Option<PathBuf>,
     },
+    /// Interpretability analyses.
+    Lens {
+        #[command(subcommand)]
+        what: LensCommand,
+    },
     /// Aggregate finished sweeps into a table (markdown + CSV).
     Table {
         #[command(subcommand)]
@@ -165,6 +171,26 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LensCommand {
+    /// Norm-based analysis and mixing ratios (Kobayashi et al. 2021) of every layer.
+    Mixing {
+        /// Model directory (default: located like demo).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// JSON list of strings or [a, b] pairs.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output safetensors file.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 128)]
+        max_length: usize,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
     },
 }
 
@@ -322,6 +348,29 @@ fn main() -> Result<()> {
                     out,
                 },
             )??;
+        }
+        Command::Lens {
+            what:
+                LensCommand::Mixing {
+                    model,
+                    input,
+                    out,
+                    max_length,
+                    device,
+                },
+        } => {
+            let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
+            let summary = run_on(
+                device,
+                lens::MixingJob {
+                    model,
+                    input,
+                    out: out.clone(),
+                    max_length,
+                },
+            )??;
+            lens::print_summary(&summary);
+            println!("\nPer-token values: {}", out.display());
         }
         Command::Table {
             what: TableCommand::Strategies { runs, out },
