@@ -4,11 +4,13 @@
 //! analysis of the attention block of post-LN BERT, with residual and LayerNorm, and the
 //! mixing ratios of Kobayashi et al. (2020, "Attention is Not Only a Weight"; 2021,
 //! "Incorporating Residual and Normalization Layers into Analysis of Masked Language
-//! Models") — see [`norm`].
+//! Models") — see [`norm`]; attention rollout, gradient × input and integrated gradients —
+//! see [`attribution`].
 //!
 //! **Owns:** analysis arithmetic on captured tensors. **Must not touch:** model code (it reads
 //! weights and `Capture` outputs of `kiln-model`, never changes them), training, rendering.
 //! Everything is batched and backend-generic.
 #![warn(missing_docs)]
 
+pub mod attribution;
 pub mod norm;

@@ -1,0 +1,124 @@
+//! Rollout against a direct float64 product; IG completeness; gradient × input against finite
+//! differences.
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use burn::tensor::{Distribution, TensorData};
+use kiln_lens::attribution::{gradient_x_input, integrated_gradients, rollout};
+use kiln_model::{BertConfig, BertModel, Capture};
+
+type A = Autodiff<Flex>;
+
+fn tiny() -> BertModel<A> {
+    let device = Default::default();
+    A::seed(&device, 3);
+    let config: BertConfig = serde_json::from_str(
+        r#"{"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "intermediate_size": 32, "max_position_embeddings": 32, "hidden_dropout_prob": 0.0,
+            "attention_probs_dropout_prob": 0.0}"#,
+    )
+    .unwrap();
+    BertModel::new(&config, false, &device)
+}
+
+/// A scalar per sequence that depends on every token: a fixed projection of the mean state.
+fn target(model: &BertModel<A>, e: Tensor<A, 3>) -> Tensor<A, 1> {
+    let [n, s, d] = e.dims();
+    let h = model.encode(e, None, Capture::none()).last_hidden_state;
+    let w = Tensor::<A, 1, Int>::arange(0..d as i64, &h.device())
+        .float()
+        .sin()
+        .reshape([1, 1, d]);
+    (h * w).sum_dim(2).sum_dim(1).reshape([n]).div_scalar(s as f64)
+}
+
+#[test]
+fn rollout_is_the_renormalised_product_of_half_identity_mixtures() {
+    let device = Default::default();
+    Flex::seed(&device, 1);
+    let (n, h, s) = (2, 3, 5);
+    let raw = |seed| {
+        Flex::seed(&device, seed);
+        burn::tensor::activation::softmax(
+            Tensor::<Flex, 4>::random([n, h, s, s], Distribution::Normal(0.0, 1.0), &device),
+            3,
+        )
+    };
+    let atts = vec![raw(2), raw(3)];
+    let mask =
+        Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 1, 1, 1, 1, 1, 0, 0], [n, s]), &device);
+    let got: Vec<f32> = rollout(&atts, mask).into_data().to_vec().unwrap();
+    for b in 0..n {
+        let len = if b == 0 { s } else { 3 };
+        let mut r: Vec<Vec<f64>> = (0..len)
+            .map(|i| (0..len).map(|j| f64::from(i == j)).collect())
+            .collect();
+        for a in &atts {
+            let a: Vec<f32> = a.clone().into_data().to_vec().unwrap();
+            let mut m = vec![vec![0.0; len]; len];
+            for i in 0..len {
+                for j in 0..len {
+                    let mean = (0..h).map(|hh| a[((b * h + hh) * s + i) * s + j] as f64).sum::<f64>() / h as f64;
+                    m[i][j] = 0.5 * mean + 0.5 * f64::from(i == j);
+                }
+                let z: f64 = m[i].iter().sum();
+                m[i].iter_mut().for_each(|x| *x /= z);
+            }
+            r = (0..len)
+                .map(|i| (0..len).map(|j| (0..len).map(|k| m[i][k] * r[k][j]).sum()).collect())
+                .collect();
+        }
+        for i in 0..s {
+            for j in 0..s {
+                let want = if i < len && j < len { r[i][j] } else { 0.0 };
+                let g = got[(b * s + i) * s + j] as f64;
+                assert!((g - want).abs() < 1e-5, "[{b},{i},{j}] {g} vs {want}");
+            }
+        }
+    }
+}
+
+#[test]
+fn integrated_gradients_are_complete_and_gradient_x_input_matches_finite_differences() {
+    let model = tiny();
+    let device = Default::default();
+    let ids = Tensor::<A, 2, Int>::from_data(TensorData::new(vec![3i64, 7, 11, 19, 23, 5], [2, 3]), &device);
+    let e = model.embed(ids, None).detach();
+    let f = |x: Tensor<A, 3>| target(&model, x);
+    // Baseline: the embeddings of a [PAD]-only sequence (as usual for BERT; the zero vector is
+    // degenerate for a post-LN encoder, whose output is nearly scale invariant along t·x).
+    let pad = Tensor::<A, 2, Int>::zeros([2, 3], &device);
+    let baseline = model.embed(pad, None).detach();
+    let (_, per_token) = integrated_gradients(e.clone(), Some(baseline.clone()), 64, f);
+    let sums: Vec<f32> = per_token.sum_dim(1).into_data().to_vec().unwrap();
+    let fx: Vec<f32> = target(&model, e.clone()).into_data().to_vec().unwrap();
+    let f0: Vec<f32> = target(&model, baseline).into_data().to_vec().unwrap();
+    for b in 0..2 {
+        let gap = (fx[b] - f0[b]) as f64;
+        assert!(
+            (sums[b] as f64 - gap).abs() < 0.02 * gap.abs().max(1e-3),
+            "sequence {b}: Σ IG {} vs f(x) − f(0) {gap}",
+            sums[b]
+        );
+    }
+    // Gradient × input: ∂f/∂e at one coordinate by central differences.
+    let (attr, _) = gradient_x_input(e.clone(), f);
+    let attr: Vec<f32> = attr.into_data().to_vec().unwrap();
+    let base: Vec<f32> = e.clone().inner().into_data().to_vec().unwrap();
+    for idx in [0usize, 17, 40, 95] {
+        let h = 1e-2f32;
+        let bump = |delta: f32| {
+            let mut v = base.clone();
+            v[idx] += delta;
+            let t = Tensor::<A, 3>::from_data(TensorData::new(v, [2, 3, 16]), &device);
+            target(&model, t).into_data().to_vec::<f32>().unwrap()[idx / 48]
+        };
+        let grad = (bump(h) - bump(-h)) as f64 / (2.0 * h as f64);
+        let want = grad * base[idx] as f64;
+        assert!(
+            (attr[idx] as f64 - want).abs() < 2e-3 + 0.02 * want.abs(),
+            "[{idx}] {} vs {want}",
+            attr[idx]
+        );
+    }
+}
