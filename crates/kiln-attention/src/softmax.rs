@@ -35,6 +35,12 @@ impl SoftmaxAttention {
 
     /// Explicit `softmax(q kᵀ·scale + mask)`, `[batch, heads, seq_q, seq_k]`.
     pub fn probabilities<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, mask: &AttentionMask<B>) -> Tensor<B, 4> {
+        softmax(Self::masked_scores(q, k, mask), 3)
+    }
+
+    /// `q kᵀ·scale` with padded and (if causal) future keys filled with the most negative
+    /// finite float, `[batch, heads, seq_q, seq_k]`.
+    pub fn masked_scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, mask: &AttentionMask<B>) -> Tensor<B, 4> {
         let [_, heads, seq_q, head_dim] = q.dims();
         let seq_k = k.dims()[2];
         let scale = (head_dim as f64).powf(-0.5);
@@ -47,7 +53,7 @@ impl SoftmaxAttention {
             let shape = scores.shape();
             scores = scores.mask_fill(causal.expand(shape), f32::MIN);
         }
-        softmax(scores, 3)
+        scores
     }
 }
 

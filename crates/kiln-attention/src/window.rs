@@ -62,21 +62,12 @@ impl<B: Backend> Attention<B> for SlidingWindowAttention {
         mask: &AttentionMask<B>,
         need_weights: bool,
     ) -> AttentionOutput<B> {
-        let [_, heads, seq_q, head_dim] = q.dims();
+        let seq_q = q.dims()[2];
         let seq_k = k.dims()[2];
         let device = q.device();
-        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar((head_dim as f64).powf(-0.5));
+        let scores = crate::SoftmaxAttention::masked_scores(q, k, mask);
         let shape = scores.shape();
-        if let Some(fill) = mask.padding_fill_mask(heads, seq_q) {
-            scores = scores.mask_fill(fill, f32::MIN);
-        }
-        if mask.causal {
-            scores = scores.mask_fill(
-                AttentionMask::<B>::causal_fill_mask(seq_q, seq_k, &device).expand(shape.clone()),
-                f32::MIN,
-            );
-        }
-        scores = scores.mask_fill(
+        let scores = scores.mask_fill(
             self.band_fill_mask::<B>(seq_q, seq_k, mask.causal, &device)
                 .expand(shape),
             f32::MIN,

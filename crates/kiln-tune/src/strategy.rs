@@ -316,6 +316,15 @@ impl PathPattern {
     }
 }
 
+/// `(name, d_in, d_out)` of a layer's six linears, in [`LORA_TARGETS`] order (the field
+/// order of `LayerLora` and `LayerMasks`).
+fn linear_shapes<B: Backend>(layer: &kiln_model::bert::BertLayer<B>) -> [(&'static str, usize, usize); 6] {
+    let h = layer.attention.self_attention.query.weight.dims()[0];
+    let ffn = layer.intermediate.dense.weight.dims()[1];
+    let dims = [(h, h), (h, h), (h, h), (h, h), (h, ffn), (ffn, h)];
+    std::array::from_fn(|i| (LORA_TARGETS[i].0, dims[i].0, dims[i].1))
+}
+
 /// Resolves LoRA target patterns to [`LORA_TARGETS`] names (matched against both the short
 /// name and the HF module path).
 pub fn lora_targets(patterns: &[String]) -> Result<Vec<&'static str>, StrategyError> {
@@ -605,20 +614,19 @@ impl Tuning {
                 } => {
                     let targets = lora_targets(targets)?;
                     for layer in &mut model.bert.encoder.layer {
-                        let h = layer.attention.self_attention.query.weight.dims()[0];
-                        let ffn = layer.intermediate.dense.weight.dims()[1];
-                        let make = |name: &str, d_in: usize, d_out: usize| {
-                            targets
-                                .contains(&name)
-                                .then(|| LoraDelta::new(d_in, d_out, *r, *alpha, *dropout, device))
-                        };
+                        let [query, key, value, attention_output, intermediate, output] =
+                            linear_shapes(layer).map(|(name, d_in, d_out)| {
+                                targets
+                                    .contains(&name)
+                                    .then(|| LoraDelta::new(d_in, d_out, *r, *alpha, *dropout, device))
+                            });
                         layer.inserts.lora = Some(LayerLora {
-                            query: make("query", h, h),
-                            key: make("key", h, h),
-                            value: make("value", h, h),
-                            attention_output: make("attention_output", h, h),
-                            intermediate: make("intermediate", h, ffn),
-                            output: make("output", ffn, h),
+                            query,
+                            key,
+                            value,
+                            attention_output,
+                            intermediate,
+                            output,
                         });
                     }
                 }
@@ -705,20 +713,19 @@ impl Tuning {
                 } => {
                     let targets = lora_targets(targets)?;
                     for layer in &mut model.bert.encoder.layer {
-                        let h = layer.attention.self_attention.query.weight.dims()[0];
-                        let ffn = layer.intermediate.dense.weight.dims()[1];
-                        let make = |name: &str, d_in: usize, d_out: usize| {
-                            targets
-                                .contains(&name)
-                                .then(|| WeightMask::new(d_in, d_out, *init, *threshold, device))
-                        };
+                        let [query, key, value, attention_output, intermediate, output] =
+                            linear_shapes(layer).map(|(name, d_in, d_out)| {
+                                targets
+                                    .contains(&name)
+                                    .then(|| WeightMask::new(d_in, d_out, *init, *threshold, device))
+                            });
                         layer.inserts.masks = Some(LayerMasks {
-                            query: make("query", h, h),
-                            key: make("key", h, h),
-                            value: make("value", h, h),
-                            attention_output: make("attention_output", h, h),
-                            intermediate: make("intermediate", h, ffn),
-                            output: make("output", ffn, h),
+                            query,
+                            key,
+                            value,
+                            attention_output,
+                            intermediate,
+                            output,
                         });
                     }
                 }

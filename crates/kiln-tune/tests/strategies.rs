@@ -413,6 +413,20 @@ fn nonsensical_compositions_are_clear_errors() {
     }
 }
 
+/// 40 training sentences and `dev` evaluation sentences, alternating labels.
+fn toy_data(dev: usize) -> TaskData {
+    let words = ["good", "bad", "fine", "awful", "great", "poor", "nice", "terrible"];
+    let ex = |i: usize| Example {
+        input: TextInput::Single(format!("a {} film number {}", words[i % 8], i)),
+        label: Label::Class(i % 2),
+    };
+    TaskData {
+        task: GlueTask::Sst2,
+        train: (0..40).map(ex).collect(),
+        dev: (40..40 + dev).map(ex).collect(),
+    }
+}
+
 fn tokenizer() -> TextTokenizer {
     let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
     TextTokenizer::from_file(dir.join("tokenizer.json"), 32).unwrap()
@@ -422,16 +436,7 @@ fn tokenizer() -> TextTokenizer {
 fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
-    let words = ["good", "bad", "fine", "awful", "great", "poor", "nice", "terrible"];
-    let ex = |i: usize| Example {
-        input: TextInput::Single(format!("a {} film number {}", words[i % 8], i)),
-        label: Label::Class(i % 2),
-    };
-    let data = TaskData {
-        task: GlueTask::Sst2,
-        train: (0..40).map(ex).collect(),
-        dev: (40..56).map(ex).collect(),
-    };
+    let data = toy_data(16);
     let cfg = TrainConfig {
         epochs: 2,
         batch_size: 8,
@@ -575,16 +580,7 @@ fn slanted_triangular_rate_follows_the_paper() {
 fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
-    let words = ["good", "bad", "fine", "awful", "great", "poor", "nice", "terrible"];
-    let ex = |i: usize| Example {
-        input: TextInput::Single(format!("a {} film number {}", words[i % 8], i)),
-        label: Label::Class(i % 2),
-    };
-    let data = TaskData {
-        task: GlueTask::Sst2,
-        train: (0..40).map(ex).collect(),
-        dev: (40..48).map(ex).collect(),
-    };
+    let data = toy_data(8);
     let cfg = TrainConfig {
         epochs: 4,
         batch_size: 8,
