@@ -5,7 +5,7 @@
 //! mixing ratios of Kobayashi et al. (2020, "Attention is Not Only a Weight"; 2021,
 //! "Incorporating Residual and Normalization Layers into Analysis of Masked Language
 //! Models") — see [`norm`]; attention rollout, gradient × input and integrated gradients —
-//! see [`attribution`].
+//! see [`attribution`]; head importance and head masking — see [`heads`].
 //!
 //! **Owns:** analysis arithmetic on captured tensors. **Must not touch:** model code (it reads
 //! weights and `Capture` outputs of `kiln-model`, never changes them), training, rendering.
@@ -13,4 +13,5 @@
 #![warn(missing_docs)]
 
 pub mod attribution;
+pub mod heads;
 pub mod norm;

@@ -238,8 +238,11 @@ impl<B: Backend> BertLayer<B> {
         if capture.values {
             rec.values = Some(v.clone());
         }
-        let out = sa.mechanism.attend(q, k, v, mask, capture.attention_probs);
-        rec.attention_probs = out.weights;
+        let mut out = sa.mechanism.attend(q, k, v, mask, capture.attention_probs);
+        rec.attention_probs = out.weights.take();
+        if let Some(gate) = &self.inserts.head_gate {
+            out.context = out.context * gate.val().reshape([1, heads, 1, 1]);
+        }
         let attn_out = self.attention.output.dropout.forward(project(
             &self.attention.output.dense,
             lora.and_then(|l| l.attention_output.as_ref()),

@@ -309,6 +309,10 @@ pub struct LayerInserts<B: Backend> {
     pub attention_compacter: Option<CompacterAdapter<B>>,
     /// Compacter adapter after the FFN output projection.
     pub ffn_compacter: Option<CompacterAdapter<B>>,
+    /// Per-head gates `ξ_h` `[heads]` multiplying each head's context (Michel et al. 2019):
+    /// all ones leaves the model unchanged, a zero removes the head; `∂L/∂ξ_h` is the head's
+    /// importance.
+    pub head_gate: Option<Param<Tensor<B, 1>>>,
 }
 
 impl<B: Backend> LayerInserts<B> {
@@ -322,6 +326,7 @@ impl<B: Backend> LayerInserts<B> {
             ffn_adapter: None,
             attention_compacter: None,
             ffn_compacter: None,
+            head_gate: None,
         }
     }
 }
