@@ -5,7 +5,8 @@
 //! mixing ratios of Kobayashi et al. (2020, "Attention is Not Only a Weight"; 2021,
 //! "Incorporating Residual and Normalization Layers into Analysis of Masked Language
 //! Models") — see [`norm`]; attention rollout, gradient × input and integrated gradients —
-//! see [`attribution`]; head importance and head masking — see [`heads`].
+//! see [`attribution`]; head importance and head masking — see [`heads`]; data maps of
+//! training dynamics — see [`datamap`].
 //!
 //! **Owns:** analysis arithmetic on captured tensors. **Must not touch:** model code (it reads
 //! weights and `Capture` outputs of `kiln-model`, never changes them), training, rendering.
@@ -13,5 +14,6 @@
 #![warn(missing_docs)]
 
 pub mod attribution;
+pub mod datamap;
 pub mod heads;
 pub mod norm;

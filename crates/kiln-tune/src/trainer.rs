@@ -82,6 +82,9 @@ pub struct TrainConfig {
     pub attention_layers: Option<Vec<usize>>,
     /// Train the converted layers' feature maps to imitate the original attention first.
     pub attention_transfer: Option<crate::transfer::TransferConfig>,
+    /// Record training dynamics: at each epoch end, the gold-class probability of every
+    /// training example (`dynamics.jsonl`, one line per epoch; classification only).
+    pub data_map: bool,
 }
 
 impl Default for TrainConfig {
@@ -105,6 +108,7 @@ impl Default for TrainConfig {
             attention: None,
             attention_layers: None,
             attention_transfer: None,
+            data_map: false,
         }
     }
 }
@@ -259,6 +263,42 @@ fn targets<B: Backend>(examples: &[Example], indices: &[usize], device: &B::Devi
             Ok(Targets::Scores(Tensor::from_data(TensorData::new(v?, [n]), device)))
         }
     }
+}
+
+/// Probability of the gold class and whether the argmax is right, per example in order
+/// (classification tasks), for training dynamics (data maps, Swayamdipta et al. 2020).
+///
+/// # Errors
+/// [`TrainError::Data`] on tokenization failure; [`TrainError::Invalid`] for score labels.
+pub fn gold_probabilities<B: Backend>(
+    model: &SequenceClassifier<B>,
+    tok: &TextTokenizer,
+    examples: &[Example],
+    batch_size: usize,
+    device: &B::Device,
+) -> Result<(Vec<f32>, Vec<bool>), TrainError> {
+    let inputs: Vec<TextInput> = examples.iter().map(|e| e.input.clone()).collect();
+    let (mut p_gold, mut correct) = (Vec::new(), Vec::new());
+    let order: Vec<usize> = (0..examples.len()).collect();
+    for chunk in order.chunks(batch_size.max(1)) {
+        let enc = encode_indices(tok, &inputs, chunk)?;
+        let [ids, types, mask] = tensors::<B>(&enc, device);
+        let probs = burn::tensor::activation::softmax(model.forward(ids, types, mask), 1);
+        let classes = probs.dims()[1];
+        let p: Vec<f32> = probs.into_data().convert::<f32>().to_vec().expect("f32");
+        for (row, &i) in p.chunks(classes).zip(chunk) {
+            let Label::Class(gold) = examples[i].label else {
+                return Err(TrainError::Invalid("data maps need class labels".into()));
+            };
+            let best = row
+                .iter()
+                .enumerate()
+                .fold(0, |b, (k, v)| if *v > row[b] { k } else { b });
+            p_gold.push(row[gold]);
+            correct.push(best == gold);
+        }
+    }
+    Ok((p_gold, correct))
 }
 
 /// Predictions of `model` on `examples` in order, scored with the task's metrics.
@@ -538,6 +578,13 @@ pub fn train<B: AutodiffBackend>(
         );
     }
     let log = MetricsLog::open(run.metrics(), Some(state.global_step).filter(|_| resumed))?;
+    let dynamics = match cfg.data_map {
+        true => Some(MetricsLog::open(
+            run.0.join("dynamics.jsonl"),
+            Some(state.global_step).filter(|_| resumed),
+        )?),
+        false => None,
+    };
     let bar = ProgressBar::new(total_steps as u64).with_style(
         ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
             .expect("template")
@@ -653,6 +700,14 @@ pub fn train<B: AutodiffBackend>(
                 ));
                 tracing::info!(step = state.global_step, epoch, metric = %metrics.primary, value, "evaluation");
                 log.write(serde_json::json!({ "kind": "eval", "step": state.global_step, "epoch": epoch, "metrics": metrics.values }))?;
+                if cfg.data_map && last_of_epoch && !data.task.is_regression() {
+                    let (p_gold, correct) =
+                        gold_probabilities(&model.valid(), tok, train_examples, cfg.eval_batch_size, device)?;
+                    let line = serde_json::json!({ "epoch": epoch, "step": state.global_step, "p_gold": p_gold, "correct": correct });
+                    if let Some(d) = &dynamics {
+                        d.write(line)?;
+                    }
+                }
                 if state.best.is_none_or(|(b, _)| value > b) {
                     state.best = Some((value, state.global_step));
                     checkpoint::write_weights(&run.best(), &model, &tuning)?;

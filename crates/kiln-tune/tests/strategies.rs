@@ -442,6 +442,7 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
         batch_size: 8,
         lr: 1e-2,
         eval_every: Some(2),
+        data_map: true,
         tuning: vec![
             StrategyConfig::Lora {
                 r: 4,
@@ -485,6 +486,18 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
     .unwrap();
     let (resumed, res_b) = train(tiny(7), &tok, &data, &cfg, &run_b, true, StopAt::default(), &device).unwrap();
     assert!(res_b.resumed);
+    // Training dynamics: one line per epoch with every training example, also after resume.
+    for dir in [dir_a.path(), dir_b.path()] {
+        let text = std::fs::read_to_string(dir.join("dynamics.jsonl")).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "{}", dir.display());
+        for (e, l) in lines.iter().enumerate() {
+            assert_eq!(l["epoch"], e);
+            let p = l["p_gold"].as_array().unwrap();
+            assert_eq!(p.len(), 40);
+            assert!(p.iter().all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
+        }
+    }
     let (a, b) = (snapshot(&full), snapshot(&resumed));
     let differing: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
     assert!(differing.is_empty(), "differ after resume: {differing:?}");
