@@ -12,7 +12,7 @@ mod sweep;
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kiln::backend::{run_on, DeviceKind};
 use kiln::model::hub::DEFAULT_MODEL_ID;
@@ -157,6 +157,13 @@ enum Command {
         #[command(subcommand)]
         what: LensCommand,
     },
+    /// Write RUN/report.html: a self-contained interactive report of a run directory.
+    Report {
+        run: PathBuf,
+        /// GLUE directory for the training texts shown in the data map (default: shared/data/glue).
+        #[arg(long)]
+        glue_dir: Option<PathBuf>,
+    },
     /// Aggregate finished sweeps into a table (markdown + CSV).
     Table {
         #[command(subcommand)]
@@ -248,6 +255,18 @@ enum BenchCommand {
     },
 }
 
+/// Training texts in file order (pairs joined by " ||| "), as the data map indexes them.
+fn train_texts(data: &kiln::tune::trainer::TaskData, limit: Option<usize>) -> Vec<String> {
+    data.train
+        .iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .map(|e| match &e.input {
+            kiln::data::TextInput::Single(a) => a.clone(),
+            kiln::data::TextInput::Pair(a, b) => format!("{a} ||| {b}"),
+        })
+        .collect()
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
@@ -284,7 +303,9 @@ fn main() -> Result<()> {
                 None => PathBuf::from("runs/demo"),
                 Some(t) => PathBuf::from(format!("runs/demo-{}", t.short_name())),
             });
-            let train = demo::demo_config(task.is_none(), epochs, seed);
+            let mut train = demo::demo_config(task.is_none(), epochs, seed);
+            train.data_map = !task.is_some_and(|t| t.is_regression());
+            let texts = train_texts(&data, train.max_train_examples);
             let outcome = run_on(
                 device,
                 demo::DemoJob {
@@ -295,6 +316,7 @@ fn main() -> Result<()> {
                 },
             )??;
             demo::print_outcome(&out, &outcome, &what);
+            println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
         }
         Command::Embed {
             model,
@@ -430,6 +452,7 @@ fn main() -> Result<()> {
             let model = experiment::default_model(exp.experiment.model.as_deref(), true)?;
             let data = kiln::tune::trainer::load_glue(&experiment::glue_dir(&exp.experiment)?, exp.experiment.task)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&exp.experiment.name));
+            let texts = train_texts(&data, exp.train.max_train_examples);
             let results = run_on(
                 device,
                 experiment::RunJob {
@@ -441,6 +464,27 @@ fn main() -> Result<()> {
                 },
             )??;
             experiment::report(&out, &results);
+            println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
+        }
+        Command::Report { run, glue_dir } => {
+            let config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(run.join("config.json"))
+                    .with_context(|| format!("{}/config.json", run.display()))?,
+            )?;
+            // The training texts (for the data map's tooltips), when the GLUE data is at hand.
+            let texts = config["task"]
+                .as_str()
+                .and_then(|t| kiln::data::GlueTask::parse(t).ok())
+                .and_then(|task| {
+                    let dir = glue_dir
+                        .clone()
+                        .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))?;
+                    let limit = config["train"]["max_train_examples"].as_u64().map(|n| n as usize);
+                    kiln::tune::trainer::load_glue(&dir, task)
+                        .ok()
+                        .map(|d| train_texts(&d, limit))
+                });
+            println!("{}", kiln::viz::write_report(&run, texts)?.display());
         }
         Command::Fetch { model_id } => {
             let dir = model_files::fetch(&model_id)?;

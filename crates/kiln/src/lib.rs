@@ -16,3 +16,4 @@ pub use kiln_data as data;
 pub use kiln_lens as lens;
 pub use kiln_model as model;
 pub use kiln_tune as tune;
+pub use kiln_viz as viz;

@@ -1,0 +1,198 @@
+//! # kiln-viz
+//!
+//! A run directory (docs/experiments.md) → one self-contained `report.html`: no server, no
+//! CDN, no network at view time; the page's JS and CSS are kiln's own (`assets/`), inlined at
+//! build time with `include_str!`. Data is embedded as one JSON document in a
+//! `<script type="application/json">` element, escaped so that no string from a data set can
+//! close the element or be parsed as markup (`<`, `>`, `&`, U+2028/9 become `\uXXXX`), and
+//! the page inserts every string with `textContent`, never `innerHTML`.
+//!
+//! Today's views: training curves (loss, learning rate, gradient norm, dev metrics), the
+//! data map (confidence vs variability, from `dynamics.jsonl`), the strategy and
+//! trainable-parameter summary, final results. Drawn on `<canvas>`, so thousands of points
+//! stay cheap.
+//!
+//! **Owns:** reading run files and rendering. **Must not touch:** training, models, analysis
+//! arithmetic (it only displays what `kiln-tune` and `kiln-lens` wrote).
+#![warn(missing_docs)]
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+/// Errors of building a report.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// A file could not be read or written.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// A run file is not what it should be.
+    #[error("{path}:{line}: {message}")]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line (0 for whole-file errors).
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+const PAGE: &str = include_str!("../assets/report.html");
+const SCRIPT: &str = include_str!("../assets/report.js");
+const STYLE: &str = include_str!("../assets/report.css");
+
+fn read(path: &Path) -> Result<Option<String>, ReportError> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(ReportError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn json_lines(path: &Path) -> Result<Vec<Value>, ReportError> {
+    let Some(text) = read(path)? else { return Ok(Vec::new()) };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| ReportError::Format {
+                path: path.to_path_buf(),
+                line: i + 1,
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+fn json_file(path: &Path) -> Result<Value, ReportError> {
+    match read(path)? {
+        None => Ok(Value::Null),
+        Some(t) => serde_json::from_str(&t).map_err(|e| ReportError::Format {
+            path: path.to_path_buf(),
+            line: 0,
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// The report's data for `run`: everything the page shows, as one JSON value. `texts` are the
+/// training examples' texts in file order (for the data map's tooltips), when known.
+///
+/// # Errors
+/// [`ReportError`] for unreadable or malformed run files.
+pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, ReportError> {
+    let metrics = json_lines(&run.join("metrics.jsonl"))?;
+    let (train, eval): (Vec<Value>, Vec<Value>) = metrics.into_iter().partition(|v| v["kind"] == "train");
+    let dynamics = json_lines(&run.join("dynamics.jsonl"))?;
+    Ok(json!({
+        "run": run.display().to_string(),
+        "config": json_file(&run.join("config.json"))?,
+        "results": json_file(&run.join("results.json"))?,
+        "trainable": json_file(&run.join("trainable.json"))?,
+        "train": train,
+        "eval": eval,
+        "dynamics": dynamics,
+        "transfer": json_lines(&run.join("transfer.jsonl"))?,
+        "texts": texts,
+    }))
+}
+
+/// JSON for embedding inside `<script type="application/json">`: `<`, `>`, `&` and the JS
+/// line separators are written as `\uXXXX`, which JSON.parse reads back unchanged.
+pub fn embed_json(value: &Value) -> String {
+    let text = serde_json::to_string(value).expect("serialisable");
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '<' => out.push_str("\\u003c"),
+            '>' => out.push_str("\\u003e"),
+            '&' => out.push_str("\\u0026"),
+            '\u{2028}' => out.push_str("\\u2028"),
+            '\u{2029}' => out.push_str("\\u2029"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The complete page for `data`.
+pub fn render(data: &Value) -> String {
+    PAGE.replace("/*STYLE*/", STYLE)
+        .replace("/*SCRIPT*/", SCRIPT)
+        .replace("{{DATA}}", &embed_json(data))
+}
+
+/// Writes `run/report.html` (atomically: temporary file, then rename) and returns its path.
+///
+/// # Errors
+/// [`ReportError`].
+pub fn write_report(run: &Path, texts: Option<Vec<String>>) -> Result<PathBuf, ReportError> {
+    let html = render(&report_data(run, texts)?);
+    let path = run.join("report.html");
+    let tmp = run.join(".report.html.tmp");
+    let io = |e: std::io::Error| ReportError::Io {
+        path: path.clone(),
+        message: e.to_string(),
+    };
+    std::fs::write(&tmp, html).map_err(io)?;
+    std::fs::rename(&tmp, &path).map_err(io)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_strings_cannot_leave_the_data_element() {
+        let evil = "</script><script>alert(1)</script> & \u{2028} \"quoted\" &lt;";
+        let html = render(&json!({ "texts": [evil] }));
+        let data_start = html.find("id=\"kiln-data\"").unwrap();
+        let data_end = data_start + html[data_start..].find("</script>").unwrap();
+        let embedded = &html[data_start..data_end];
+        assert!(!embedded[embedded.find('>').unwrap() + 1..].contains('<'));
+        // The embedded JSON parses back to the original string.
+        let json_text = &embedded[embedded.find('>').unwrap() + 1..];
+        let back: Value = serde_json::from_str(json_text).unwrap();
+        assert_eq!(back["texts"][0], evil);
+        // Self-contained: no external resources.
+        for needle in ["src=\"http", "href=\"http", "@import", "<link"] {
+            assert!(!html.contains(needle), "{needle}");
+        }
+        // The page never uses innerHTML.
+        assert!(!SCRIPT.contains("innerHTML"));
+    }
+
+    #[test]
+    fn report_reads_a_run_directory_and_reports_malformed_lines_with_their_number() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("metrics.jsonl"),
+            "{\"kind\":\"train\",\"step\":1,\"loss\":0.7}\n{\"kind\":\"eval\",\"step\":1,\"metrics\":{\"accuracy\":0.5}}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("dynamics.jsonl"),
+            "{\"epoch\":0,\"p_gold\":[0.5],\"correct\":[true]}\n",
+        )
+        .unwrap();
+        let data = report_data(dir.path(), Some(vec!["a <b> film".into()])).unwrap();
+        assert_eq!(data["train"].as_array().unwrap().len(), 1);
+        assert_eq!(data["eval"][0]["metrics"]["accuracy"], 0.5);
+        assert_eq!(data["dynamics"][0]["p_gold"][0], 0.5);
+        let path = write_report(dir.path(), None).unwrap();
+        assert!(std::fs::read_to_string(path).unwrap().contains("kiln-data"));
+        std::fs::write(dir.path().join("metrics.jsonl"), "{\"kind\":\"train\"}\nnot json\n").unwrap();
+        let err = report_data(dir.path(), None).unwrap_err().to_string();
+        assert!(err.contains("metrics.jsonl:2"), "{err}");
+    }
+}
