@@ -102,7 +102,7 @@ fn naive_linear(
             for i in 0..N {
                 let qi: Vec<f64> = row(&q, b, h, i).iter().map(|x| x * q_scale).collect();
                 let fq = phi(&m.feature_map, h, &qi);
-                let mut num = vec![0.0; D];
+                let mut num = [0.0; D];
                 let mut den = 0.0;
                 for j in 0..N {
                     if !keep[b * N + j] || (causal && j > i) {

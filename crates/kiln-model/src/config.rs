@@ -113,7 +113,7 @@ impl BertConfig {
 }
 
 fn check_heads(hidden: usize, heads: usize) -> Result<(), ModelError> {
-    if heads == 0 || hidden % heads != 0 {
+    if heads == 0 || !hidden.is_multiple_of(heads) {
         return Err(ModelError::Unsupported(format!(
             "hidden size {hidden} is not divisible by {heads} attention heads"
         )));

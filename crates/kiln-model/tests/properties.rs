@@ -32,12 +32,8 @@ fn pad(rows: &[Vec<i64>]) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>) {
     let mut ids = Vec::new();
     let mut mask = Vec::new();
     for r in rows {
-        ids.extend(r.iter().copied().chain(std::iter::repeat(0).take(seq - r.len())));
-        mask.extend(
-            std::iter::repeat(1i64)
-                .take(r.len())
-                .chain(std::iter::repeat(0).take(seq - r.len())),
-        );
+        ids.extend(r.iter().copied().chain(std::iter::repeat_n(0, seq - r.len())));
+        mask.extend(std::iter::repeat_n(1i64, r.len()).chain(std::iter::repeat_n(0, seq - r.len())));
     }
     let device = Default::default();
     (

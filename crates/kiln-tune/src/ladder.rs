@@ -55,7 +55,7 @@ impl<B: Backend> LadderSide<B> {
             return Err(format!("reduction {reduction} leaves no side width (hidden {d})"));
         }
         // Heads of at least 8 dimensions, as many as divide the width (up to 12).
-        let heads = (1..=12).rev().find(|h| w % h == 0 && w / h >= 8).unwrap_or(1);
+        let heads = (1..=12).rev().find(|h| w.is_multiple_of(*h) && w / h >= 8).unwrap_or(1);
         let mut side_config: BertConfig = serde_json::from_value(serde_json::json!({
             "vocab_size": 1, "hidden_size": w, "num_hidden_layers": num_layers,
             "num_attention_heads": heads, "intermediate_size": 4 * w, "max_position_embeddings": 1,

@@ -657,7 +657,7 @@ impl Tuning {
                 StrategyConfig::Compacter { reduction, n } => {
                     let h = model.bert.embeddings.word_embeddings.weight.dims()[1];
                     let inner = h / (*reduction).max(1);
-                    if *n == 0 || inner == 0 || h % n != 0 || inner % n != 0 {
+                    if *n == 0 || inner == 0 || !h.is_multiple_of(*n) || !inner.is_multiple_of(*n) {
                         return Err(StrategyError::Invalid {
                             strategy: "compacter",
                             message: format!(

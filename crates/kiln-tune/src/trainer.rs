@@ -664,7 +664,7 @@ pub fn train<B: AutodiffBackend>(
                 "loss {:.4}  lr {lr:.2e}  {seq_per_s:.1} seq/s",
                 window_loss / window_n.max(1) as f64
             ));
-            if state.global_step % cfg.log_every.max(1) == 0 {
+            if state.global_step.is_multiple_of(cfg.log_every.max(1)) {
                 if bar.is_hidden() {
                     // No terminal (a log file, CI): the bar is invisible, so log the window instead.
                     let loss = window_loss / window_n.max(1) as f64;
@@ -685,7 +685,10 @@ pub fn train<B: AutodiffBackend>(
                 window_loss = 0.0;
                 window_n = 0;
             }
-            let eval_now = last_of_epoch || cfg.eval_every.is_some_and(|n| state.global_step % n.max(1) == 0);
+            let eval_now = last_of_epoch
+                || cfg
+                    .eval_every
+                    .is_some_and(|n| state.global_step.is_multiple_of(n.max(1)));
             let stopping = stop.step == Some(state.global_step);
             if eval_now {
                 let metrics = evaluate(&model.valid(), tok, data.task, &data.dev, cfg.eval_batch_size, device)?;
