@@ -116,19 +116,6 @@ pub fn minilm_shaped_config() -> kiln::model::BertConfig {
     .expect("valid config")
 }
 
-/// Peak resident set size of this process in MiB (Linux `VmHWM`), if known.
-pub fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 /// Wall time of the operations of one MiniLM layer at `[batch, seq]` (`cargo xtask bench ops`):
 /// where the forward pass spends its time.
 pub struct OpsJob {

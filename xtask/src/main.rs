@@ -560,7 +560,7 @@ fn main() -> Result<()> {
                 "minilm_forward"
             };
             let seq_per_s = batch as f64 / secs;
-            let rss = bench::peak_rss_mb();
+            let rss = kiln::tune::trainer::peak_rss_mb();
             if json {
                 let line = serde_json::json!({
                     "name": name, "device": device.to_string(), "backend": backend_name(device),

@@ -171,32 +171,29 @@ fn linear_attention_matches_the_direct_formula_bidirectional_and_causal_with_pad
     }
 }
 
+/// Max |difference| between the chunked causal form and token-by-token decoding; also checks
+/// that the recurrent state's size does not grow with the position.
+fn recurrent_vs_parallel(m: &LinearAttention<B>, q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>) -> f32 {
+    let device = Default::default();
+    let causal = AttentionMask::none().with_causal(true);
+    let parallel = m.attend(q.clone(), k.clone(), v.clone(), &causal, false).context;
+    let mut state = m.initial_state(BATCH, HEADS, D, D, &device);
+    let mut steps = Vec::new();
+    for t in 0..N {
+        let at = |x: &Tensor<B, 4>| x.clone().slice([0..BATCH, 0..HEADS, t..t + 1, 0..D]);
+        let (out, next) = m.step(state, at(q), at(k), at(v));
+        assert_eq!(next.s.dims(), [BATCH, HEADS, m.feature_map.num_features(D), D]);
+        state = next;
+        steps.push(out);
+    }
+    (Tensor::cat(steps, 2) - parallel).abs().max().into_scalar()
+}
+
 #[test]
 fn recurrent_decoding_equals_the_parallel_causal_form() {
     let (q, k, v) = (rand4(4), rand4(5), rand4(6));
-    let device = Default::default();
     for m in mechanisms() {
-        let parallel = m
-            .attend(
-                q.clone(),
-                k.clone(),
-                v.clone(),
-                &AttentionMask::none().with_causal(true),
-                false,
-            )
-            .context;
-        let mut state = m.initial_state(BATCH, HEADS, D, D, &device);
-        let mut steps = Vec::new();
-        for t in 0..N {
-            let at = |x: &Tensor<B, 4>| x.clone().slice([0..BATCH, 0..HEADS, t..t + 1, 0..D]);
-            let (out, next) = m.step(state, at(&q), at(&k), at(&v));
-            // The state's size does not grow with t.
-            assert_eq!(next.s.dims(), [BATCH, HEADS, m.feature_map.num_features(D), D]);
-            state = next;
-            steps.push(out);
-        }
-        let recurrent = Tensor::cat(steps, 2);
-        let worst = (recurrent - parallel).abs().max().into_scalar();
+        let worst = recurrent_vs_parallel(&m, &q, &k, &v);
         assert!(worst < 1e-5, "{}: recurrent vs parallel {worst:e}", m.name());
     }
 }
@@ -351,23 +348,6 @@ fn performer_features_are_blockwise_orthogonal_and_approximate_softmax() {
     }
     // Parallel causal and recurrent decoding agree for Performer too.
     let small = LinearAttention::new(FeatureMap::<B>::performer(D, 16, 4, &device), 1e-12);
-    let parallel = small
-        .attend(
-            q.clone(),
-            k.clone(),
-            v.clone(),
-            &AttentionMask::none().with_causal(true),
-            false,
-        )
-        .context;
-    let mut state = small.initial_state(BATCH, HEADS, D, D, &device);
-    let mut steps = Vec::new();
-    for t in 0..N {
-        let at = |x: &Tensor<B, 4>| x.clone().slice([0..BATCH, 0..HEADS, t..t + 1, 0..D]);
-        let (out, next) = small.step(state, at(&q), at(&k), at(&v));
-        state = next;
-        steps.push(out);
-    }
-    let diff = (Tensor::cat(steps, 2) - parallel).abs().max().into_scalar();
+    let diff = recurrent_vs_parallel(&small, &q, &k, &v);
     assert!(diff < 1e-5, "performer recurrent vs parallel {diff}");
 }
