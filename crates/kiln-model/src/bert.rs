@@ -205,6 +205,19 @@ impl<B: Backend> BertLayer<B> {
         capture: Capture,
         phm_rules: Option<Tensor<B, 3>>,
     ) -> (Tensor<B, 3>, LayerCapture<B>) {
+        self.forward_intervened(x, mask, capture, phm_rules, &Intervention::none())
+    }
+
+    /// [`BertLayer::forward_shared`] with an analysis-time [`Intervention`] (value zeroing,
+    /// knowledge-neuron scaling). With [`Intervention::none`] it is the plain forward.
+    pub fn forward_intervened(
+        &self,
+        x: Tensor<B, 3>,
+        mask: &AttentionMask<B>,
+        capture: Capture,
+        phm_rules: Option<Tensor<B, 3>>,
+        intervention: &Intervention<B>,
+    ) -> (Tensor<B, 3>, LayerCapture<B>) {
         let mut rec = LayerCapture::empty();
         if capture.block_input {
             rec.block_input = Some(x.clone());
@@ -234,6 +247,10 @@ impl<B: Backend> BertLayer<B> {
         );
         let k = rescale(k, ia3.map(|s| s.key.val()));
         let v = rescale(v, ia3.map(|s| s.value.val()));
+        let v = match &intervention.value_scale {
+            Some(scale) => v * scale.clone(),
+            None => v,
+        };
         let (q, k, v) = (split_heads(q, heads), split_heads(k, heads), split_heads(v, heads));
         if capture.values {
             rec.values = Some(v.clone());
@@ -266,6 +283,10 @@ impl<B: Backend> BertLayer<B> {
             a.clone(),
         ));
         let inner = rescale(inner, ia3.map(|s| s.ffn.val()));
+        let inner = match &intervention.ffn_scale {
+            Some(scale) => inner * scale.clone(),
+            None => inner,
+        };
         let ffn = self.output.dropout.forward(project(
             &self.output.dense,
             lora.and_then(|l| l.output.as_ref()),
@@ -275,6 +296,32 @@ impl<B: Backend> BertLayer<B> {
         let ffn = adapt(self.inserts.ffn_adapter.as_ref(), ffn);
         let ffn = compact(self.inserts.ffn_compacter.as_ref(), phm_rules, ffn);
         (self.output.layer_norm.forward(ffn + a), rec)
+    }
+}
+
+/// Analysis-time changes to one layer's forward, used by `kiln-lens` (not trained, not saved).
+///
+/// - `value_scale` `[batch, seq, 1]` multiplies each token's value vectors (all heads) before
+///   attention: a 0 at token `j` is *value zeroing* (Mohebbi et al. 2023) — `j` still shapes the
+///   attention weights but contributes nothing through them.
+/// - `ffn_scale` `[batch, seq, intermediate]` multiplies the FFN's intermediate activations:
+///   scaling them at a `[MASK]` position is how knowledge-neuron attribution integrates
+///   (Dai et al. 2021).
+#[derive(Debug, Clone)]
+pub struct Intervention<B: Backend> {
+    /// Per-token multiplier of the value vectors, `[batch, seq, 1]` (broadcast over features).
+    pub value_scale: Option<Tensor<B, 3>>,
+    /// Multiplier of the FFN intermediate activations, `[batch, seq, intermediate]`.
+    pub ffn_scale: Option<Tensor<B, 3>>,
+}
+
+impl<B: Backend> Intervention<B> {
+    /// No change.
+    pub fn none() -> Self {
+        Self {
+            value_scale: None,
+            ffn_scale: None,
+        }
     }
 }
 

@@ -27,14 +27,16 @@ pub mod gpt2;
 pub mod hub;
 pub mod layers;
 pub mod load;
+pub mod mlm;
 pub mod parity;
 pub mod peft;
 pub mod pooling;
 
-pub use bert::BertModel;
+pub use bert::{BertModel, Intervention};
 pub use capture::{Capture, LayerCapture, ModelOutput};
 pub use config::{BertConfig, GptConfig};
 pub use error::{ModelError, ShapeMismatch};
 pub use gpt2::Gpt2Model;
+pub use mlm::BertMlmHead;
 pub use load::{load_bert_weights, load_gpt2_weights, CheckpointDir, LoadReport};
 pub use pooling::{l2_normalize, mean_pool, sentence_embedding};
