@@ -17,3 +17,4 @@ pub mod attribution;
 pub mod datamap;
 pub mod heads;
 pub mod norm;
+pub mod value_zeroing;
