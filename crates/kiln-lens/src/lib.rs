@@ -16,5 +16,6 @@
 pub mod attribution;
 pub mod datamap;
 pub mod heads;
+pub mod neurons;
 pub mod norm;
 pub mod value_zeroing;
