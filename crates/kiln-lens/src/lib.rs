@@ -18,4 +18,5 @@ pub mod datamap;
 pub mod heads;
 pub mod neurons;
 pub mod norm;
+pub mod projection;
 pub mod value_zeroing;

@@ -1,0 +1,414 @@
+//! 2-D projections of hidden states and how much they distort.
+//!
+//! - [`pca`]: exact PCA in float64 — the covariance (or, when there are fewer points than
+//!   features, the Gram matrix) is diagonalised by the cyclic Jacobi method, which is exact to
+//!   rounding. `O(min(n, d)³)`: about a second at 384 features. Signs are fixed so the largest
+//!   |loading| of each component is positive, so runs are reproducible.
+//! - [`tsne`]: Barnes–Hut t-SNE from the `bhtsne` crate, started from the PCA coordinates
+//!   scaled to standard deviation 1e-4 (the deterministic initialisation recommended by
+//!   Kobak & Berens 2019) instead of the crate's unseeded random start.
+//! - [`neighbourhood_preservation`]: the mean share of each point's `k` nearest neighbours in
+//!   the original space that are also among its `k` nearest in the projection (1 = perfect),
+//!   and [`trustworthiness`] (Venna & Kaski 2001), which penalises projected neighbours by how
+//!   far down the original ranking they are. Both are shown next to every view in the report.
+//!
+//! These work on host vectors (`&[f32]`, row-major `[n, d]`): the inputs are a few thousand
+//! pooled vectors already read back from the backend, and neither burn nor its backends
+//! offer an eigensolver or t-SNE.
+
+use bhtsne::tSNE;
+
+/// A fitted PCA.
+#[derive(Debug, Clone)]
+pub struct Pca {
+    /// Feature means `[d]`.
+    pub mean: Vec<f64>,
+    /// Principal axes, `k` rows of `[d]`, unit length.
+    pub components: Vec<Vec<f64>>,
+    /// Variance along each axis (sample variance, `n − 1` denominator).
+    pub explained_variance: Vec<f64>,
+    /// Share of the total variance along each axis.
+    pub explained_variance_ratio: Vec<f64>,
+}
+
+impl Pca {
+    /// Coordinates `[n, k]` of `points` `[n, d]`.
+    pub fn transform(&self, points: &[f32], d: usize) -> Vec<f32> {
+        let k = self.components.len();
+        let mut out = Vec::with_capacity(points.len() / d * k);
+        for row in points.chunks(d) {
+            for c in &self.components {
+                let v: f64 = row
+                    .iter()
+                    .zip(&self.mean)
+                    .zip(c)
+                    .map(|((x, m), w)| (*x as f64 - m) * w)
+                    .sum();
+                out.push(v as f32);
+            }
+        }
+        out
+    }
+}
+
+/// Eigen-decomposition of a symmetric matrix `a` `[m, m]` (row-major) by cyclic Jacobi
+/// rotations: returns eigenvalues (descending) and the matching unit eigenvectors.
+pub fn symmetric_eigen(mut a: Vec<f64>, m: usize) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let mut v = vec![0f64; m * m];
+    for i in 0..m {
+        v[i * m + i] = 1.0;
+    }
+    let scale: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
+    for _sweep in 0..100 {
+        let off: f64 = (0..m)
+            .flat_map(|p| (p + 1..m).map(move |q| (p, q)))
+            .map(|(p, q)| a[p * m + q] * a[p * m + q])
+            .sum::<f64>()
+            .sqrt();
+        if off <= 1e-15 * scale {
+            break;
+        }
+        for p in 0..m {
+            for q in p + 1..m {
+                let apq = a[p * m + q];
+                if apq.abs() <= 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * m + q] - a[p * m + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..m {
+                    let akp = a[k * m + p];
+                    let akq = a[k * m + q];
+                    a[k * m + p] = c * akp - s * akq;
+                    a[k * m + q] = s * akp + c * akq;
+                }
+                for k in 0..m {
+                    let apk = a[p * m + k];
+                    let aqk = a[q * m + k];
+                    a[p * m + k] = c * apk - s * aqk;
+                    a[q * m + k] = s * apk + c * aqk;
+                }
+                for k in 0..m {
+                    let vkp = v[k * m + p];
+                    let vkq = v[k * m + q];
+                    v[k * m + p] = c * vkp - s * vkq;
+                    v[k * m + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..m).collect();
+    order.sort_by(|&i, &j| a[j * m + j].total_cmp(&a[i * m + i]));
+    let values = order.iter().map(|&i| a[i * m + i]).collect();
+    let vectors = order.iter().map(|&i| (0..m).map(|k| v[k * m + i]).collect()).collect();
+    (values, vectors)
+}
+
+/// Exact PCA of `points` `[n, d]` to `k` components; returns the fit and the coordinates
+/// `[n, k]`.
+///
+/// # Panics
+/// If `points.len() != n·d`, `n < 2` or `k > min(n, d)`.
+pub fn pca(points: &[f32], n: usize, d: usize, k: usize) -> (Pca, Vec<f32>) {
+    assert_eq!(points.len(), n * d, "points must be [n, d]");
+    assert!(n >= 2 && k <= n.min(d), "need n ≥ 2 and k ≤ min(n, d)");
+    let mean: Vec<f64> = (0..d)
+        .map(|j| points.iter().skip(j).step_by(d).map(|&x| x as f64).sum::<f64>() / n as f64)
+        .collect();
+    let centered: Vec<f64> = points
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| x as f64 - mean[i % d])
+        .collect();
+    let denom = (n - 1) as f64;
+    let (values, mut components) = if d <= n {
+        let mut cov = vec![0f64; d * d];
+        for row in centered.chunks(d) {
+            for a in 0..d {
+                let ra = row[a];
+                if ra == 0.0 {
+                    continue;
+                }
+                for b in a..d {
+                    cov[a * d + b] += ra * row[b];
+                }
+            }
+        }
+        for a in 0..d {
+            for b in a..d {
+                let v = cov[a * d + b] / denom;
+                cov[a * d + b] = v;
+                cov[b * d + a] = v;
+            }
+        }
+        let (values, vectors) = symmetric_eigen(cov, d);
+        (values, vectors.into_iter().take(k).collect::<Vec<_>>())
+    } else {
+        // Fewer points than features: eigenvectors u of X Xᵀ give axes Xᵀu / ‖Xᵀu‖.
+        let mut gram = vec![0f64; n * n];
+        for a in 0..n {
+            for b in a..n {
+                let v: f64 = centered[a * d..(a + 1) * d]
+                    .iter()
+                    .zip(&centered[b * d..(b + 1) * d])
+                    .map(|(x, y)| x * y)
+                    .sum::<f64>()
+                    / denom;
+                gram[a * n + b] = v;
+                gram[b * n + a] = v;
+            }
+        }
+        let (values, vectors) = symmetric_eigen(gram, n);
+        let axes = vectors
+            .into_iter()
+            .take(k)
+            .map(|u| {
+                let mut w: Vec<f64> = (0..d).map(|j| (0..n).map(|i| u[i] * centered[i * d + j]).sum()).collect();
+                let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
+                w.iter_mut().for_each(|x| *x /= norm);
+                w
+            })
+            .collect();
+        (values, axes)
+    };
+    for c in &mut components {
+        let big = c.iter().copied().fold(0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        if big < 0.0 {
+            c.iter_mut().for_each(|x| *x = -*x);
+        }
+    }
+    let total: f64 = values.iter().map(|v| v.max(0.0)).sum::<f64>().max(1e-300);
+    let explained_variance: Vec<f64> = values.iter().take(k).map(|v| v.max(0.0)).collect();
+    let fit = Pca {
+        mean,
+        explained_variance_ratio: explained_variance.iter().map(|v| v / total).collect(),
+        explained_variance,
+        components,
+    };
+    let coords = fit.transform(points, d);
+    (fit, coords)
+}
+
+/// t-SNE settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TsneConfig {
+    /// Perplexity (effective number of neighbours); lowered to `(n − 1) / 3` for small `n`.
+    pub perplexity: f32,
+    /// Gradient-descent iterations.
+    pub epochs: usize,
+    /// Barnes–Hut accuracy (0 = exact; 0.5 is the usual trade-off).
+    pub theta: f32,
+}
+
+impl Default for TsneConfig {
+    fn default() -> Self {
+        Self {
+            perplexity: 30.0,
+            epochs: 1000,
+            theta: 0.5,
+        }
+    }
+}
+
+/// Barnes–Hut t-SNE of `points` `[n, d]` to `[n, 2]`, PCA-initialised.
+///
+/// # Panics
+/// If `n < 4` (t-SNE needs neighbours) or `points.len() != n·d`.
+pub fn tsne(points: &[f32], n: usize, d: usize, config: TsneConfig) -> Vec<f32> {
+    assert!(n >= 4 && points.len() == n * d, "t-SNE needs ≥ 4 points of [n, d]");
+    let (_, init) = pca(points, n, d, 2);
+    let std = (init.iter().map(|&x| (x as f64).powi(2)).sum::<f64>() / init.len() as f64)
+        .sqrt()
+        .max(1e-30);
+    let init: Vec<f32> = init.iter().map(|&x| (x as f64 / std * 1e-4) as f32).collect();
+    let samples: Vec<&[f32]> = points.chunks(d).collect();
+    let perplexity = config.perplexity.min((n as f32 - 1.0) / 3.0 - 1e-3).max(1.0);
+    let mut fit = tSNE::<f32, &[f32], 2>::new(&samples);
+    fit.perplexity(perplexity)
+        .epochs(config.epochs)
+        .initial_embedding(init)
+        .barnes_hut(config.theta, |a, b| {
+            a.iter().zip(b.iter()).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+        });
+    fit.embedding()
+}
+
+fn squared_distances(points: &[f32], n: usize, dim: usize, i: usize) -> Vec<f64> {
+    let p = &points[i * dim..(i + 1) * dim];
+    (0..n)
+        .map(|j| {
+            points[j * dim..(j + 1) * dim]
+                .iter()
+                .zip(p)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum()
+        })
+        .collect()
+}
+
+/// Indices of all other points ordered by distance to `i` (ties by index).
+fn ranking(points: &[f32], n: usize, dim: usize, i: usize) -> Vec<usize> {
+    let dist = squared_distances(points, n, dim, i);
+    let mut order: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+    order.sort_by(|&a, &b| dist[a].total_cmp(&dist[b]).then(a.cmp(&b)));
+    order
+}
+
+/// Mean over points of `|kNN_high(i) ∩ kNN_low(i)| / k`, for `high` `[n, d_high]` and its
+/// projection `low` `[n, d_low]`. `O(n²·d)`.
+pub fn neighbourhood_preservation(high: &[f32], d_high: usize, low: &[f32], d_low: usize, k: usize) -> f64 {
+    let n = high.len() / d_high;
+    assert!(k >= 1 && k < n, "need 1 ≤ k < n");
+    let total: usize = (0..n)
+        .map(|i| {
+            let a: std::collections::HashSet<usize> = ranking(high, n, d_high, i).into_iter().take(k).collect();
+            ranking(low, n, d_low, i).into_iter().take(k).filter(|j| a.contains(j)).count()
+        })
+        .sum();
+    total as f64 / (n * k) as f64
+}
+
+/// Trustworthiness (Venna & Kaski 2001):
+/// `1 − 2/(n k (2n − 3k − 1)) Σ_i Σ_{j ∈ U_k(i)} (r(i, j) − k)`, where `U_k(i)` are the
+/// projected `k` nearest neighbours of `i` that are not among its original ones and `r(i, j)`
+/// is `j`'s rank in the original space. 1 = no false neighbours. Requires `k < n/2`.
+pub fn trustworthiness(high: &[f32], d_high: usize, low: &[f32], d_low: usize, k: usize) -> f64 {
+    let n = high.len() / d_high;
+    assert!(k >= 1 && 2 * k < n, "need 1 ≤ k < n/2");
+    let mut penalty = 0f64;
+    for i in 0..n {
+        let order = ranking(high, n, d_high, i);
+        let mut rank = vec![0usize; n];
+        for (r, &j) in order.iter().enumerate() {
+            rank[j] = r + 1;
+        }
+        for j in ranking(low, n, d_low, i).into_iter().take(k) {
+            if rank[j] > k {
+                penalty += (rank[j] - k) as f64;
+            }
+        }
+    }
+    let (n, k) = (n as f64, k as f64);
+    1.0 - 2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0)) * penalty
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-random numbers in [-1, 1) (no RNG dependency in tests).
+    fn noise(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..len)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f64 / (1u64 << 31) as f64 - 1.0) as f32
+            })
+            .collect()
+    }
+
+    #[test]
+    fn jacobi_reconstructs_the_matrix() {
+        let m = 7;
+        let r = noise(3, m * m);
+        // A = R Rᵀ (symmetric, positive semi-definite).
+        let a: Vec<f64> = (0..m * m)
+            .map(|idx| (0..m).map(|t| (r[(idx / m) * m + t] * r[(idx % m) * m + t]) as f64).sum())
+            .collect();
+        let (values, vectors) = symmetric_eigen(a.clone(), m);
+        assert!(values.windows(2).all(|w| w[0] >= w[1]));
+        for p in 0..m {
+            for q in 0..m {
+                let back: f64 = (0..m).map(|e| values[e] * vectors[e][p] * vectors[e][q]).sum();
+                assert!((back - a[p * m + q]).abs() < 1e-10, "[{p},{q}] {back} vs {}", a[p * m + q]);
+                let dot: f64 = (0..m).map(|t| vectors[p][t] * vectors[q][t]).sum();
+                assert!((dot - f64::from(p == q)).abs() < 1e-10);
+            }
+        }
+    }
+
+    #[test]
+    fn pca_recovers_a_planted_plane_and_both_routes_agree() {
+        // Points on the plane spanned by u = (1, 2, 2)/3 (spread 10) and v = (2, 1, -2)/3
+        // (spread 3) plus a little noise, in 3-D.
+        let n = 200;
+        let t = noise(5, 2 * n);
+        let e = noise(9, 3 * n);
+        let u = [1.0 / 3.0, 2.0 / 3.0, 2.0 / 3.0];
+        let v = [2.0 / 3.0, 1.0 / 3.0, -2.0 / 3.0];
+        let points: Vec<f32> = (0..n)
+            .flat_map(|i| {
+                let (a, b) = (10.0 * t[2 * i], 3.0 * t[2 * i + 1]);
+                let e = &e;
+                (0..3).map(move |c| a * u[c] + b * v[c] + 0.01 * e[3 * i + c] + 5.0)
+            })
+            .collect();
+        let (fit, coords) = pca(&points, n, 3, 2);
+        // The two axes span the planted plane (the sample's a and b are slightly correlated,
+        // so the axes may turn within it): u and v lie in their span.
+        for w in [u, v] {
+            let in_span: f64 = fit
+                .components
+                .iter()
+                .map(|c| (0..3).map(|k| c[k] * w[k] as f64).sum::<f64>().powi(2))
+                .sum();
+            assert!(in_span > 0.99999, "{in_span}");
+        }
+        let first: f64 = (0..3).map(|k| fit.components[0][k] * u[k] as f64).sum();
+        assert!(first.abs() > 0.99, "the wide direction comes first: {first}");
+        assert!(fit.explained_variance_ratio[0] + fit.explained_variance_ratio[1] > 0.9999);
+        // The first coordinate's sample variance is the first eigenvalue.
+        let c0: Vec<f64> = coords.iter().step_by(2).map(|&x| x as f64).collect();
+        let var = c0.iter().map(|x| x * x).sum::<f64>() / (n - 1) as f64;
+        assert!((var - fit.explained_variance[0]).abs() < 1e-4 * var);
+        // Gram route (4 points, 6 features) against the covariance route on the same points
+        // listed twice (8 ≥ 6): same axes, variances in the ratio of the denominators 3 : 7/2.
+        let few: Vec<f32> = noise(11, 4 * 6);
+        let (a, ca) = pca(&few, 4, 6, 2);
+        let twice: Vec<f32> = few.iter().chain(few.iter()).copied().collect();
+        let (b, _) = pca(&twice, 8, 6, 2);
+        for c in 0..2 {
+            for j in 0..6 {
+                assert!((a.components[c][j] - b.components[c][j]).abs() < 1e-9);
+            }
+            assert!((a.explained_variance[c] * 3.0 - b.explained_variance[c] * 7.0 / 2.0).abs() < 1e-9);
+        }
+        let direct_var: f64 = ca.iter().step_by(2).map(|&x| (x as f64).powi(2)).sum::<f64>() / 3.0;
+        assert!((direct_var - a.explained_variance[0]).abs() < 1e-5);
+    }
+
+    #[test]
+    fn preservation_scores_are_one_for_an_isometry_and_drop_for_a_shuffle() {
+        let n = 60;
+        let p = noise(21, n * 2);
+        // A rotation + translation of 2-D points preserves every neighbourhood.
+        let (c, s) = (0.6f32, 0.8f32);
+        let q: Vec<f32> = p.chunks(2).flat_map(|r| [c * r[0] - s * r[1] + 3.0, s * r[0] + c * r[1]]).collect();
+        assert!((neighbourhood_preservation(&p, 2, &q, 2, 5) - 1.0).abs() < 1e-12);
+        assert!((trustworthiness(&p, 2, &q, 2, 5) - 1.0).abs() < 1e-12);
+        // Unrelated coordinates: the overlap is near chance (k/(n−1) ≈ 0.085).
+        let r = noise(99, n * 2);
+        assert!(neighbourhood_preservation(&p, 2, &r, 2, 5) < 0.3);
+        assert!(trustworthiness(&p, 2, &r, 2, 5) < 0.75);
+    }
+
+    #[test]
+    fn tsne_separates_two_clusters() {
+        let (n, d) = (80, 10);
+        let e = noise(4, n * d);
+        let points: Vec<f32> = (0..n * d)
+            .map(|i| e[i] * 0.3 + if i / d < n / 2 { 4.0 } else { -4.0 })
+            .collect();
+        let y = tsne(&points, n, d, TsneConfig { perplexity: 10.0, epochs: 300, theta: 0.5 });
+        assert_eq!(y.len(), n * 2);
+        assert!(neighbourhood_preservation(&points, d, &y, 2, 10) > 0.5);
+        // Every point's nearest projected neighbour is from its own cluster.
+        for i in 0..n {
+            let nearest = ranking(&y, n, 2, i)[0];
+            assert_eq!(i < n / 2, nearest < n / 2, "point {i}");
+        }
+    }
+}
