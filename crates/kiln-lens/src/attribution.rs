@@ -2,7 +2,8 @@
 //!
 //! - Rollout (Abnar & Zuidema 2020): per layer `Â = 0.5·mean_h A + 0.5·I`, rows renormalised,
 //!   multiplied from the first layer up: `R = Â_L ⋯ Â_1`. Padding rows/columns are dropped
-//!   before renormalising.
+//!   before renormalising. [`rollout_matrices`] rolls out any per-layer matrices (norm-based,
+//!   value zeroing), with or without the `+I`.
 //! - Gradient × input (Shrikumar et al. 2017) and integrated gradients (Sundararajan et al.
 //!   2017) on the embedding-layer output: the caller gives `f: embeddings → [N]` (e.g. a logit
 //!   of the predicted class), kiln makes the embeddings a leaf and takes its gradient — burn
@@ -19,15 +20,39 @@ use burn::tensor::backend::AutodiffBackend;
 /// Attention rollout `[N, S, S]` from per-layer attention `[N, H, S, S]` (bottom layer first)
 /// and the attention mask `[N, S]`.
 pub fn rollout<B: Backend>(attentions: &[Tensor<B, 4>], attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-    let [n, _, s, _] = attentions[0].dims();
-    let device = attentions[0].device();
+    let means: Vec<Tensor<B, 3>> = attentions
+        .iter()
+        .map(|a| {
+            let [n, _, s, _] = a.dims();
+            a.clone().mean_dim(1).reshape([n, s, s])
+        })
+        .collect();
+    rollout_matrices(&means, attention_mask, true)
+}
+
+/// Rollout of any per-layer token-to-token matrices `[N, S, S]` (rows = receiving token):
+/// with `add_residual`, each layer is `0.5·M + 0.5·I` (for attention weights, which leave the
+/// residual out); without it the matrices are used as they are — for the norm-based
+/// AttnRes-N/AttnResLn-N matrices or value zeroing, which already account for the residual.
+/// Each layer's rows are renormalised to sum to 1 over real tokens, then multiplied bottom-up.
+pub fn rollout_matrices<B: Backend>(
+    matrices: &[Tensor<B, 3>],
+    attention_mask: Tensor<B, 2, Int>,
+    add_residual: bool,
+) -> Tensor<B, 3> {
+    let [n, s, _] = matrices[0].dims();
+    let device = matrices[0].device();
     let real = attention_mask.float();
     let pair = real.clone().reshape([n, s, 1]) * real.reshape([n, 1, s]);
     let eye = Tensor::<B, 2>::eye(s, &device).reshape([1, s, s]);
     let mut r = eye.clone().expand([n, s, s]) * pair.clone();
-    for a in attentions {
-        let mean = a.clone().mean_dim(1).reshape([n, s, s]) * pair.clone();
-        let mixed = (mean.mul_scalar(0.5) + eye.clone().mul_scalar(0.5)) * pair.clone();
+    for m in matrices {
+        let m = m.clone() * pair.clone();
+        let mixed = if add_residual {
+            (m.mul_scalar(0.5) + eye.clone().mul_scalar(0.5)) * pair.clone()
+        } else {
+            m
+        };
         let rows = mixed.clone().sum_dim(2).clamp_min(1e-30);
         r = (mixed / rows).matmul(r);
     }

@@ -60,3 +60,87 @@ pub fn head_importance<B: AutodiffBackend>(
     }
     total
 }
+
+/// First-order Taylor importance of each head (as in T3-Vis, after Molchanov et al. 2017):
+/// `Σ_θ (∂L/∂θ · θ)²` over the head's parameters — its columns of `W_Q`, `W_K`, `W_V` and their
+/// biases, and its rows of `W_O` — averaged over `n_batches`. `[layers][heads]`.
+pub fn taylor_importance<B: AutodiffBackend>(
+    model: &BertModel<B>,
+    n_batches: usize,
+    mut loss: impl FnMut(&BertModel<B>, usize) -> Tensor<B, 1>,
+) -> Vec<Vec<f64>> {
+    let mut total: Vec<Vec<f64>> = model
+        .encoder
+        .layer
+        .iter()
+        .map(|l| vec![0.0; l.attention.self_attention.num_heads])
+        .collect();
+    for i in 0..n_batches {
+        let grads = loss(model, i).backward();
+        for (l, layer) in model.encoder.layer.iter().enumerate() {
+            let sa = &layer.attention.self_attention;
+            let heads = sa.num_heads;
+            // (g·θ)² summed into [d_out] per projection (columns = output features).
+            let per_column = |lin: &burn::nn::Linear<B>| -> Option<Tensor<B::InnerBackend, 1>> {
+                let w = lin.weight.val();
+                let g = w.grad(&grads)?;
+                let mut out = (g * w.inner()).powf_scalar(2.0).sum_dim(0).squeeze_dim::<1>(0);
+                if let Some(b) = &lin.bias {
+                    if let Some(gb) = b.val().grad(&grads) {
+                        out = out + (gb * b.val().inner()).powf_scalar(2.0);
+                    }
+                }
+                Some(out)
+            };
+            let mut score: Option<Tensor<B::InnerBackend, 1>> = None;
+            for lin in [&sa.query, &sa.key, &sa.value] {
+                if let Some(t) = per_column(lin) {
+                    score = Some(match score {
+                        Some(s) => s + t,
+                        None => t,
+                    });
+                }
+            }
+            let wo = layer.attention.output.dense.weight.val();
+            if let Some(g) = wo.grad(&grads) {
+                // Rows of W_O ([in, out]) belong to heads.
+                let rows = (g * wo.inner()).powf_scalar(2.0).sum_dim(1).squeeze_dim::<1>(1);
+                score = Some(match score {
+                    Some(s) => s + rows,
+                    None => rows,
+                });
+            }
+            if let Some(s) = score {
+                let d = s.dims()[0];
+                let per_head: Vec<f32> = s
+                    .reshape([heads, d / heads])
+                    .sum_dim(1)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32");
+                for (t, v) in total[l].iter_mut().zip(per_head) {
+                    *t += v as f64 / n_batches as f64;
+                }
+            }
+        }
+    }
+    total
+}
+
+/// Gates `[layers][heads]` that switch off the `count` heads with the lowest `importance`
+/// (global ranking, ties broken by position), for [`set_head_gates`] — the pruning curve of
+/// Michel et al. is this for increasing `count`, re-evaluating each time.
+pub fn prune_least_important(importance: &[Vec<f64>], count: usize) -> Vec<Vec<f32>> {
+    let mut order: Vec<(usize, usize)> = importance
+        .iter()
+        .enumerate()
+        .flat_map(|(l, row)| (0..row.len()).map(move |h| (l, h)))
+        .collect();
+    order.sort_by(|a, b| importance[a.0][a.1].total_cmp(&importance[b.0][b.1]).then(a.cmp(b)));
+    let mut gates: Vec<Vec<f32>> = importance.iter().map(|row| vec![1.0; row.len()]).collect();
+    for &(l, h) in order.iter().take(count) {
+        gates[l][h] = 0.0;
+    }
+    gates
+}

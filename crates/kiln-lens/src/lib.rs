@@ -5,8 +5,11 @@
 //! mixing ratios of Kobayashi et al. (2020, "Attention is Not Only a Weight"; 2021,
 //! "Incorporating Residual and Normalization Layers into Analysis of Masked Language
 //! Models") — see [`norm`]; attention rollout, gradient × input and integrated gradients —
-//! see [`attribution`]; head importance and head masking — see [`heads`]; data maps of
-//! training dynamics — see [`datamap`].
+//! see [`attribution`]; head importance (gate gradients and first-order Taylor scores), head
+//! masking and pruning — see [`heads`]; value zeroing (Mohebbi et al. 2023) — see
+//! [`value_zeroing`]; knowledge neurons (Dai et al. 2022) — see [`neurons`]; exact PCA,
+//! t-SNE and neighbourhood-preservation scores of hidden-state projections — see
+//! [`projection`]; data maps of training dynamics — see [`datamap`].
 //!
 //! **Owns:** analysis arithmetic on captured tensors. **Must not touch:** model code (it reads
 //! weights and `Capture` outputs of `kiln-model`, never changes them), training, rendering.

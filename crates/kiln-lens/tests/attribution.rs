@@ -122,3 +122,39 @@ fn integrated_gradients_are_complete_and_gradient_x_input_matches_finite_differe
         );
     }
 }
+
+#[test]
+fn rollout_of_residual_matrices_is_the_product_of_row_normalised_layers() {
+    use kiln_lens::attribution::rollout_matrices;
+    let device = Default::default();
+    let (n, s) = (1, 4);
+    let layer = |seed| {
+        Flex::seed(&device, seed);
+        Tensor::<Flex, 3>::random([n, s, s], Distribution::Uniform(0.1, 1.0), &device)
+    };
+    let mats = vec![layer(5), layer(6), layer(7)];
+    let mask = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 0], [n, s]), &device);
+    let got: Vec<f32> = rollout_matrices(&mats, mask, false).into_data().to_vec().unwrap();
+    let len = 3;
+    let mut r: Vec<Vec<f64>> = (0..len).map(|i| (0..len).map(|j| f64::from(i == j)).collect()).collect();
+    for m in &mats {
+        let m: Vec<f32> = m.clone().into_data().to_vec().unwrap();
+        let rows: Vec<Vec<f64>> = (0..len)
+            .map(|i| {
+                let z: f64 = (0..len).map(|j| m[i * s + j] as f64).sum();
+                (0..len).map(|j| m[i * s + j] as f64 / z).collect()
+            })
+            .collect();
+        r = (0..len)
+            .map(|i| (0..len).map(|j| (0..len).map(|k| rows[i][k] * r[k][j]).sum()).collect())
+            .collect();
+    }
+    for i in 0..s {
+        let sum: f32 = got[i * s..(i + 1) * s].iter().sum();
+        assert!((sum - f32::from(u8::from(i < len))).abs() < 1e-5, "row {i} sums to {sum}");
+        for j in 0..s {
+            let want = if i < len && j < len { r[i][j] } else { 0.0 };
+            assert!((got[i * s + j] as f64 - want).abs() < 1e-5);
+        }
+    }
+}

@@ -5,7 +5,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use kiln_lens::heads::{head_importance, set_head_gates};
+use kiln_lens::heads::{head_importance, prune_least_important, set_head_gates, taylor_importance};
 use kiln_model::{BertConfig, BertModel, Capture};
 
 type A = Autodiff<Flex>;
@@ -104,4 +104,50 @@ fn importance_is_the_absolute_slope_of_the_loss_in_each_gate() {
     for row in &normalized {
         assert!((row.iter().map(|v| v * v).sum::<f64>().sqrt() - 1.0).abs() < 1e-9);
     }
+}
+
+#[test]
+fn taylor_scores_sum_each_heads_slices_and_pruning_drops_the_lowest() {
+    let base = tiny();
+    let got = taylor_importance(&base, 1, |m, _| loss(m));
+    // Host recomputation from the full gradients, slicing by index arithmetic.
+    let grads = loss(&base).backward();
+    let host = |t: Tensor<A, 2>| -> (Vec<f32>, Vec<f32>) {
+        let g = t.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        (t.into_data().to_vec().unwrap(), g)
+    };
+    let host1 = |t: Tensor<A, 1>| -> (Vec<f32>, Vec<f32>) {
+        let g = t.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        (t.into_data().to_vec().unwrap(), g)
+    };
+    let dh = D / H;
+    for (l, layer) in base.encoder.layer.iter().enumerate() {
+        let sa = &layer.attention.self_attention;
+        let mut want = vec![0f64; H];
+        for lin in [&sa.query, &sa.key, &sa.value] {
+            let (w, g) = host(lin.weight.val());
+            let (b, gb) = host1(lin.bias.as_ref().unwrap().val());
+            for r in 0..D {
+                for c in 0..D {
+                    want[c / dh] += ((w[r * D + c] * g[r * D + c]) as f64).powi(2);
+                }
+            }
+            for c in 0..D {
+                want[c / dh] += ((b[c] * gb[c]) as f64).powi(2);
+            }
+        }
+        let (w, g) = host(layer.attention.output.dense.weight.val());
+        for r in 0..D {
+            for c in 0..D {
+                want[r / dh] += ((w[r * D + c] * g[r * D + c]) as f64).powi(2);
+            }
+        }
+        for h in 0..H {
+            assert!(want[h] > 0.0);
+            assert!((got[l][h] - want[h]).abs() < 1e-4 * want[h], "[{l}][{h}] {} vs {}", got[l][h], want[h]);
+        }
+    }
+    let importance = vec![vec![0.5, 0.1, 0.9, 0.3], vec![0.2, 0.8, 0.05, 0.7]];
+    let gates = prune_least_important(&importance, 3);
+    assert_eq!(gates, vec![vec![1.0, 0.0, 1.0, 1.0], vec![0.0, 1.0, 0.0, 1.0]]);
 }
