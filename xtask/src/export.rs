@@ -22,6 +22,34 @@ pub enum ExportFormat {
     Hf,
 }
 
+/// The best checkpoint of a finished run: the classifier (strategy inserts included), its
+/// tuning and the task, from `RUN/config.json` and `RUN/checkpoints/best`.
+pub fn load_run<B: kiln::burn::prelude::Backend>(
+    model_dir: &std::path::Path,
+    run: &std::path::Path,
+    device: &B::Device,
+) -> Result<(SequenceClassifier<B>, kiln::tune::strategy::Tuning, GlueTask)> {
+    let config_path = run.join("config.json");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config_path).with_context(|| config_path.display().to_string())?,
+    )?;
+    let task = GlueTask::parse(config["task"].as_str().context("config.json has no task")?)?;
+    let best = run.join("checkpoints").join("best");
+    let (base, _) = SequenceClassifier::<B>::from_pretrained(model_dir, task.num_labels(), device)?;
+    let (model, tuning) = if best.join(TUNED_FILE).exists() {
+        let tuning = read_tuning(&best.join(TUNED_FILE))?;
+        let model = tuning.insert(base, device)?;
+        (load_tuned(model, &tuning, &best.join(TUNED_FILE))?, tuning)
+    } else if best.join(MODEL_FILE).exists() {
+        let mut model = base;
+        load_model(&mut model, &best.join(MODEL_FILE))?;
+        (model, kiln::tune::strategy::Tuning::new(&[])?)
+    } else {
+        bail!("{} has neither {TUNED_FILE} nor {MODEL_FILE}", best.display());
+    };
+    Ok((model, tuning, task))
+}
+
 pub struct ExportJob {
     pub model: PathBuf,
     pub run: PathBuf,
@@ -33,24 +61,7 @@ impl BackendJob for ExportJob {
     type Output = Result<()>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
-        let config_path = self.run.join("config.json");
-        let config: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&config_path).with_context(|| config_path.display().to_string())?,
-        )?;
-        let task = GlueTask::parse(config["task"].as_str().context("config.json has no task")?)?;
-        let best = self.run.join("checkpoints").join("best");
-        let (base, _) = SequenceClassifier::<B>::from_pretrained(&self.model, task.num_labels(), &device)?;
-        let (model, tuning) = if best.join(TUNED_FILE).exists() {
-            let tuning = read_tuning(&best.join(TUNED_FILE))?;
-            let model = tuning.insert(base, &device)?;
-            (load_tuned(model, &tuning, &best.join(TUNED_FILE))?, tuning)
-        } else if best.join(MODEL_FILE).exists() {
-            let mut model = base;
-            load_model(&mut model, &best.join(MODEL_FILE))?;
-            (model, kiln::tune::strategy::Tuning::new(&[])?)
-        } else {
-            bail!("{} has neither {TUNED_FILE} nor {MODEL_FILE}", best.display());
-        };
+        let (model, tuning, _) = load_run::<B>(&self.model, &self.run, &device)?;
         match self.format {
             ExportFormat::Peft => export_peft_lora(&model, &tuning, &self.model.display().to_string(), &self.out)?,
             ExportFormat::Hf => {

@@ -1,5 +1,6 @@
 //! kiln's command line (`cargo xtask ...`): demo, parity checks, model fetching, benchmarks.
 
+mod analyse;
 mod bench;
 mod demo;
 mod embed;
@@ -183,6 +184,39 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LensCommand {
+    /// Analyses of a finished run's best checkpoint on its dev set (projections, head
+    /// importance and pruning, saliency, value zeroing, mixing) → RUN/analysis/analysis.json,
+    /// then rewrites RUN/report.html with them.
+    Analyse {
+        run: PathBuf,
+        /// Model directory the run started from (default: located like demo).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// GLUE directory (default: shared/data/glue).
+        #[arg(long)]
+        glue_dir: Option<PathBuf>,
+        /// Dev examples analysed (projection, table).
+        #[arg(long, default_value_t = 1000)]
+        max_examples: usize,
+        /// Dev examples used for head importance and the pruning curve.
+        #[arg(long, default_value_t = 256)]
+        importance_examples: usize,
+        /// Examples with token-level views.
+        #[arg(long, default_value_t = 12)]
+        instances: usize,
+        /// Integrated-gradients steps.
+        #[arg(long, default_value_t = 32)]
+        ig_steps: usize,
+        /// t-SNE iterations.
+        #[arg(long, default_value_t = 750)]
+        tsne_epochs: usize,
+        /// Project the mean over real tokens instead of the [CLS] state (then the embedding
+        /// layer is projected too; at [CLS] it is one point for every example).
+        #[arg(long)]
+        mean_pool: bool,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+    },
     /// Norm-based analysis and mixing ratios (Kobayashi et al. 2021) of every layer.
     Mixing {
         /// Model directory (default: located like demo).
@@ -373,6 +407,43 @@ fn main() -> Result<()> {
         }
         Command::Lens {
             what:
+                LensCommand::Analyse {
+                    run,
+                    model,
+                    glue_dir,
+                    max_examples,
+                    importance_examples,
+                    instances,
+                    ig_steps,
+                    tsne_epochs,
+                    mean_pool,
+                    device,
+                },
+        } => {
+            let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
+            let glue_dir = glue_dir
+                .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))
+                .context("no GLUE directory: pass --glue-dir")?;
+            let path = run_on(
+                device,
+                analyse::AnalyseJob {
+                    model,
+                    run: run.clone(),
+                    glue_dir: glue_dir.clone(),
+                    max_examples,
+                    importance_examples,
+                    instances,
+                    ig_steps,
+                    tsne_epochs,
+                    mean_pool,
+                },
+            )??;
+            println!("Analysis: {}", path.display());
+            let texts = report_texts(&run, Some(glue_dir));
+            println!("Report: {}", kiln::viz::write_report(&run, texts)?.display());
+        }
+        Command::Lens {
+            what:
                 LensCommand::Mixing {
                     model,
                     input,
@@ -467,23 +538,7 @@ fn main() -> Result<()> {
             println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
         }
         Command::Report { run, glue_dir } => {
-            let config: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(run.join("config.json"))
-                    .with_context(|| format!("{}/config.json", run.display()))?,
-            )?;
-            // The training texts (for the data map's tooltips), when the GLUE data is at hand.
-            let texts = config["task"]
-                .as_str()
-                .and_then(|t| kiln::data::GlueTask::parse(t).ok())
-                .and_then(|task| {
-                    let dir = glue_dir
-                        .clone()
-                        .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))?;
-                    let limit = config["train"]["max_train_examples"].as_u64().map(|n| n as usize);
-                    kiln::tune::trainer::load_glue(&dir, task)
-                        .ok()
-                        .map(|d| train_texts(&d, limit))
-                });
+            let texts = report_texts(&run, glue_dir);
             println!("{}", kiln::viz::write_report(&run, texts)?.display());
         }
         Command::Fetch { model_id } => {
@@ -612,4 +667,14 @@ fn backend_name(kind: DeviceKind) -> &'static str {
         DeviceKind::Wgpu => "wgpu",
         DeviceKind::Cuda => "cuda",
     }
+}
+
+/// The training texts of a run's task (for the data map's tooltips), when the GLUE data is at
+/// hand.
+fn report_texts(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Option<Vec<String>> {
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).ok()?).ok()?;
+    let task = kiln::data::GlueTask::parse(config["task"].as_str()?).ok()?;
+    let dir = glue_dir.or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))?;
+    let limit = config["train"]["max_train_examples"].as_u64().map(|n| n as usize);
+    kiln::tune::trainer::load_glue(&dir, task).ok().map(|d| train_texts(&d, limit))
 }

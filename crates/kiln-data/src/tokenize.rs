@@ -143,6 +143,11 @@ impl TextTokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// The vocabulary string of an id (`##ing`, `[CLS]`), if any.
+    pub fn token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
     /// Encodes a batch with special tokens, truncation and padding to the batch's longest.
     ///
     /// # Errors

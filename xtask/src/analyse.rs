@@ -1,0 +1,384 @@
+//! `cargo xtask lens analyse RUN`: the analyses the report shows, computed once from a
+//! finished run's best checkpoint on (a prefix of) its dev set, written to
+//! `RUN/analysis/analysis.json` (layout in docs/run-directory.md).
+//!
+//! - per example: text, gold label, prediction, gold-class probability, loss;
+//! - projections of the `[CLS]` hidden state of every layer: PCA (explained variance) and
+//!   t-SNE, each with neighbourhood preservation and trustworthiness at k = 10;
+//! - head importance (gate gradients, Michel et al.; first-order Taylor, T3-Vis) and the
+//!   pruning curve (dev metric with the least important heads masked);
+//! - instances: tokens with gradient × input, integrated gradients (PAD baseline, completeness
+//!   reported), attention rollout and value-zeroing rollout from `[CLS]`, per-layer mixing
+//!   ratios, and every head's attention map (quantised to bytes, base64).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln::backend::{BackendJob, DeviceKind};
+use kiln::burn::prelude::*;
+use kiln::burn::module::AutodiffModule;
+use kiln::burn::tensor::backend::AutodiffBackend;
+use kiln::burn::tensor::TensorData;
+use kiln::data::{BatchEncoding, Example, Label, TextInput, TextTokenizer};
+use kiln::lens::attribution::{gradient_x_input, integrated_gradients, rollout, rollout_matrices};
+use kiln::lens::heads::{head_importance, prune_least_important, set_head_gates, taylor_importance};
+use kiln::lens::norm::{analyse_layer, capture};
+use kiln::lens::projection::{neighbourhood_preservation, pca, trustworthiness, tsne, TsneConfig};
+use kiln::lens::value_zeroing::value_zeroing;
+use kiln::model::{Capture, CheckpointDir};
+use kiln::tune::classifier::Targets;
+use serde_json::{json, Value};
+
+pub struct AnalyseJob {
+    pub model: PathBuf,
+    pub run: PathBuf,
+    pub glue_dir: PathBuf,
+    pub max_examples: usize,
+    pub importance_examples: usize,
+    pub instances: usize,
+    pub ig_steps: usize,
+    pub tsne_epochs: usize,
+    pub mean_pool: bool,
+}
+
+const K: usize = 10;
+const BATCH: usize = 32;
+
+fn encode(tok: &TextTokenizer, examples: &[&Example]) -> Result<BatchEncoding> {
+    let inputs: Vec<TextInput> = examples.iter().map(|e| e.input.clone()).collect();
+    Ok(tok.encode_batch(&inputs)?)
+}
+
+fn ids<B: Backend>(enc: &BatchEncoding, device: &B::Device) -> [Tensor<B, 2, Int>; 3] {
+    let shape = [enc.batch, enc.seq];
+    [&enc.input_ids, &enc.token_type_ids, &enc.attention_mask]
+        .map(|v| Tensor::from_data(TensorData::new(v.clone(), shape), device))
+}
+
+fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec().expect("f32")
+}
+
+fn targets<B: Backend>(examples: &[&Example], device: &B::Device) -> Targets<B> {
+    match examples[0].label {
+        Label::Class(_) => Targets::Classes(Tensor::from_data(
+            TensorData::new(
+                examples
+                    .iter()
+                    .map(|e| if let Label::Class(c) = e.label { c as i64 } else { 0 })
+                    .collect::<Vec<_>>(),
+                [examples.len()],
+            ),
+            device,
+        )),
+        Label::Score(_) => Targets::Scores(Tensor::from_data(
+            TensorData::new(
+                examples
+                    .iter()
+                    .map(|e| if let Label::Score(s) = e.label { s } else { 0.0 })
+                    .collect::<Vec<_>>(),
+                [examples.len()],
+            ),
+            device,
+        )),
+    }
+}
+
+fn text_of(e: &Example) -> Value {
+    match &e.input {
+        TextInput::Single(a) => json!(a),
+        TextInput::Pair(a, b) => json!([a, b]),
+    }
+}
+
+fn label_of(e: &Example) -> Value {
+    match e.label {
+        Label::Class(c) => json!(c),
+        Label::Score(s) => json!(s),
+    }
+}
+
+fn round(v: f64, digits: i32) -> f64 {
+    let p = 10f64.powi(digits);
+    (v * p).round() / p
+}
+
+fn progress(len: usize, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {elapsed}").expect("template"),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+impl BackendJob for AnalyseJob {
+    type Output = Result<PathBuf>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let (mut model, tuning, task) = crate::export::load_run::<B>(&self.model, &self.run, &device)?;
+        model.set_dropout(0.0);
+        let run_config: Value =
+            serde_json::from_str(&std::fs::read_to_string(self.run.join("config.json"))?)?;
+        let max_length = run_config["train"]["max_length"].as_u64().unwrap_or(128) as usize;
+        let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), max_length)?;
+        let data = kiln::tune::trainer::load_glue(&self.glue_dir, task)
+            .with_context(|| format!("GLUE data for {} under {}", task.short_name(), self.glue_dir.display()))?;
+        let dev: Vec<&Example> = data.dev.iter().take(self.max_examples).collect();
+        if dev.len() < 2 * K + 2 {
+            bail!("need at least {} dev examples, found {}", 2 * K + 2, dev.len());
+        }
+        let inner = model.valid();
+        let layers = inner.bert.num_layers();
+        let regression = task.is_regression();
+
+        // 1. Forward pass: [CLS] states of every layer, predictions, losses.
+        let bar = progress(dev.len(), "forward");
+        let mut cls: Vec<Vec<f32>> = vec![Vec::new(); layers + 1];
+        let mut examples = Vec::new();
+        let mut hidden = 0;
+        for chunk in dev.chunks(BATCH) {
+            let enc = encode(&tok, chunk)?;
+            let [input_ids, types, mask] = ids::<I<B>>(&enc, &device);
+            let out = inner.bert.forward(
+                input_ids.clone(),
+                Some(types.clone()),
+                Some(mask.clone()),
+                Capture {
+                    hidden_states: true,
+                    ..Capture::none()
+                },
+            );
+            for (l, h) in out.hidden_states.iter().enumerate() {
+                let [n, _, d] = h.dims();
+                hidden = d;
+                let pooled = if self.mean_pool {
+                    kiln::model::mean_pool(h.clone(), mask.clone())
+                } else {
+                    h.clone().slice([0..n, 0..1, 0..d]).reshape([n, d])
+                };
+                cls[l].extend(floats(pooled));
+            }
+            let logits = floats(inner.forward(input_ids, types, mask));
+            let c = inner.num_labels();
+            for (k, e) in chunk.iter().enumerate() {
+                let row = &logits[k * c..(k + 1) * c];
+                let (prediction, confidence, loss) = if regression {
+                    let gold = if let Label::Score(s) = e.label { s } else { 0.0 };
+                    (json!(round(row[0] as f64, 4)), Value::Null, ((row[0] - gold) as f64).powi(2))
+                } else {
+                    let max = row.iter().copied().fold(f32::MIN, f32::max);
+                    let z: f32 = row.iter().map(|v| (v - max).exp()).sum();
+                    let p: Vec<f32> = row.iter().map(|v| (v - max).exp() / z).collect();
+                    let pred = (0..c).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
+                    let gold = if let Label::Class(g) = e.label { g } else { 0 };
+                    (json!(pred), json!(round(p[gold] as f64, 4)), -(p[gold].max(1e-12) as f64).ln())
+                };
+                examples.push(json!({
+                    "text": text_of(e),
+                    "label": label_of(e),
+                    "prediction": prediction,
+                    "p_gold": confidence,
+                    "loss": round(loss, 4),
+                }));
+            }
+            bar.inc(chunk.len() as u64);
+        }
+        bar.finish();
+
+        // 2. Projections per layer.
+        let n = dev.len();
+        let bar = progress(layers + 1, "projections");
+        let mut projections = Vec::new();
+        for (l, points) in cls.iter().enumerate() {
+            if l == 0 && !self.mean_pool {
+                // The embedding output at [CLS] is the same vector for every example.
+                bar.inc(1);
+                continue;
+            }
+            let (fit, coords) = pca(points, n, hidden, 2);
+            let t = tsne(
+                points,
+                n,
+                hidden,
+                TsneConfig {
+                    perplexity: 30.0,
+                    epochs: self.tsne_epochs,
+                    theta: 0.5,
+                },
+            );
+            let scores = |c: &[f32]| {
+                json!({
+                    "neighbourhood_preservation": round(neighbourhood_preservation(points, hidden, c, 2, K), 4),
+                    "trustworthiness": round(trustworthiness(points, hidden, c, 2, K), 4),
+                })
+            };
+            projections.push(json!({
+                "layer": l,
+                "pca": {
+                    "coords": coords.iter().map(|&v| round(v as f64, 4)).collect::<Vec<_>>(),
+                    "explained_variance_ratio": fit.explained_variance_ratio.iter().map(|&v| round(v, 4)).collect::<Vec<_>>(),
+                    "scores": scores(&coords),
+                },
+                "tsne": {
+                    "coords": t.iter().map(|&v| round(v as f64, 3)).collect::<Vec<_>>(),
+                    "scores": scores(&t),
+                },
+            }));
+            bar.inc(1);
+        }
+        bar.finish();
+
+        // 3. Head importance and the pruning curve (skipped for side networks/prompts, whose
+        //    heads are not the backbone's alone).
+        let mut heads = Value::Null;
+        if model.side.is_none() && model.bert.prompt.is_none() {
+            let subset: Vec<&Example> = dev.iter().take(self.importance_examples).copied().collect();
+            let batches: Vec<Vec<&Example>> = subset.chunks(BATCH).map(|c| c.to_vec()).collect();
+            let bar = progress(2 * batches.len(), "importance");
+            let loss_of = |bert: &kiln::model::BertModel<B>, i: usize| {
+                let enc = encode(&tok, &batches[i]).expect("encodes");
+                let [input_ids, types, mask] = ids::<B>(&enc, &device);
+                let mut m = model.clone();
+                m.bert = bert.clone();
+                let logits = m.forward(input_ids, types, mask);
+                bar.inc(1);
+                m.loss(logits, &targets::<B>(&batches[i], &device))
+            };
+            let gate = head_importance(&model.bert, batches.len(), true, &loss_of);
+            let taylor = taylor_importance(&model.bert, batches.len(), &loss_of);
+            bar.finish();
+            let total: usize = gate.iter().map(Vec::len).sum();
+            let mut curve = Vec::new();
+            let mut metric = String::new();
+            let owned: Vec<Example> = subset.iter().map(|e| (*e).clone()).collect();
+            for share in [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] {
+                let count = (share * total as f64).round() as usize;
+                let mut pruned = inner.clone();
+                set_head_gates(&mut pruned.bert, Some(&prune_least_important(&gate, count)));
+                let m = kiln::tune::trainer::evaluate(&pruned, &tok, task, &owned, 64, &device)?;
+                metric.clone_from(&m.primary);
+                curve.push(json!({"pruned": count, "share": share, "metric": round(m.primary_value(), 4)}));
+            }
+            let round2 = |m: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
+                m.iter().map(|r| r.iter().map(|&v| round(v, 6)).collect()).collect()
+            };
+            heads = json!({
+                "gate": round2(&gate),
+                "taylor": round2(&taylor),
+                "examples": subset.len(),
+                "pruning": curve,
+                "metric": metric,
+            });
+        }
+
+        // 4. Instances.
+        let mut instances = Vec::new();
+        let chosen = dev.len().min(self.instances);
+        let bar = progress(chosen, "instances");
+        for (index, e) in dev.iter().take(chosen).enumerate() {
+            let enc = encode(&tok, &[*e])?;
+            let s = enc.seq;
+            let tokens: Vec<String> = enc
+                .input_ids
+                .iter()
+                .map(|&id| tok.token(id as u32).unwrap_or_else(|| format!("#{id}")))
+                .collect();
+            let [input_ids, types, mask] = ids::<I<B>>(&enc, &device);
+            let out = inner.bert.forward(input_ids.clone(), Some(types.clone()), Some(mask.clone()), capture());
+            let attentions: Vec<Tensor<I<B>, 4>> = out
+                .layers
+                .iter()
+                .map(|l| l.attention_probs.clone().expect("captured"))
+                .collect();
+            let heads_n = attentions[0].dims()[1];
+            let mut att_bytes = Vec::with_capacity(layers * heads_n * s * s);
+            for a in &attentions {
+                att_bytes.extend(floats(a.clone()).iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8));
+            }
+            let roll = floats(rollout(&attentions, mask.clone()).slice([0..1, 0..1, 0..s]));
+            let vz = value_zeroing(&inner.bert, input_ids.clone(), Some(types.clone()), mask.clone(), 16);
+            let vz_roll = floats(rollout_matrices(&vz, mask.clone(), false).slice([0..1, 0..1, 0..s]));
+            let mut mixing = Vec::new();
+            for (l, layer) in inner.bert.encoder.layer.iter().enumerate() {
+                let r = analyse_layer(layer, &out.layers[l], mask.clone(), 1e-12);
+                mixing.push(json!({
+                    "attn_w": round(floats(r.attn_w).iter().sum::<f32>() as f64 / s as f64, 4),
+                    "attn_n": round(floats(r.attn_n).iter().sum::<f32>() as f64 / s as f64, 4),
+                    "attnres_n": round(floats(r.attnres_n).iter().sum::<f32>() as f64 / s as f64, 4),
+                    "attnresln_n": round(floats(r.attnresln_n).iter().sum::<f32>() as f64 / s as f64, 4),
+                }));
+            }
+            // Gradient attributions of the predicted class logit (regression: the score).
+            let mut saliency = Value::Null;
+            if model.side.is_none() && model.bert.prompt.is_none() {
+                let [aid, atypes, amask] = ids::<B>(&enc, &device);
+                let logits = floats(inner.forward(input_ids.clone(), types.clone(), mask.clone()));
+                let class = if regression {
+                    0
+                } else {
+                    (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap_or(0)
+                };
+                let f = |emb: Tensor<B, 3>| {
+                    let h = model.bert.encode(emb, Some(amask.clone()), Capture::none()).last_hidden_state;
+                    let pooled = model.bert.pooler.as_ref().expect("pooler").forward(h);
+                    let out = model.classifier.forward(pooled);
+                    out.slice([0..1, class..class + 1]).reshape([1])
+                };
+                let emb = model.bert.embed(aid.clone(), Some(atypes.clone())).detach();
+                let pad = model.bert.embed(aid.zeros_like(), Some(atypes.clone())).detach();
+                let (gx, _) = gradient_x_input(emb.clone(), &f);
+                let (ig, ig_tok) = integrated_gradients(emb.clone(), Some(pad.clone()), self.ig_steps, &f);
+                let fx = floats(f(emb).inner())[0];
+                let f0 = floats(f(pad).inner())[0];
+                let l2 = |t: Tensor<I<B>, 3>| floats(t.powf_scalar(2.0).sum_dim(2).sqrt().reshape([s]));
+                let ig_sum: f32 = floats(ig_tok.clone()).iter().sum();
+                saliency = json!({
+                    "class": class,
+                    "grad_x_input": floats(gx.clone().sum_dim(2).reshape([s])).iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
+                    "grad_x_input_l2": l2(gx).iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
+                    "integrated_gradients": floats(ig_tok.reshape([s])).iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
+                    "integrated_gradients_l2": l2(ig).iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
+                    "ig_completeness": {"sum": ig_sum, "f_x": fx, "f_baseline": f0, "steps": self.ig_steps},
+                });
+            }
+            instances.push(json!({
+                "example": index,
+                "tokens": tokens,
+                "attention": {
+                    "layers": layers, "heads": heads_n, "seq": s,
+                    "encoding": "u8 base64, value/255, [layer][head][query][key]",
+                    "data": base64::engine::general_purpose::STANDARD.encode(&att_bytes),
+                },
+                "rollout": roll.iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
+                "value_zeroing_rollout": vz_roll.iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
+                "mixing": mixing,
+                "saliency": saliency,
+            }));
+            bar.inc(1);
+        }
+        bar.finish();
+
+        let analysis = json!({
+            "format": "kiln.analysis.v1",
+            "task": task.short_name(),
+            "strategy": tuning.name(),
+            "regression": regression,
+            "num_labels": task.num_labels(),
+            "split": "dev",
+            "examples": examples,
+            "projection": {"of": if self.mean_pool { "mean of the hidden states over real tokens" } else { "[CLS] hidden state" }, "k": K, "layers": projections},
+            "heads": heads,
+            "instances": instances,
+        });
+        let dir = self.run.join("analysis");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join("analysis.json");
+        kiln::tune::checkpoint::write_atomic(&path, serde_json::to_string(&analysis)?.as_bytes())?;
+        Ok(path)
+    }
+}
+
