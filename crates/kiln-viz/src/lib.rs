@@ -7,10 +7,14 @@
 //! close the element or be parsed as markup (`<`, `>`, `&`, U+2028/9 become `\uXXXX`), and
 //! the page inserts every string with `textContent`, never `innerHTML`.
 //!
-//! Today's views: training curves (loss, learning rate, gradient norm, dev metrics), the
-//! data map (confidence vs variability, from `dynamics.jsonl`), the strategy and
-//! trainable-parameter summary, final results. Drawn on `<canvas>`, so thousands of points
-//! stay cheap.
+//! Views: training curves (loss, learning rate, gradient norm, dev metrics), the data map
+//! (confidence vs variability, from `dynamics.jsonl`), the strategy and trainable-parameter
+//! summary, final results; and, when `RUN/analysis/analysis.json` exists (`cargo xtask lens
+//! analyse`), the projection of per-example hidden states (layer, PCA/t-SNE, colour, filters,
+//! box selection, zoom, with the projection's distortion scores) linked to a sortable example
+//! table, the head-importance grid with the pruning curve, and the instance view (tokens shaded
+//! by IG, gradient × input or rollout; a head's attention map; mixing ratios per layer). Drawn
+//! on `<canvas>`, so thousands of points stay cheap.
 //!
 //! **Owns:** reading run files and rendering. **Must not touch:** training, models, analysis
 //! arithmetic (it only displays what `kiln-tune` and `kiln-lens` wrote).
@@ -45,6 +49,7 @@ pub enum ReportError {
 
 const PAGE: &str = include_str!("../assets/report.html");
 const SCRIPT: &str = include_str!("../assets/report.js");
+const ANALYSIS: &str = include_str!("../assets/analysis.js");
 const STYLE: &str = include_str!("../assets/report.css");
 
 fn read(path: &Path) -> Result<Option<String>, ReportError> {
@@ -103,6 +108,7 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
         "dynamics": dynamics,
         "transfer": json_lines(&run.join("transfer.jsonl"))?,
         "texts": texts,
+        "analysis": json_file(&run.join("analysis").join("analysis.json"))?,
     }))
 }
 
@@ -128,6 +134,7 @@ pub fn embed_json(value: &Value) -> String {
 pub fn render(data: &Value) -> String {
     PAGE.replace("/*STYLE*/", STYLE)
         .replace("/*SCRIPT*/", SCRIPT)
+        .replace("/*ANALYSIS*/", ANALYSIS)
         .replace("{{DATA}}", &embed_json(data))
 }
 
@@ -169,7 +176,7 @@ mod tests {
             assert!(!html.contains(needle), "{needle}");
         }
         // The page never uses innerHTML.
-        assert!(!SCRIPT.contains("innerHTML"));
+        assert!(!SCRIPT.contains("innerHTML") && !ANALYSIS.contains("innerHTML"));
     }
 
     #[test]

@@ -1,0 +1,325 @@
+"use strict";
+// kiln report, analysis views (RUN/analysis/analysis.json, written by `cargo xtask lens
+// analyse`): projection ↔ table (linked selection and filters), head grid + pruning curve,
+// instance view (token saliency, attention of a head, mixing ratios). Strings only ever go
+// through textContent. Canvas everywhere: one draw call per point, no DOM node per point.
+// State for tests: #projection[data-drawn], #examples[data-rows], body[data-ready].
+(function () {
+  const data = JSON.parse(document.getElementById("kiln-data").textContent);
+  const A = data.analysis;
+  const palette = ["#2f6fde", "#d9480f", "#2b8a3e", "#862e9c", "#e67700", "#0b7285"];
+  function text(el, s) { el.textContent = s == null ? "" : String(s); }
+  function fmt(v, d) { return typeof v === "number" ? v.toFixed(d == null ? 3 : d) : (v == null ? "—" : String(v)); }
+  function option(select, value, label) {
+    const o = document.createElement("option"); o.value = String(value); text(o, label); select.appendChild(o);
+  }
+  function ramp(t) { // 0 → light, 1 → dark blue
+    t = Math.max(0, Math.min(1, t));
+    const c = [Math.round(240 - 200 * t), Math.round(244 - 150 * t), Math.round(250 - 60 * t)];
+    return "rgb(" + c.join(",") + ")";
+  }
+  function diverging(t) { // -1 red … 0 white … 1 blue
+    t = Math.max(-1, Math.min(1, t));
+    const a = Math.abs(t);
+    return t >= 0 ? "rgba(47,111,222," + a + ")" : "rgba(217,72,15," + a + ")";
+  }
+  function params() {
+    const out = {};
+    location.hash.replace(/^#/, "").split("&").filter(Boolean).forEach(kv => {
+      const [k, v] = kv.split("="); out[decodeURIComponent(k)] = decodeURIComponent(v || "");
+    });
+    return out;
+  }
+  if (!A || !A.examples) { document.body.dataset.ready = "1"; return; }
+
+  const ex = A.examples.map((e, i) => Object.assign({ index: i }, e));
+  const regression = !!A.regression;
+  ex.forEach(e => {
+    e.textShown = Array.isArray(e.text) ? e.text[0] + "  ‖  " + e.text[1] : String(e.text);
+    e.correct = regression ? null : e.prediction === e.label;
+  });
+  const state = { selected: null, sortKey: "index", sortDir: 1, view: null, focusInstance: 0, focusHead: [0, 0], focusToken: 0 };
+
+  // ---------- filters and selection ----------
+  const filterSel = document.getElementById("proj-filter");
+  const minLoss = document.getElementById("proj-minloss");
+  function passes(e) {
+    const f = filterSel.value;
+    if (f === "correct" && e.correct !== true) return false;
+    if (f === "wrong" && e.correct !== false) return false;
+    return e.loss >= (+minLoss.value || 0);
+  }
+  function visible(e) { return passes(e) && (state.selected == null || state.selected.has(e.index)); }
+
+  // ---------- projection ----------
+  const proj = document.getElementById("projection");
+  const layerSel = document.getElementById("proj-layer");
+  const methodSel = document.getElementById("proj-method");
+  const colourSel = document.getElementById("proj-colour");
+  const layers = A.projection.layers;
+  layers.forEach((p, k) => option(layerSel, k, "layer " + p.layer));
+  layerSel.value = String(layers.length - 1);
+  if (regression) { colourSel.querySelector('option[value="correct"]').remove(); colourSel.querySelector('option[value="p_gold"]').remove(); }
+  function coords() {
+    const p = layers[+layerSel.value][methodSel.value];
+    return p ? p.coords : [];
+  }
+  function bounds(c) {
+    let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+    for (let i = 0; i < c.length; i += 2) { x0 = Math.min(x0, c[i]); x1 = Math.max(x1, c[i]); y0 = Math.min(y0, c[i + 1]); y1 = Math.max(y1, c[i + 1]); }
+    const px = (x1 - x0) * 0.05 || 1, py = (y1 - y0) * 0.05 || 1;
+    return { x0: x0 - px, x1: x1 + px, y0: y0 - py, y1: y1 + py };
+  }
+  function colourOf(e, range) {
+    const c = colourSel.value;
+    if (c === "label") return regression ? ramp((e.label - range.lmin) / (range.lmax - range.lmin || 1)) : palette[e.label % palette.length];
+    if (c === "prediction") return regression ? ramp((e.prediction - range.lmin) / (range.lmax - range.lmin || 1)) : palette[e.prediction % palette.length];
+    if (c === "correct") return e.correct ? "#2b8a3e" : "#c92a2a";
+    if (c === "p_gold") return ramp(e.p_gold);
+    return ramp(e.loss / (range.maxLoss || 1));
+  }
+  const toScreen = (v, x, y) => [(x - v.x0) / (v.x1 - v.x0) * proj.width, proj.height - (y - v.y0) / (v.y1 - v.y0) * proj.height];
+  const toData = (v, sx, sy) => [v.x0 + sx / proj.width * (v.x1 - v.x0), v.y0 + (proj.height - sy) / proj.height * (v.y1 - v.y0)];
+  let drag = null;
+  function drawProjection() {
+    const c = coords();
+    if (!state.view) state.view = bounds(c);
+    const v = state.view, ctx = proj.getContext("2d");
+    ctx.clearRect(0, 0, proj.width, proj.height);
+    const range = {
+      maxLoss: Math.max(...ex.map(e => e.loss)),
+      lmin: Math.min(...ex.map(e => +e.label)), lmax: Math.max(...ex.map(e => +e.label)),
+    };
+    let drawn = 0;
+    for (const dim of [true, false]) { // unselected first, dimmed; then the visible ones
+      for (const e of ex) {
+        if (!passes(e)) continue;
+        const sel = state.selected == null || state.selected.has(e.index);
+        if (sel === dim) continue;
+        const [x, y] = toScreen(v, c[2 * e.index], c[2 * e.index + 1]);
+        if (x < 0 || y < 0 || x > proj.width || y > proj.height) continue;
+        ctx.globalAlpha = dim ? 0.15 : 0.85;
+        ctx.fillStyle = colourOf(e, range);
+        ctx.fillRect(x - 2.5, y - 2.5, 5, 5);
+        if (!dim) drawn++;
+      }
+    }
+    ctx.globalAlpha = 1;
+    if (drag && drag.end) {
+      ctx.strokeStyle = "#1d2330"; ctx.setLineDash([4, 3]);
+      ctx.strokeRect(drag.start[0], drag.start[1], drag.end[0] - drag.start[0], drag.end[1] - drag.start[1]);
+      ctx.setLineDash([]);
+    }
+    proj.dataset.drawn = String(drawn);
+    const p = layers[+layerSel.value][methodSel.value];
+    const s = p && p.scores;
+    text(document.getElementById("proj-scores"), s ? ("Distortion at k = " + A.projection.k + ": neighbourhood preservation " + fmt(s.neighbourhood_preservation) +
+      ", trustworthiness " + fmt(s.trustworthiness) + (p.explained_variance_ratio ? "; explained variance " + p.explained_variance_ratio.map(x => fmt(100 * x, 1) + "%").join(" + ") : "") +
+      ". Points: " + A.projection.of + ".") : "");
+  }
+  function mouse(ev) { const r = proj.getBoundingClientRect(); return [(ev.clientX - r.left) * proj.width / r.width, (ev.clientY - r.top) * proj.height / r.height]; }
+  proj.addEventListener("mousedown", ev => { drag = { start: mouse(ev), end: null }; });
+  proj.addEventListener("mousemove", ev => {
+    const m = mouse(ev);
+    if (drag) { drag.end = m; drawProjection(); return; }
+    const c = coords(); let best = null, bd = 36;
+    for (const e of ex) {
+      if (!visible(e)) continue;
+      const [x, y] = toScreen(state.view, c[2 * e.index], c[2 * e.index + 1]);
+      const d = (x - m[0]) ** 2 + (y - m[1]) ** 2;
+      if (d < bd) { bd = d; best = e; }
+    }
+    text(document.getElementById("proj-hover"), best ? "#" + best.index + "  label " + best.label + "  prediction " + best.prediction + "  loss " + fmt(best.loss) + "\n" + best.textShown : "");
+  });
+  window.addEventListener("mouseup", () => {
+    if (!drag) return;
+    const d = drag; drag = null;
+    if (d.end && Math.abs(d.end[0] - d.start[0]) > 3 && Math.abs(d.end[1] - d.start[1]) > 3) {
+      const [ax, ay] = toData(state.view, d.start[0], d.start[1]), [bx, by] = toData(state.view, d.end[0], d.end[1]);
+      const c = coords(), sel = new Set();
+      for (const e of ex) {
+        const x = c[2 * e.index], y = c[2 * e.index + 1];
+        if (x >= Math.min(ax, bx) && x <= Math.max(ax, bx) && y >= Math.min(ay, by) && y <= Math.max(ay, by)) sel.add(e.index);
+      }
+      state.selected = sel;
+    }
+    update();
+  });
+  proj.addEventListener("wheel", ev => {
+    ev.preventDefault();
+    const v = state.view, [mx, my] = toData(v, ...mouse(ev)), f = ev.deltaY > 0 ? 1.2 : 1 / 1.2;
+    state.view = { x0: mx + (v.x0 - mx) * f, x1: mx + (v.x1 - mx) * f, y0: my + (v.y0 - my) * f, y1: my + (v.y1 - my) * f };
+    drawProjection();
+  }, { passive: false });
+  proj.addEventListener("dblclick", () => { state.view = null; drawProjection(); });
+  [layerSel, methodSel].forEach(s => s.addEventListener("change", () => { state.view = null; drawProjection(); }));
+  colourSel.addEventListener("change", drawProjection);
+  [filterSel, minLoss].forEach(s => s.addEventListener("input", update));
+  document.getElementById("proj-clear").addEventListener("click", () => { state.selected = null; update(); });
+
+  // ---------- table ----------
+  const table = document.getElementById("examples"), tbody = table.querySelector("tbody");
+  table.querySelectorAll("th[data-key]").forEach(th => th.addEventListener("click", () => {
+    const k = th.dataset.key;
+    state.sortDir = state.sortKey === k ? -state.sortDir : 1; state.sortKey = k; drawTable();
+  }));
+  const instanceOf = new Map((A.instances || []).map((inst, k) => [inst.example, k]));
+  function drawTable() {
+    const rows = ex.filter(visible);
+    const key = state.sortKey === "text" ? "textShown" : state.sortKey;
+    rows.sort((a, b) => {
+      const x = a[key], y = b[key];
+      return (x < y ? -1 : x > y ? 1 : 0) * state.sortDir;
+    });
+    tbody.replaceChildren();
+    const limit = 500;
+    for (const e of rows.slice(0, limit)) {
+      const tr = document.createElement("tr");
+      [e.index, e.textShown, e.label, e.prediction, fmt(e.p_gold), fmt(e.loss)].forEach((v, i) => {
+        const td = document.createElement("td"); text(td, v);
+        td.className = i === 1 ? "text" : "num"; tr.appendChild(td);
+      });
+      if (instanceOf.has(e.index)) {
+        tr.title = "token-level view available: click";
+        tr.addEventListener("click", () => { state.focusInstance = instanceOf.get(e.index); instPick.value = String(state.focusInstance); drawInstance(); });
+      }
+      tbody.appendChild(tr);
+    }
+    table.dataset.rows = String(rows.length);
+    text(document.getElementById("table-count"), rows.length + " of " + ex.length + " dev examples" +
+      (rows.length > limit ? " (first " + limit + " shown)" : "") + (state.selected ? "; selection of " + state.selected.size : "") + ". Click a header to sort.");
+  }
+  function update() { drawProjection(); drawTable(); }
+
+  // ---------- heads ----------
+  const H = A.heads;
+  const grid = document.getElementById("head-grid"), scoreSel = document.getElementById("head-score");
+  function drawHeads() {
+    if (!H) return;
+    const m = H[scoreSel.value], L = m.length, N = m[0].length, ctx = grid.getContext("2d");
+    const max = Math.max(...m.flat()) || 1, left = 56, top = 20;
+    const cw = (grid.width - left - 10) / N, ch = (grid.height - top - 10) / L;
+    ctx.clearRect(0, 0, grid.width, grid.height);
+    ctx.font = "11px sans-serif"; ctx.fillStyle = "#5b6475";
+    for (let h = 0; h < N; h++) ctx.fillText("h" + h, left + h * cw + cw / 2 - 6, 14);
+    for (let l = 0; l < L; l++) {
+      ctx.fillStyle = "#5b6475"; ctx.fillText("layer " + l, 4, top + l * ch + ch / 2 + 4);
+      for (let h = 0; h < N; h++) {
+        ctx.fillStyle = ramp(m[l][h] / max); ctx.fillRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2);
+        if (l === state.focusHead[0] && h === state.focusHead[1]) { ctx.strokeStyle = "#d9480f"; ctx.lineWidth = 2; ctx.strokeRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2); }
+      }
+    }
+    grid.dataset.cells = String(L * N);
+    grid.onclick = ev => {
+      const r = grid.getBoundingClientRect();
+      const x = (ev.clientX - r.left) * grid.width / r.width, y = (ev.clientY - r.top) * grid.height / r.height;
+      const h = Math.floor((x - left) / cw), l = Math.floor((y - top) / ch);
+      if (h >= 0 && h < N && l >= 0 && l < L) { state.focusHead = [l, h]; instLayer.value = String(l); instHead.value = String(h); drawHeads(); drawInstance(); }
+    };
+    const pr = document.getElementById("pruning"), c = pr.getContext("2d");
+    const pts = H.pruning, W = pr.width, Ht = pr.height, Lm = 48, B = 28;
+    c.clearRect(0, 0, W, Ht);
+    const ys = pts.map(p => p.metric), y0 = Math.min(0, ...ys), y1 = Math.max(...ys, 1e-9);
+    const sx = s => Lm + s * (W - Lm - 10) / 0.9, sy = y => Ht - B - (y - y0) / (y1 - y0) * (Ht - B - 10);
+    c.strokeStyle = "#c5ccd8"; c.beginPath(); c.moveTo(Lm, 10); c.lineTo(Lm, Ht - B); c.lineTo(W - 10, Ht - B); c.stroke();
+    c.fillStyle = "#5b6475"; c.font = "11px sans-serif";
+    [y0, (y0 + y1) / 2, y1].forEach(y => c.fillText(fmt(y, 2), 4, sy(y) + 4));
+    pts.forEach(p => c.fillText(Math.round(100 * p.share) + "%", sx(p.share) - 8, Ht - 10));
+    c.strokeStyle = palette[0]; c.lineWidth = 1.5; c.beginPath();
+    pts.forEach((p, i) => i ? c.lineTo(sx(p.share), sy(p.metric)) : c.moveTo(sx(p.share), sy(p.metric))); c.stroke();
+    text(document.getElementById("pruning-caption"), "dev " + H.metric + " (" + H.examples + " examples) with the least important heads (gate score) masked");
+  }
+  scoreSel.addEventListener("change", drawHeads);
+
+  // ---------- instance ----------
+  const I = A.instances || [];
+  const instPick = document.getElementById("inst-pick"), instMethod = document.getElementById("inst-method");
+  const instLayer = document.getElementById("inst-layer"), instHead = document.getElementById("inst-head");
+  const attCache = new Map();
+  function attention(k) {
+    if (!attCache.has(k)) {
+      const bin = atob(I[k].attention.data), arr = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) arr[i] = bin.charCodeAt(i);
+      attCache.set(k, arr);
+    }
+    return attCache.get(k);
+  }
+  function drawInstance() {
+    if (!I.length) return;
+    const inst = I[+instPick.value], s = inst.attention.seq, nh = inst.attention.heads;
+    const l = +instLayer.value, h = +instHead.value;
+    const method = instMethod.value;
+    let scores = inst[method] || (inst.saliency && inst.saliency[method]);
+    const info = [];
+    const e = ex[inst.example];
+    info.push("#" + inst.example + ": label " + e.label + ", prediction " + e.prediction + (inst.saliency ? ", attributions to output " + inst.saliency.class : ""));
+    if (method === "integrated_gradients" && inst.saliency) {
+      const c = inst.saliency.ig_completeness;
+      info.push("completeness: Σ attributions " + fmt(c.sum) + " vs f(x) − f(baseline) " + fmt(c.f_x - c.f_baseline) + " (" + c.steps + " steps)");
+    }
+    if (!scores) { scores = inst.tokens.map(() => 0); info.push("(not available for this run)"); }
+    text(document.getElementById("inst-info"), info.join("; "));
+    const box = document.getElementById("inst-tokens"); box.replaceChildren();
+    const isRollout = method.indexOf("rollout") >= 0;
+    const scale = Math.max(...scores.map((v, i) => isRollout && i === 0 ? 0 : Math.abs(v))) || 1;
+    inst.tokens.forEach((t, i) => {
+      const span = document.createElement("span"); text(span, t);
+      span.style.background = isRollout ? ramp(scores[i] / scale) : diverging(scores[i] / scale);
+      span.title = t + ": " + fmt(scores[i], 4);
+      if (i === state.focusToken) span.className = "focus";
+      span.addEventListener("click", () => { state.focusToken = i; drawInstance(); });
+      box.appendChild(span);
+    });
+    box.dataset.tokens = String(inst.tokens.length);
+    // Attention map of (layer, head); the focused token's row is outlined.
+    const att = attention(+instPick.value), cv = document.getElementById("inst-attention"), ctx = cv.getContext("2d");
+    const cell = cv.width / s;
+    ctx.clearRect(0, 0, cv.width, cv.height);
+    const base = (l * nh + h) * s * s;
+    for (let i = 0; i < s; i++) for (let j = 0; j < s; j++) { ctx.fillStyle = ramp(att[base + i * s + j] / 255); ctx.fillRect(j * cell, i * cell, cell, cell); }
+    const ft = Math.min(state.focusToken, s - 1);
+    ctx.strokeStyle = "#d9480f"; ctx.lineWidth = 2; ctx.strokeRect(0, ft * cell, cv.width, cell);
+    const row = [];
+    for (let j = 0; j < s; j++) row.push([att[base + ft * s + j] / 255, j]);
+    row.sort((a, b) => b[0] - a[0]);
+    text(document.getElementById("att-caption"), "layer " + l + ", head " + h + ": \"" + inst.tokens[ft] + "\" attends most to " +
+      row.slice(0, 3).map(([v, j]) => "\"" + inst.tokens[j] + "\" " + fmt(v, 2)).join(", "));
+    // Mixing ratios per layer.
+    const mv = document.getElementById("inst-mixing"), mc = mv.getContext("2d"), keys = ["attn_w", "attn_n", "attnres_n", "attnresln_n"];
+    const labels = { attn_w: "Attn-W", attn_n: "Attn-N", attnres_n: "AttnRes-N", attnresln_n: "AttnResLn-N" };
+    const W = mv.width, Hh = mv.height, Lm = 40, B = 24, n = inst.mixing.length;
+    mc.clearRect(0, 0, W, Hh);
+    const sx = k => Lm + k * (W - Lm - 10) / Math.max(1, n - 1), sy = y => Hh - B - y * (Hh - B - 10);
+    mc.strokeStyle = "#c5ccd8"; mc.beginPath(); mc.moveTo(Lm, 10); mc.lineTo(Lm, Hh - B); mc.lineTo(W - 10, Hh - B); mc.stroke();
+    mc.fillStyle = "#5b6475"; mc.font = "11px sans-serif";
+    [0, 0.5, 1].forEach(y => mc.fillText(String(y), 8, sy(y) + 4));
+    for (let k = 0; k < n; k++) mc.fillText("L" + k, sx(k) - 6, Hh - 8);
+    const legend = document.getElementById("mixing-legend"); legend.replaceChildren();
+    keys.forEach((key, c) => {
+      mc.strokeStyle = palette[c]; mc.lineWidth = 1.5; mc.beginPath();
+      inst.mixing.forEach((m, k) => k ? mc.lineTo(sx(k), sy(m[key])) : mc.moveTo(sx(k), sy(m[key]))); mc.stroke();
+      const sp = document.createElement("span"); sp.style.color = palette[c]; text(sp, "■ " + labels[key]); legend.appendChild(sp);
+    });
+  }
+  if (I.length) {
+    I.forEach((inst, k) => option(instPick, k, "#" + inst.example + " " + ex[inst.example].textShown.slice(0, 60)));
+    for (let l = 0; l < I[0].attention.layers; l++) option(instLayer, l, String(l));
+    for (let h = 0; h < I[0].attention.heads; h++) option(instHead, h, String(h));
+    if (!I[0].saliency) instMethod.value = "rollout";
+    [instPick, instMethod, instLayer, instHead].forEach(s => s.addEventListener("change", () => {
+      state.focusHead = [+instLayer.value, +instHead.value]; drawInstance(); drawHeads();
+    }));
+  }
+
+  // ---------- start ----------
+  const p = params();
+  if (p.filter) filterSel.value = p.filter;
+  if (p.minloss) minLoss.value = p.minloss;
+  if (p.method) methodSel.value = p.method;
+  if (p.select) state.selected = new Set(p.select.split(",").map(Number));
+  ["projection", "table"].forEach(id => { document.getElementById(id + "-section").hidden = false; });
+  document.getElementById("heads-section").hidden = !H;
+  document.getElementById("instance-section").hidden = !I.length;
+  update(); drawHeads(); drawInstance();
+  document.body.dataset.ready = "1";
+})();

@@ -1,0 +1,191 @@
+//! The report in a real browser (headless Chromium): every view renders without a script
+//! error, the table and projection agree under filters and selections given in the URL, and a
+//! hostile sentence is shown as text and never runs. Screenshots go to
+//! `$CARGO_TARGET_TMPDIR/report-*.png` (kept as artifacts).
+//!
+//! Needs `chromium` on PATH (Debian: `apt-get install chromium`; `.ci/run` installs it) or
+//! `KILN_CHROMIUM=/path/to/chrome`; without one the test fails saying so.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use base64::Engine;
+use serde_json::{json, Value};
+
+const XSS: &str = "</script><script>document.body.dataset.pwned='1'</script><img src=x onerror=\"document.body.dataset.pwned='2'\"> &amp; \"quoted\"";
+
+fn chromium() -> PathBuf {
+    if let Some(p) = std::env::var_os("KILN_CHROMIUM") {
+        return PathBuf::from(p);
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        if let Ok(out) = Command::new("which").arg(name).output() {
+            if out.status.success() {
+                return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            }
+        }
+    }
+    panic!("no headless browser: install Debian's chromium (`apt-get install chromium`, as .ci/run does) or set KILN_CHROMIUM");
+}
+
+fn flags(profile: &Path) -> Vec<String> {
+    [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--virtual-time-budget=5000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("--user-data-dir={}", profile.display())])
+    .collect()
+}
+
+/// The DOM after the scripts ran.
+fn dump(page: &Path, fragment: &str, profile: &Path) -> String {
+    let out = Command::new(chromium())
+        .args(flags(profile))
+        .arg("--dump-dom")
+        .arg(format!("file://{}{fragment}", page.display()))
+        .output()
+        .expect("browser runs");
+    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn tag_attr(tag: &str, name: &str) -> Option<String> {
+    let key = format!(" {name}=\"");
+    let v = tag.find(&key)? + key.len();
+    Some(tag[v..v + tag[v..].find('"')?].to_string())
+}
+
+/// Attribute `name` of the element with id `id`.
+fn attr(dom: &str, id: &str, name: &str) -> Option<String> {
+    let at = dom.find(&format!("id=\"{id}\""))?;
+    let start = dom[..at].rfind('<')?;
+    tag_attr(&dom[start..start + dom[start..].find('>')?], name)
+}
+
+fn body_attr(dom: &str, name: &str) -> Option<String> {
+    let at = dom.find("<body")?;
+    tag_attr(&dom[at..at + dom[at..].find('>')?], name)
+}
+
+/// A run directory with training logs and an analysis of 300 examples (2 classes, 3
+/// layers × 4 heads, 2 instances), one of them the hostile sentence.
+fn fixture_run(dir: &Path) -> Vec<Value> {
+    std::fs::write(dir.join("config.json"), r#"{"task":"sst2","train":{"epochs":1}}"#).unwrap();
+    std::fs::write(
+        dir.join("metrics.jsonl"),
+        (1..=5)
+            .map(|s| format!("{{\"kind\":\"train\",\"step\":{s},\"loss\":{},\"lr\":1e-5,\"grad_norm\":1.0}}\n", 1.0 / s as f64))
+            .collect::<String>(),
+    )
+    .unwrap();
+    let n = 300;
+    let examples: Vec<Value> = (0..n)
+        .map(|i| {
+            let label = i % 2;
+            let prediction = if i % 7 == 0 { 1 - label } else { label };
+            let text = if i == 3 { XSS.to_string() } else { format!("example sentence number {i}") };
+            json!({"text": text, "label": label, "prediction": prediction,
+                   "p_gold": if prediction == label { 0.9 } else { 0.2 },
+                   "loss": if prediction == label { 0.1 } else { 1.6 }})
+        })
+        .collect();
+    let coords = |shift: f64| -> Vec<f64> {
+        (0..n)
+            .flat_map(|i| {
+                let a = i as f64 * 0.37;
+                [a.cos() * (1.0 + (i % 2) as f64) + shift, a.sin() * (1.0 + (i % 2) as f64)]
+            })
+            .collect()
+    };
+    let layers: Vec<Value> = (1..=3)
+        .map(|l| {
+            let scores = json!({"neighbourhood_preservation": 0.5, "trustworthiness": 0.9});
+            json!({"layer": l,
+                   "pca": {"coords": coords(0.0), "explained_variance_ratio": [0.4, 0.2], "scores": scores},
+                   "tsne": {"coords": coords(5.0), "scores": scores}})
+        })
+        .collect();
+    let instance = |example: usize, s: usize| {
+        let bytes: Vec<u8> = (0..3 * 4 * s * s).map(|k| (k % 256) as u8).collect();
+        json!({
+            "example": example,
+            "tokens": (0..s).map(|t| if t == 1 { "<b>bold?</b>".to_string() } else { format!("tok{t}") }).collect::<Vec<_>>(),
+            "attention": {"layers": 3, "heads": 4, "seq": s, "data": base64::engine::general_purpose::STANDARD.encode(bytes)},
+            "rollout": (0..s).map(|t| 1.0 / (t + 1) as f64).collect::<Vec<_>>(),
+            "value_zeroing_rollout": (0..s).map(|_| 1.0 / s as f64).collect::<Vec<_>>(),
+            "mixing": (0..3).map(|_| json!({"attn_w": 0.9, "attn_n": 0.8, "attnres_n": 0.3, "attnresln_n": 0.25})).collect::<Vec<_>>(),
+            "saliency": {"class": 1, "grad_x_input": (0..s).map(|t| t as f64 - 2.0).collect::<Vec<_>>(),
+                         "integrated_gradients": (0..s).map(|t| 0.1 * t as f64).collect::<Vec<_>>(),
+                         "ig_completeness": {"sum": 1.0, "f_x": 1.5, "f_baseline": 0.49, "steps": 32}},
+        })
+    };
+    let analysis = json!({
+        "format": "kiln.analysis.v1", "task": "sst2", "regression": false, "num_labels": 2,
+        "examples": examples,
+        "projection": {"of": "[CLS] hidden state", "k": 10, "layers": layers},
+        "heads": {"gate": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.9, 1.0, 0.1, 0.2]],
+                  "taylor": [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [9.0, 1.0, 1.0, 2.0]],
+                  "examples": 64, "metric": "accuracy",
+                  "pruning": (0..10).map(|k| json!({"pruned": k, "share": k as f64 / 10.0, "metric": 0.9 - 0.05 * k as f64})).collect::<Vec<_>>()},
+        "instances": [instance(3, 6), instance(10, 9)],
+    });
+    std::fs::create_dir_all(dir.join("analysis")).unwrap();
+    std::fs::write(dir.join("analysis/analysis.json"), analysis.to_string()).unwrap();
+    examples
+}
+
+#[test]
+fn report_views_render_and_stay_linked_in_a_real_browser() {
+    let dir = tempfile::tempdir().unwrap();
+    let examples = fixture_run(dir.path());
+    let page = kiln_viz::write_report(dir.path(), None).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let count = |pred: &dyn Fn(&Value) -> bool| examples.iter().filter(|e| pred(e)).count().to_string();
+
+    let dom = dump(&page, "", profile.path());
+    assert_eq!(body_attr(&dom, "data-ready").as_deref(), Some("1"), "the scripts did not finish");
+    assert_eq!(body_attr(&dom, "data-errors"), None, "script errors: {dom:.2000}");
+    assert_eq!(body_attr(&dom, "data-pwned"), None, "the hostile sentence ran");
+    assert_eq!(attr(&dom, "projection", "data-drawn").as_deref(), Some("300"));
+    assert_eq!(attr(&dom, "examples", "data-rows").as_deref(), Some("300"));
+    assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
+    assert_eq!(attr(&dom, "inst-tokens", "data-tokens").as_deref(), Some("6"));
+    // The hostile sentence is table text (escaped by the DOM serialiser), not markup.
+    assert!(dom.contains("&lt;/script&gt;&lt;script&gt;document.body.dataset.pwned='1'&lt;/script&gt;"));
+    assert!(dom.contains("&lt;b&gt;bold?&lt;/b&gt;"), "a token with markup is shown as text");
+    assert!(!dom.contains("<img src=\"x\""), "no element was created from data");
+
+    // Filtering the table filters the projection: wrong predictions only.
+    let wrong = count(&|e| e["prediction"] != e["label"]);
+    let dom = dump(&page, "#filter=wrong", profile.path());
+    assert_eq!(attr(&dom, "examples", "data-rows"), Some(wrong.clone()));
+    assert_eq!(attr(&dom, "projection", "data-drawn"), Some(wrong));
+    // A selection plus a loss threshold: both views show the intersection.
+    let chosen = [0usize, 1, 2, 7, 14, 21, 100];
+    let both = chosen.iter().filter(|&&i| examples[i]["loss"].as_f64().unwrap() >= 1.0).count().to_string();
+    let dom = dump(&page, "#select=0,1,2,7,14,21,100&minloss=1", profile.path());
+    assert_eq!(attr(&dom, "examples", "data-rows"), Some(both.clone()));
+    assert_eq!(attr(&dom, "projection", "data-drawn"), Some(both));
+
+    // Screenshots as artifacts.
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    for (name, fragment) in [("report-all.png", ""), ("report-wrong.png", "#filter=wrong")] {
+        let out = Command::new(chromium())
+            .args(flags(profile.path()))
+            .arg("--window-size=1400,3600")
+            .arg(format!("--screenshot={}", shots.join(name).display()))
+            .arg(format!("file://{}{fragment}", page.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(std::fs::metadata(shots.join(name)).unwrap().len() > 10_000, "{name} is empty");
+    }
+    println!("screenshots in {}", shots.display());
+}
