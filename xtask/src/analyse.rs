@@ -13,7 +13,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::backend::{BackendJob, DeviceKind};
@@ -34,7 +34,8 @@ use serde_json::{json, Value};
 pub struct AnalyseJob {
     pub model: PathBuf,
     pub run: PathBuf,
-    pub glue_dir: PathBuf,
+    /// The run's dev examples (GLUE dev file, or the demo fixture's).
+    pub dev: Vec<Example>,
     pub max_examples: usize,
     pub importance_examples: usize,
     pub instances: usize,
@@ -114,6 +115,23 @@ fn progress(len: usize, what: &str) -> ProgressBar {
     bar
 }
 
+impl AnalyseJob {
+    /// Settings small enough for the demo (a few seconds on CPU).
+    pub fn quick(model: PathBuf, run: PathBuf, dev: Vec<Example>) -> Self {
+        Self {
+            model,
+            run,
+            dev,
+            max_examples: 300,
+            importance_examples: 64,
+            instances: 8,
+            ig_steps: 16,
+            tsne_epochs: 500,
+            mean_pool: false,
+        }
+    }
+}
+
 impl BackendJob for AnalyseJob {
     type Output = Result<PathBuf>;
 
@@ -125,9 +143,7 @@ impl BackendJob for AnalyseJob {
             serde_json::from_str(&std::fs::read_to_string(self.run.join("config.json"))?)?;
         let max_length = run_config["train"]["max_length"].as_u64().unwrap_or(128) as usize;
         let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), max_length)?;
-        let data = kiln::tune::trainer::load_glue(&self.glue_dir, task)
-            .with_context(|| format!("GLUE data for {} under {}", task.short_name(), self.glue_dir.display()))?;
-        let dev: Vec<&Example> = data.dev.iter().take(self.max_examples).collect();
+        let dev: Vec<&Example> = self.dev.iter().take(self.max_examples).collect();
         if dev.len() < 2 * K + 2 {
             bail!("need at least {} dev examples, found {}", 2 * K + 2, dev.len());
         }

@@ -340,16 +340,19 @@ fn main() -> Result<()> {
             let mut train = demo::demo_config(task.is_none(), epochs, seed);
             train.data_map = !task.is_some_and(|t| t.is_regression());
             let texts = train_texts(&data, train.max_train_examples);
+            let dev = data.dev.clone();
             let outcome = run_on(
                 device,
                 demo::DemoJob {
-                    model,
+                    model: model.clone(),
                     data,
                     train,
                     out: out.clone(),
                 },
             )??;
             demo::print_outcome(&out, &outcome, &what);
+            let analysis = run_on(device, analyse::AnalyseJob::quick(model, out.clone(), dev))??;
+            println!("Analysis: {}", analysis.display());
             println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
         }
         Command::Embed {
@@ -424,12 +427,20 @@ fn main() -> Result<()> {
             let glue_dir = glue_dir
                 .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))
                 .context("no GLUE directory: pass --glue-dir")?;
+            let config: serde_json::Value = serde_json::from_str(
+                &std::fs::read_to_string(run.join("config.json"))
+                    .with_context(|| format!("{}/config.json", run.display()))?,
+            )?;
+            let task = kiln::data::GlueTask::parse(config["task"].as_str().context("config.json has no task")?)?;
+            let dev = kiln::tune::trainer::load_glue(&glue_dir, task)
+                .with_context(|| format!("GLUE data for {} under {}", task.short_name(), glue_dir.display()))?
+                .dev;
             let path = run_on(
                 device,
                 analyse::AnalyseJob {
                     model,
                     run: run.clone(),
-                    glue_dir: glue_dir.clone(),
+                    dev,
                     max_examples,
                     importance_examples,
                     instances,
