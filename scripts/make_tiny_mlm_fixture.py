@@ -44,3 +44,22 @@ save_file(
     os.path.join(out, "reference.safetensors"),
 )
 print(json.dumps({k: list(v.shape) for k, v in {"logits": o.logits}.items()}))
+
+# A WordPiece tokenizer over the fixture's 64 ids, so the fixture is a complete model
+# directory (`cargo xtask lens neurons` runs on it).
+from tokenizers import BertWordPieceTokenizer
+
+WORDS = ["the", "a", "is", "of", "in", "capital", "city", "country", "paris", "france", "rome",
+         "italy", "berlin", "germany", "madrid", "spain", "cat", "dog", "red", "blue", "green",
+         "sky", "grass", "sea", "color", "has", "was", "and", "to", "it", "on", "big", "small",
+         "river", "lives", "speaks", "language", "french", "italian", "german", "spanish",
+         "sun", "moon", "hot", "cold", "water", "fire", "tree", "bird", "fish", "sings", "swims",
+         "flies", "city's", ".", ",", "##s", "##ed", "##ing"]
+specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+vocab = specials + WORDS
+assert len(vocab) == config.vocab_size, len(vocab)
+with open(os.path.join(out, "vocab.txt"), "w") as f:
+    f.write("\n".join(vocab) + "\n")
+tok = BertWordPieceTokenizer(os.path.join(out, "vocab.txt"), lowercase=True)
+tok.save(os.path.join(out, "tokenizer.json"))
+os.remove(os.path.join(out, "vocab.txt"))

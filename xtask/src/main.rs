@@ -8,6 +8,7 @@ mod experiment;
 mod export;
 mod lens;
 mod model_files;
+mod neurons;
 mod parity;
 mod sweep;
 
@@ -184,6 +185,29 @@ enum Command {
 
 #[derive(Subcommand)]
 enum LensCommand {
+    /// Knowledge neurons (Dai et al. 2022) of a masked LM for cloze prompts of one fact.
+    Neurons {
+        /// Model directory with an MLM head (cls.predictions.*) and tokenizer.json.
+        #[arg(long)]
+        model: PathBuf,
+        /// JSON list of {"prompt": "... [MASK] ...", "target": "word"}.
+        #[arg(long)]
+        prompts: PathBuf,
+        /// Output JSON file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Integrated-gradients steps.
+        #[arg(long, default_value_t = 20)]
+        steps: usize,
+        /// Per prompt, keep neurons above this fraction of the largest attribution.
+        #[arg(long, default_value_t = 0.2)]
+        threshold: f32,
+        /// Keep neurons found in at least this share of the prompts.
+        #[arg(long, default_value_t = 0.7)]
+        share: f32,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+    },
     /// Analyses of a finished run's best checkpoint on its dev set (projections, head
     /// importance and pruning, saliency, value zeroing, mixing) → RUN/analysis/analysis.json,
     /// then rewrites RUN/report.html with them.
@@ -407,6 +431,37 @@ fn main() -> Result<()> {
                     out,
                 },
             )??;
+        }
+        Command::Lens {
+            what:
+                LensCommand::Neurons {
+                    model,
+                    prompts,
+                    out,
+                    steps,
+                    threshold,
+                    share,
+                    device,
+                },
+        } => {
+            let result = run_on(
+                device,
+                neurons::NeuronsJob {
+                    model,
+                    prompts,
+                    out: out.clone(),
+                    steps,
+                    threshold,
+                    share,
+                },
+            )??;
+            println!(
+                "{} knowledge neurons; P(target) mean relative change: suppressed {:+.3}, amplified {:+.3}",
+                result["knowledge_neurons"].as_array().map_or(0, Vec::len),
+                result["mean_relative_change"]["suppressed"].as_f64().unwrap_or(f64::NAN),
+                result["mean_relative_change"]["amplified"].as_f64().unwrap_or(f64::NAN)
+            );
+            println!("Written: {}", out.display());
         }
         Command::Lens {
             what:
