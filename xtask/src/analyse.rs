@@ -42,6 +42,9 @@ pub struct AnalyseJob {
     pub ig_steps: usize,
     pub tsne_epochs: usize,
     pub mean_pool: bool,
+    /// `best` (written as `analysis.json`, which the report shows) or another checkpoint
+    /// name under `RUN/checkpoints/` (a snapshot, `analysis-<name>.json`).
+    pub checkpoint: String,
 }
 
 const K: usize = 10;
@@ -128,6 +131,7 @@ impl AnalyseJob {
             ig_steps: 16,
             tsne_epochs: 500,
             mean_pool: false,
+            checkpoint: "best".into(),
         }
     }
 }
@@ -137,7 +141,7 @@ impl BackendJob for AnalyseJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
         type I<B> = <B as AutodiffBackend>::InnerBackend;
-        let (mut model, tuning, task) = crate::export::load_run::<B>(&self.model, &self.run, &device)?;
+        let (mut model, tuning, task) = crate::export::load_run::<B>(&self.model, &self.run, &self.checkpoint, &device)?;
         model.set_dropout(0.0);
         let run_config: Value =
             serde_json::from_str(&std::fs::read_to_string(self.run.join("config.json"))?)?;
@@ -382,6 +386,7 @@ impl BackendJob for AnalyseJob {
             "format": "kiln.analysis.v1",
             "task": task.short_name(),
             "strategy": tuning.name(),
+            "checkpoint": self.checkpoint,
             "regression": regression,
             "num_labels": task.num_labels(),
             "split": "dev",
@@ -392,7 +397,11 @@ impl BackendJob for AnalyseJob {
         });
         let dir = self.run.join("analysis");
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join("analysis.json");
+        let path = if self.checkpoint == "best" {
+            dir.join("analysis.json")
+        } else {
+            dir.join(format!("analysis-{}.json", self.checkpoint))
+        };
         kiln::tune::checkpoint::write_atomic(&path, serde_json::to_string(&analysis)?.as_bytes())?;
         Ok(path)
     }

@@ -22,11 +22,12 @@ pub enum ExportFormat {
     Hf,
 }
 
-/// The best checkpoint of a finished run: the classifier (strategy inserts included), its
-/// tuning and the task, from `RUN/config.json` and `RUN/checkpoints/best`.
+/// A checkpoint (`best`, `last`) of a run: the classifier (strategy inserts included), its
+/// tuning and the task, from `RUN/config.json` and `RUN/checkpoints/<checkpoint>`.
 pub fn load_run<B: kiln::burn::prelude::Backend>(
     model_dir: &std::path::Path,
     run: &std::path::Path,
+    checkpoint: &str,
     device: &B::Device,
 ) -> Result<(SequenceClassifier<B>, kiln::tune::strategy::Tuning, GlueTask)> {
     let config_path = run.join("config.json");
@@ -34,7 +35,7 @@ pub fn load_run<B: kiln::burn::prelude::Backend>(
         &std::fs::read_to_string(&config_path).with_context(|| config_path.display().to_string())?,
     )?;
     let task = GlueTask::parse(config["task"].as_str().context("config.json has no task")?)?;
-    let best = run.join("checkpoints").join("best");
+    let best = run.join("checkpoints").join(checkpoint);
     let (base, _) = SequenceClassifier::<B>::from_pretrained(model_dir, task.num_labels(), device)?;
     let (model, tuning) = if best.join(TUNED_FILE).exists() {
         let tuning = read_tuning(&best.join(TUNED_FILE))?;
@@ -61,7 +62,7 @@ impl BackendJob for ExportJob {
     type Output = Result<()>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
-        let (model, tuning, _) = load_run::<B>(&self.model, &self.run, &device)?;
+        let (model, tuning, _) = load_run::<B>(&self.model, &self.run, "best", &device)?;
         match self.format {
             ExportFormat::Peft => export_peft_lora(&model, &tuning, &self.model.display().to_string(), &self.out)?,
             ExportFormat::Hf => {

@@ -238,6 +238,10 @@ enum LensCommand {
         /// layer is projected too; at [CLS] it is one point for every example).
         #[arg(long)]
         mean_pool: bool,
+        /// Checkpoint to analyse: `best` (shown by the report) or another name under
+        /// RUN/checkpoints/ (e.g. `last`), written as a snapshot analysis-<name>.json.
+        #[arg(long, default_value = "best")]
+        checkpoint: String,
         #[arg(long, default_value = "cpu")]
         device: DeviceKind,
     },
@@ -475,6 +479,7 @@ fn main() -> Result<()> {
                     ig_steps,
                     tsne_epochs,
                     mean_pool,
+                    checkpoint,
                     device,
                 },
         } => {
@@ -502,6 +507,7 @@ fn main() -> Result<()> {
                     ig_steps,
                     tsne_epochs,
                     mean_pool,
+                    checkpoint,
                 },
             )??;
             println!("Analysis: {}", path.display());
