@@ -49,6 +49,7 @@ fn mixing_ratios_match_a_float64_implementation_on_minilm() {
     let dh = d / heads;
     let real = |b: usize, i: usize| enc.attention_mask[b * s + i] == 1;
     let mut worst = 0f64;
+    let mut identity_worst = 0f64;
     for (l, layer) in model.encoder.layer.iter().enumerate() {
         let got = analyse_layer(layer, &out.layers[l], mask.clone(), config.layer_norm_eps);
         let x = vec64(out.layers[l].block_input.clone().unwrap());
@@ -59,6 +60,8 @@ fn mixing_ratios_match_a_float64_implementation_on_minilm() {
         let wo = vec64(layer.attention.output.dense.weight.val());
         let bo = vec64(layer.attention.output.dense.bias.as_ref().unwrap().val());
         let gamma = vec64(layer.attention.output.layer_norm.gamma.val());
+        let beta = vec64(layer.attention.output.layer_norm.beta.clone().unwrap().val());
+        let pre_ln = vec64(out.layers[l].pre_ln_sum.clone().unwrap());
         let eps = config.layer_norm_eps;
         let got_norm = vec64(got.norm_afx);
         let got_mix = [got.attn_w, got.attnres_w, got.attn_n, got.attnres_n, got.attnresln_n].map(vec64);
@@ -131,8 +134,32 @@ fn mixing_ratios_match_a_float64_implementation_on_minilm() {
                 for k in 0..5 {
                     worst = worst.max((got_mix[k][b * s + i] - want[k]).abs());
                 }
+                // Decomposition identities against the model's own captured pre-LN sum:
+                // Σ_j Σ_h α f^h(x_j) + b_O + x_i = y_i, and
+                // Σ_j G_i(x_j) + g(b_O) + β = LN(y_i), with g the same centring/scaling.
+                let captured = &pre_ln[(b * s + i) * d..][..d];
+                for o in 0..d {
+                    identity_worst = identity_worst.max((y[o] - captured[o]).abs());
+                }
+                let cm = captured.iter().sum::<f64>() / d as f64;
+                let csd = (captured.iter().map(|v| (v - cm).powi(2)).sum::<f64>() / d as f64 + eps).sqrt();
+                let ln: Vec<f64> = (0..d).map(|o| (captured[o] - cm) / csd * gamma[o] + beta[o]).collect();
+                let parts: Vec<Vec<f64>> = (0..s)
+                    .filter(|&j| real(b, j))
+                    .map(|j| {
+                        let fj: Vec<f64> = if j == i { res_own.clone() } else { c[j].clone() };
+                        g(&fj)
+                    })
+                    .collect();
+                let bias = g(&bo);
+                for o in 0..d {
+                    let sum: f64 = parts.iter().map(|p| p[o]).sum::<f64>() + bias[o] + beta[o];
+                    identity_worst = identity_worst.max((sum - ln[o]).abs());
+                }
             }
         }
     }
     assert!(worst <= 1e-4, "max |kiln − float64| = {worst:e}");
+    println!("decomposition identities: max error {identity_worst:.2e}");
+    assert!(identity_worst <= 1e-5, "Σ_j G_i(x_j) + g(b_O) + β vs LN(y_i): {identity_worst:e}");
 }
