@@ -22,7 +22,7 @@ use kiln::burn::module::AutodiffModule;
 use kiln::burn::tensor::backend::AutodiffBackend;
 use kiln::burn::tensor::TensorData;
 use kiln::data::{BatchEncoding, Example, Label, TextInput, TextTokenizer};
-use kiln::lens::attribution::{gradient_x_input, integrated_gradients, rollout, rollout_matrices};
+use kiln::lens::attribution::{gradient_x_input, integrated_gradients, repeat_rows, rollout, rollout_matrices};
 use kiln::lens::heads::{head_importance, prune_least_important, set_head_gates, taylor_importance};
 use kiln::lens::norm::{analyse_layer, capture};
 use kiln::lens::projection::{neighbourhood_preservation, pca, trustworthiness, tsne, TsneConfig};
@@ -343,15 +343,17 @@ impl BackendJob for AnalyseJob {
                     (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap_or(0)
                 };
                 let f = |emb: Tensor<B, 3>| {
-                    let h = model.bert.encode(emb, Some(amask.clone()), Capture::none()).last_hidden_state;
+                    let rows = emb.dims()[0];
+                    let m = repeat_rows(amask.clone(), rows);
+                    let h = model.bert.encode(emb, Some(m), Capture::none()).last_hidden_state;
                     let pooled = model.bert.pooler.as_ref().expect("pooler").forward(h);
                     let out = model.classifier.forward(pooled);
-                    out.slice([0..1, class..class + 1]).reshape([1])
+                    out.slice([0..rows, class..class + 1]).reshape([rows])
                 };
                 let emb = model.bert.embed(aid.clone(), Some(atypes.clone())).detach();
                 let pad = model.bert.embed(aid.zeros_like(), Some(atypes.clone())).detach();
                 let (gx, _) = gradient_x_input(emb.clone(), &f);
-                let (ig, ig_tok) = integrated_gradients(emb.clone(), Some(pad.clone()), self.ig_steps, &f);
+                let (ig, ig_tok) = integrated_gradients(emb.clone(), Some(pad.clone()), self.ig_steps, 8, &f);
                 let fx = floats(f(emb).inner())[0];
                 let f0 = floats(f(pad).inner())[0];
                 let l2 = |t: Tensor<I<B>, 3>| floats(t.powf_scalar(2.0).sum_dim(2).sqrt().reshape([s]));

@@ -8,7 +8,8 @@
 //!   2017) on the embedding-layer output: the caller gives `f: embeddings → [N]` (e.g. a logit
 //!   of the predicted class), kiln makes the embeddings a leaf and takes its gradient — burn
 //!   keeps no gradient of intermediate tensors, so this is the attribution entry point. IG
-//!   uses the midpoint Riemann sum with `steps` points from a baseline (zeros by default) and
+//!   uses the midpoint Riemann sum with `steps` points from a baseline (zeros by default),
+//!   evaluated `steps_per_batch` points per forward/backward, and
 //!   satisfies completeness up to the discretisation: `Σ attributions ≈ f(x) − f(baseline)`.
 //!   For post-LN encoders pass the embeddings of a `[PAD]` sequence as baseline: along `t·x`
 //!   from zero the encoder is nearly scale invariant with a jump at `t → 0`, which no Riemann
@@ -73,30 +74,53 @@ pub fn gradient_x_input<B: AutodiffBackend>(
     (attr, per_token)
 }
 
-/// Integrated gradients of `f` from `baseline` (zeros when `None`) to `embeddings` with
-/// `steps` midpoint-rule points; returns the attributions `[N, S, d]` and per-token sums.
+/// Integrated gradients of `f` from `baseline` (zeros when `None`) to `embeddings` `[N, S, d]`
+/// with `steps` midpoint-rule points; returns the attributions `[N, S, d]` and per-token sums.
+///
+/// The points are batched: `f` is called on `[c·N, S, d]` with `c ≤ steps_per_batch` points
+/// stacked step-major (rows `k·N .. (k+1)·N` are point `k` of every sequence), so `f` must
+/// accept any multiple of `N` rows (repeat masks with [`repeat_rows`]) and return one value
+/// per row.
 pub fn integrated_gradients<B: AutodiffBackend>(
     embeddings: Tensor<B, 3>,
     baseline: Option<Tensor<B, 3>>,
     steps: usize,
+    steps_per_batch: usize,
     f: impl Fn(Tensor<B, 3>) -> Tensor<B, 1>,
 ) -> (Tensor<B::InnerBackend, 3>, Tensor<B::InnerBackend, 2>) {
     let x = embeddings.detach();
+    let [n, s, d] = x.dims();
     let base = baseline.map(|b| b.detach()).unwrap_or_else(|| x.zeros_like());
     let delta = x.clone() - base.clone();
     let steps = steps.max(1);
+    let chunk = steps_per_batch.clamp(1, steps);
     let mut total: Option<Tensor<B::InnerBackend, 3>> = None;
-    for k in 1..=steps {
-        let point = (base.clone() + delta.clone().mul_scalar((k as f64 - 0.5) / steps as f64)).require_grad();
-        let grads = f(point.clone()).sum().backward();
-        let g = point.grad(&grads).expect("leaf");
+    let mut k0 = 0;
+    while k0 < steps {
+        let c = chunk.min(steps - k0);
+        let points: Vec<Tensor<B, 3>> = (k0..k0 + c)
+            .map(|k| base.clone() + delta.clone().mul_scalar((k as f64 + 0.5) / steps as f64))
+            .collect();
+        let stacked = Tensor::cat(points, 0).detach().require_grad();
+        let grads = f(stacked.clone()).sum().backward();
+        let g = stacked.grad(&grads).expect("leaf").reshape([c, n, s, d]).sum_dim(0).reshape([n, s, d]);
         total = Some(match total {
             Some(t) => t + g,
             None => g,
         });
+        k0 += c;
     }
     let attr = total.expect("steps ≥ 1").div_scalar(steps as f64) * delta.inner();
-    let [n, s, _] = attr.dims();
     let per_token = attr.clone().sum_dim(2).reshape([n, s]);
     (attr, per_token)
+}
+
+/// `[N, S]` → `[times·N, S]`, the whole block repeated (matches the step-major stacking of
+/// [`integrated_gradients`]).
+pub fn repeat_rows<B: Backend, K: burn::tensor::TensorKind<B> + burn::tensor::BasicOps<B>>(
+    t: Tensor<B, 2, K>,
+    times: usize,
+) -> Tensor<B, 2, K> {
+    let [n, s] = t.dims();
+    t.unsqueeze_dim::<3>(0).expand([times, n, s]).reshape([times * n, s])
 }

@@ -89,7 +89,7 @@ fn integrated_gradients_are_complete_and_gradient_x_input_matches_finite_differe
     // degenerate for a post-LN encoder, whose output is nearly scale invariant along t·x).
     let pad = Tensor::<A, 2, Int>::zeros([2, 3], &device);
     let baseline = model.embed(pad, None).detach();
-    let (_, per_token) = integrated_gradients(e.clone(), Some(baseline.clone()), 64, f);
+    let (_, per_token) = integrated_gradients(e.clone(), Some(baseline.clone()), 64, 24, f);
     let sums: Vec<f32> = per_token.sum_dim(1).into_data().to_vec().unwrap();
     let fx: Vec<f32> = target(&model, e.clone()).into_data().to_vec().unwrap();
     let f0: Vec<f32> = target(&model, baseline).into_data().to_vec().unwrap();

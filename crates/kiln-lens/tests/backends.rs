@@ -9,7 +9,7 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
-use kiln_lens::attribution::{integrated_gradients, rollout};
+use kiln_lens::attribution::{integrated_gradients, repeat_rows, rollout};
 use kiln_lens::neurons::{neuron_attribution, ClozeBatch};
 use kiln_lens::norm::{analyse_layer, capture};
 use kiln_lens::value_zeroing::value_zeroing;
@@ -49,10 +49,12 @@ fn analyses<B: AutodiffBackend>() -> Vec<(String, Vec<f32>)> {
     let emb = model.embed(ids_t.clone(), None).detach();
     let base = model.embed(ids_t.zeros_like(), None).detach();
     let f = |e: Tensor<B, 3>| {
-        let h = model.encode(e, Some(mask_t.clone()), Capture::none()).last_hidden_state;
-        head.forward(&model, h).slice([0..2, 2..3, 17..18]).reshape([2])
+        let rows = e.dims()[0];
+        let m = repeat_rows(mask_t.clone(), rows / 2);
+        let h = model.encode(e, Some(m), Capture::none()).last_hidden_state;
+        head.forward(&model, h).slice([0..rows, 2..3, 17..18]).reshape([rows])
     };
-    out.push(("integrated_gradients".into(), floats(integrated_gradients(emb, Some(base), 8, f).1)));
+    out.push(("integrated_gradients".into(), floats(integrated_gradients(emb, Some(base), 8, 3, f).1)));
     let batch = ClozeBatch {
         input_ids: ids_t,
         attention_mask: mask_t,
