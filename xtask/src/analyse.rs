@@ -45,6 +45,8 @@ pub struct AnalyseJob {
     /// `best` (written as `analysis.json`, which the report shows) or another checkpoint
     /// name under `RUN/checkpoints/` (a snapshot, `analysis-<name>.json`).
     pub checkpoint: String,
+    /// Also re-evaluate with each head masked alone (one evaluation per head).
+    pub head_effects: bool,
 }
 
 const K: usize = 10;
@@ -132,6 +134,7 @@ impl AnalyseJob {
             tsne_epochs: 500,
             mean_pool: false,
             checkpoint: "best".into(),
+            head_effects: true,
         }
     }
 }
@@ -283,6 +286,27 @@ impl BackendJob for AnalyseJob {
                 metric.clone_from(&m.primary);
                 curve.push(json!({"pruned": count, "share": share, "metric": round(m.primary_value(), 4)}));
             }
+            // Each head masked alone: the precomputed effect the head grid shows.
+            let mut masked = Value::Null;
+            if self.head_effects {
+                let bar = progress(total, "head masking");
+                let mut rows = Vec::new();
+                for (l, row) in gate.iter().enumerate() {
+                    let mut out = Vec::new();
+                    for h in 0..row.len() {
+                        let mut gates: Vec<Vec<f32>> = gate.iter().map(|r| vec![1.0; r.len()]).collect();
+                        gates[l][h] = 0.0;
+                        let mut pruned = inner.clone();
+                        set_head_gates(&mut pruned.bert, Some(&gates));
+                        let m = kiln::tune::trainer::evaluate(&pruned, &tok, task, &owned, 64, &device)?;
+                        out.push(round(m.primary_value(), 4));
+                        bar.inc(1);
+                    }
+                    rows.push(out);
+                }
+                bar.finish();
+                masked = json!(rows);
+            }
             let round2 = |m: &Vec<Vec<f64>>| -> Vec<Vec<f64>> {
                 m.iter().map(|r| r.iter().map(|&v| round(v, 6)).collect()).collect()
             };
@@ -291,6 +315,7 @@ impl BackendJob for AnalyseJob {
                 "taylor": round2(&taylor),
                 "examples": subset.len(),
                 "pruning": curve,
+                "masked_metric": masked,
                 "metric": metric,
             });
         }

@@ -242,6 +242,10 @@ enum LensCommand {
         /// RUN/checkpoints/ (e.g. `last`), written as a snapshot analysis-<name>.json.
         #[arg(long, default_value = "best")]
         checkpoint: String,
+        /// Re-evaluate with each head masked alone (layers × heads evaluations of the
+        /// importance subset), shown in the head grid.
+        #[arg(long)]
+        head_effects: bool,
         #[arg(long, default_value = "cpu")]
         device: DeviceKind,
     },
@@ -480,6 +484,7 @@ fn main() -> Result<()> {
                     tsne_epochs,
                     mean_pool,
                     checkpoint,
+                    head_effects,
                     device,
                 },
         } => {
@@ -508,6 +513,7 @@ fn main() -> Result<()> {
                     tsne_epochs,
                     mean_pool,
                     checkpoint,
+                    head_effects,
                 },
             )??;
             println!("Analysis: {}", path.display());

@@ -196,8 +196,11 @@
   const grid = document.getElementById("head-grid"), scoreSel = document.getElementById("head-score");
   function drawHeads() {
     if (!H) return;
-    const m = H[scoreSel.value], L = m.length, N = m[0].length, ctx = grid.getContext("2d");
-    const max = Math.max(...m.flat()) || 1, left = 56, top = 20;
+    const base = H.pruning && H.pruning.length ? H.pruning[0].metric : 0;
+    // "masked": the drop of the dev metric when the head alone is masked (negative = helps).
+    const m = scoreSel.value === "masked" ? H.masked_metric.map(r => r.map(v => base - v)) : H[scoreSel.value];
+    const L = m.length, N = m[0].length, ctx = grid.getContext("2d");
+    const max = Math.max(...m.flat().map(Math.abs)) || 1, left = 56, top = 20;
     const cw = (grid.width - left - 10) / N, ch = (grid.height - top - 10) / L;
     ctx.clearRect(0, 0, grid.width, grid.height);
     ctx.font = "11px sans-serif"; ctx.fillStyle = "#5b6475";
@@ -205,7 +208,9 @@
     for (let l = 0; l < L; l++) {
       ctx.fillStyle = "#5b6475"; ctx.fillText("layer " + l, 4, top + l * ch + ch / 2 + 4);
       for (let h = 0; h < N; h++) {
-        ctx.fillStyle = ramp(m[l][h] / max); ctx.fillRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2);
+        ctx.fillStyle = scoreSel.value === "masked" ? diverging(m[l][h] / max) : ramp(m[l][h] / max);
+        ctx.fillRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2);
+        if (scoreSel.value === "masked") { ctx.fillStyle = "#1d2330"; ctx.fillText(fmt(-m[l][h], 3), left + h * cw + 3, top + l * ch + ch / 2 + 4); }
         if (l === state.focusHead[0] && h === state.focusHead[1]) { ctx.strokeStyle = "#d9480f"; ctx.lineWidth = 2; ctx.strokeRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2); }
       }
     }
@@ -228,6 +233,9 @@
     c.strokeStyle = palette[0]; c.lineWidth = 1.5; c.beginPath();
     pts.forEach((p, i) => i ? c.lineTo(sx(p.share), sy(p.metric)) : c.moveTo(sx(p.share), sy(p.metric))); c.stroke();
     text(document.getElementById("pruning-caption"), "dev " + H.metric + " (" + H.examples + " examples) with the least important heads (gate score) masked");
+  }
+  if (H && H.masked_metric) {
+    option(scoreSel, "masked", "drop of dev " + H.metric + " when masked alone");
   }
   scoreSel.addEventListener("change", drawHeads);
 
@@ -316,6 +324,7 @@
   if (p.filter) filterSel.value = p.filter;
   if (p.minloss) minLoss.value = p.minloss;
   if (p.method) methodSel.value = p.method;
+  if (p.heads && H && (p.heads !== "masked" || H.masked_metric)) scoreSel.value = p.heads;
   if (p.select) state.selected = new Set(p.select.split(",").map(Number));
   ["projection", "table"].forEach(id => { document.getElementById(id + "-section").hidden = false; });
   document.getElementById("heads-section").hidden = !H;

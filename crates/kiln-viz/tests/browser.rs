@@ -133,6 +133,7 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
         "heads": {"gate": [[0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8], [0.9, 1.0, 0.1, 0.2]],
                   "taylor": [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [9.0, 1.0, 1.0, 2.0]],
                   "examples": 64, "metric": "accuracy",
+                  "masked_metric": [[0.9, 0.88, 0.91, 0.7], [0.9, 0.9, 0.85, 0.9], [0.89, 0.9, 0.9, 0.6]],
                   "pruning": (0..10).map(|k| json!({"pruned": k, "share": k as f64 / 10.0, "metric": 0.9 - 0.05 * k as f64})).collect::<Vec<_>>()},
         "instances": [instance(3, 6), instance(10, 9)],
     });
@@ -173,6 +174,12 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     let dom = dump(&page, "#select=0,1,2,7,14,21,100&minloss=1", profile.path());
     assert_eq!(attr(&dom, "examples", "data-rows"), Some(both.clone()));
     assert_eq!(attr(&dom, "projection", "data-drawn"), Some(both));
+
+    // The head grid's "masked alone" view renders from the URL state.
+    let dom = dump(&page, "#heads=masked", profile.path());
+    assert_eq!(body_attr(&dom, "data-errors"), None);
+    assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
+    assert!(dom.contains("<option value=\"masked\">drop of dev accuracy when masked alone</option>"));
 
     // Screenshots as artifacts.
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
