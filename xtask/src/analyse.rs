@@ -362,35 +362,43 @@ impl BackendJob for AnalyseJob {
             if model.side.is_none() && model.bert.prompt.is_none() {
                 let [aid, atypes, amask] = ids::<B>(&enc, &device);
                 let logits = floats(inner.forward(input_ids.clone(), types.clone(), mask.clone()));
-                let class = if regression {
+                let predicted = if regression {
                     0
                 } else {
                     (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap_or(0)
                 };
-                let f = |emb: Tensor<B, 3>| {
-                    let rows = emb.dims()[0];
-                    let m = repeat_rows(amask.clone(), rows);
-                    let h = model.bert.encode(emb, Some(m), Capture::none()).last_hidden_state;
-                    let pooled = model.bert.pooler.as_ref().expect("pooler").forward(h);
-                    let out = model.classifier.forward(pooled);
-                    out.slice([0..rows, class..class + 1]).reshape([rows])
-                };
                 let emb = model.bert.embed(aid.clone(), Some(atypes.clone())).detach();
                 let pad = model.bert.embed(aid.zeros_like(), Some(atypes.clone())).detach();
-                let (gx, _) = gradient_x_input(emb.clone(), &f);
-                let (ig, ig_tok) = integrated_gradients(emb.clone(), Some(pad.clone()), self.ig_steps, 8, &f);
-                let fx = floats(f(emb).inner())[0];
-                let f0 = floats(f(pad).inner())[0];
                 let l2 = |t: Tensor<I<B>, 3>| floats(t.powf_scalar(2.0).sum_dim(2).sqrt().reshape([s]));
-                let ig_sum: f32 = floats(ig_tok.clone()).iter().sum();
-                saliency = json!({
-                    "class": class,
-                    "grad_x_input": floats(gx.clone().sum_dim(2).reshape([s])).iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
-                    "grad_x_input_l2": l2(gx).iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
-                    "integrated_gradients": floats(ig_tok.reshape([s])).iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
-                    "integrated_gradients_l2": l2(ig).iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
-                    "ig_completeness": {"sum": ig_sum, "f_x": fx, "f_baseline": f0, "steps": self.ig_steps},
-                });
+                let r5 = |v: Vec<f32>| v.iter().map(|&x| round(x as f64, 5)).collect::<Vec<_>>();
+                // One attribution set per output (class logit, or the regression score).
+                let mut per_class = Vec::new();
+                for class in 0..logits.len() {
+                    let f = |emb: Tensor<B, 3>| {
+                        let rows = emb.dims()[0];
+                        let m = repeat_rows(amask.clone(), rows);
+                        let h = model.bert.encode(emb, Some(m), Capture::none()).last_hidden_state;
+                        let pooled = model.bert.pooler.as_ref().expect("pooler").forward(h);
+                        let out = model.classifier.forward(pooled);
+                        out.slice([0..rows, class..class + 1]).reshape([rows])
+                    };
+                    let (gx, _) = gradient_x_input(emb.clone(), &f);
+                    let (ig, ig_tok) = integrated_gradients(emb.clone(), Some(pad.clone()), self.ig_steps, 8, &f);
+                    let fx = floats(f(emb.clone()).inner())[0];
+                    let f0 = floats(f(pad.clone()).inner())[0];
+                    let ig_sum: f32 = floats(ig_tok.clone()).iter().sum();
+                    per_class.push(json!({
+                        "class": class,
+                        "grad_x_input": r5(floats(gx.clone().sum_dim(2).reshape([s]))),
+                        "grad_x_input_l2": r5(l2(gx)),
+                        "integrated_gradients": r5(floats(ig_tok.reshape([s]))),
+                        "integrated_gradients_l2": r5(l2(ig)),
+                        "ig_completeness": {"sum": ig_sum, "f_x": fx, "f_baseline": f0, "steps": self.ig_steps},
+                    }));
+                }
+                // The predicted output's set at the top level; all of them under `per_class`.
+                saliency = per_class[predicted].clone();
+                saliency["per_class"] = json!(per_class);
             }
             instances.push(json!({
                 "example": index,

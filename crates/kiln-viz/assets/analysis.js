@@ -257,12 +257,14 @@
     const inst = I[+instPick.value], s = inst.attention.seq, nh = inst.attention.heads;
     const l = +instLayer.value, h = +instHead.value;
     const method = instMethod.value;
-    let scores = inst[method] || (inst.saliency && inst.saliency[method]);
+    const classSel = document.getElementById("inst-class");
+    const sal = inst.saliency && inst.saliency.per_class && classSel.value !== "" ? inst.saliency.per_class[+classSel.value] || inst.saliency : inst.saliency;
+    let scores = inst[method] || (sal && sal[method]);
     const info = [];
     const e = ex[inst.example];
-    info.push("#" + inst.example + ": label " + e.label + ", prediction " + e.prediction + (inst.saliency ? ", attributions to output " + inst.saliency.class : ""));
-    if (method === "integrated_gradients" && inst.saliency) {
-      const c = inst.saliency.ig_completeness;
+    info.push("#" + inst.example + ": label " + e.label + ", prediction " + e.prediction + (sal ? ", attributions to output " + sal.class : ""));
+    if (method === "integrated_gradients" && sal) {
+      const c = sal.ig_completeness;
       info.push("completeness: Σ attributions " + fmt(c.sum) + " vs f(x) − f(baseline) " + fmt(c.f_x - c.f_baseline) + " (" + c.steps + " steps)");
     }
     if (!scores) { scores = inst.tokens.map(() => 0); info.push("(not available for this run)"); }
@@ -311,6 +313,11 @@
   }
   if (I.length) {
     I.forEach((inst, k) => option(instPick, k, "#" + inst.example + " " + ex[inst.example].textShown.slice(0, 60)));
+    const classSel = document.getElementById("inst-class");
+    option(classSel, "", "predicted");
+    const nc = I[0].saliency && I[0].saliency.per_class ? I[0].saliency.per_class.length : 0;
+    for (let c = 0; c < nc; c++) option(classSel, c, regression ? "score" : "class " + c);
+    classSel.addEventListener("change", drawInstance);
     for (let l = 0; l < I[0].attention.layers; l++) option(instLayer, l, String(l));
     for (let h = 0; h < I[0].attention.heads; h++) option(instHead, h, String(h));
     if (!I[0].saliency) instMethod.value = "rollout";

@@ -123,7 +123,11 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
             "mixing": (0..3).map(|_| json!({"attn_w": 0.9, "attn_n": 0.8, "attnres_n": 0.3, "attnresln_n": 0.25})).collect::<Vec<_>>(),
             "saliency": {"class": 1, "grad_x_input": (0..s).map(|t| t as f64 - 2.0).collect::<Vec<_>>(),
                          "integrated_gradients": (0..s).map(|t| 0.1 * t as f64).collect::<Vec<_>>(),
-                         "ig_completeness": {"sum": 1.0, "f_x": 1.5, "f_baseline": 0.49, "steps": 32}},
+                         "ig_completeness": {"sum": 1.0, "f_x": 1.5, "f_baseline": 0.49, "steps": 32},
+                         "per_class": (0..2).map(|c| json!({"class": c,
+                             "grad_x_input": (0..s).map(|t| t as f64 - c as f64).collect::<Vec<_>>(),
+                             "integrated_gradients": (0..s).map(|t| 0.1 * (t + c) as f64).collect::<Vec<_>>(),
+                             "ig_completeness": {"sum": 1.0, "f_x": 1.5, "f_baseline": 0.49, "steps": 32}})).collect::<Vec<_>>()},
         })
     };
     let analysis = json!({
@@ -158,6 +162,7 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     assert_eq!(attr(&dom, "examples", "data-rows").as_deref(), Some("300"));
     assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
     assert_eq!(attr(&dom, "inst-tokens", "data-tokens").as_deref(), Some("6"));
+    assert!(dom.contains("<option value=\"1\">class 1</option>"), "an output selector per class");
     // The hostile sentence is table text (escaped by the DOM serialiser), not markup.
     assert!(dom.contains("&lt;/script&gt;&lt;script&gt;document.body.dataset.pwned='1'&lt;/script&gt;"));
     assert!(dom.contains("&lt;b&gt;bold?&lt;/b&gt;"), "a token with markup is shown as text");
