@@ -386,6 +386,7 @@ fn main() -> Result<()> {
             let analysis = run_on(device, analyse::AnalyseJob::quick(model, out.clone(), dev))??;
             println!("Analysis: {}", analysis.display());
             println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
+            report_plots(&out);
         }
         Command::Embed {
             model,
@@ -519,6 +520,7 @@ fn main() -> Result<()> {
             println!("Analysis: {}", path.display());
             let texts = report_texts(&run, Some(glue_dir));
             println!("Report: {}", kiln::viz::write_report(&run, texts)?.display());
+            report_plots(&run);
         }
         Command::Lens {
             what:
@@ -614,10 +616,12 @@ fn main() -> Result<()> {
             )??;
             experiment::report(&out, &results);
             println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
+            report_plots(&out);
         }
         Command::Report { run, glue_dir } => {
             let texts = report_texts(&run, glue_dir);
             println!("{}", kiln::viz::write_report(&run, texts)?.display());
+            report_plots(&run);
         }
         Command::Fetch { model_id } => {
             let dir = model_files::fetch(&model_id)?;
@@ -755,4 +759,12 @@ fn report_texts(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Option<Vec<
     let dir = glue_dir.or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))?;
     let limit = config["train"]["max_train_examples"].as_u64().map(|n| n as usize);
     kiln::tune::trainer::load_glue(&dir, task).ok().map(|d| train_texts(&d, limit))
+}
+
+/// Writes RUN/plots/*.svg|png; a machine without a font gets a warning, not a failed run.
+fn report_plots(run: &std::path::Path) {
+    match kiln::viz::plots::write_plots(run) {
+        Ok(files) => println!("Plots: {} files in {}", files.len(), run.join("plots").display()),
+        Err(e) => tracing::warn!("plots not written: {e}"),
+    }
 }

@@ -16,9 +16,13 @@
 //! by IG, gradient × input or rollout; a head's attention map; mixing ratios per layer). Drawn
 //! on `<canvas>`, so thousands of points stay cheap.
 //!
+//! Static SVG/PNG plots of the same data for papers: [`plots`] (plotters).
+//!
 //! **Owns:** reading run files and rendering. **Must not touch:** training, models, analysis
 //! arithmetic (it only displays what `kiln-tune` and `kiln-lens` wrote).
 #![warn(missing_docs)]
+
+pub mod plots;
 
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,317 @@
+//! Static plots for papers: `RUN/plots/*.svg` and `*.png`, drawn with plotters.
+//!
+//! From the run files: training loss, learning rate, dev metrics; from `analysis/analysis.json`
+//! (when present): the head-pruning curve, the mean mixing ratio per layer over the analysed
+//! instances, and the head-importance heatmap. Text is laid out with a TrueType font found on
+//! the system (`KILN_PLOT_FONT`, else DejaVu Sans or Liberation Sans in the usual Debian,
+//! Fedora and macOS places); a machine without one gets [`ReportError::Io`] naming the
+//! variable. Files are written to a temporary name and renamed.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::Value;
+
+use crate::ReportError;
+
+const SIZE: (u32, u32) = (720, 440);
+const COLOURS: [RGBColor; 6] = [
+    RGBColor(47, 111, 222),
+    RGBColor(217, 72, 15),
+    RGBColor(43, 138, 62),
+    RGBColor(134, 46, 156),
+    RGBColor(230, 119, 0),
+    RGBColor(11, 114, 133),
+];
+
+const FONT_CANDIDATES: [&str; 6] = [
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    "/usr/share/fonts/liberation-sans/LiberationSans-Regular.ttf",
+    "/Library/Fonts/Arial Unicode.ttf",
+];
+
+static FONT: OnceLock<Result<(), String>> = OnceLock::new();
+
+fn register_font() -> Result<(), ReportError> {
+    FONT.get_or_init(|| {
+        let path = std::env::var_os("KILN_PLOT_FONT")
+            .map(PathBuf::from)
+            .or_else(|| FONT_CANDIDATES.iter().map(PathBuf::from).find(|p| p.exists()))
+            .ok_or_else(|| "no TrueType font found for plot text: set KILN_PLOT_FONT to a .ttf file (Debian: apt-get install fonts-dejavu-core)".to_string())?;
+        let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+        plotters::style::register_font("sans-serif", FontStyle::Normal, bytes)
+            .map_err(|_| format!("{}: not a usable TrueType font", path.display()))
+    })
+    .clone()
+    .map_err(|message| ReportError::Io {
+        path: PathBuf::from("KILN_PLOT_FONT"),
+        message,
+    })
+}
+
+type Series = (String, Vec<(f64, f64)>);
+
+fn draw_lines<DB: DrawingBackend>(
+    root: DrawingArea<DB, Shift>,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+) -> Result<(), String> {
+    let e = |err: &dyn std::fmt::Display| err.to_string();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).filter(|p| p.1.is_finite()).collect();
+    let (mut x0, mut x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut y0, mut y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    if pts.is_empty() {
+        (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
+    }
+    if x1 <= x0 {
+        x1 = x0 + 1.0;
+    }
+    let pad = ((y1 - y0) * 0.05).max(1e-12);
+    (y0, y1) = (y0 - pad, y1 + pad);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .light_line_style(WHITE.mix(0.0))
+        .draw()
+        .map_err(|x| e(&x))?;
+    for (k, (name, points)) in series.iter().enumerate() {
+        let colour = COLOURS[k % COLOURS.len()];
+        chart
+            .draw_series(LineSeries::new(points.iter().copied(), colour.stroke_width(2)))
+            .map_err(|x| e(&x))?
+            .label(name.as_str())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2)));
+        if points.len() <= 40 {
+            chart
+                .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                .map_err(|x| e(&x))?;
+        }
+    }
+    if series.len() > 1 {
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK.mix(0.3))
+            .draw()
+            .map_err(|x| e(&x))?;
+    }
+    root.present().map_err(|x| e(&x))
+}
+
+fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, m: &[Vec<f64>]) -> Result<(), String> {
+    let e = |err: &dyn std::fmt::Display| err.to_string();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let (rows, cols) = (m.len(), m.first().map_or(0, Vec::len));
+    let max = m.iter().flatten().fold(0f64, |a, &b| a.max(b.abs())).max(1e-30);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0..cols, 0..rows)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_desc("head")
+        .y_desc("layer")
+        .x_labels(cols)
+        .y_labels(rows)
+        .draw()
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series((0..rows).flat_map(|l| {
+            (0..cols).map(move |h| {
+                let t = m[l][h].abs() / max;
+                let c = RGBColor(
+                    (240.0 - 200.0 * t) as u8,
+                    (244.0 - 150.0 * t) as u8,
+                    (250.0 - 60.0 * t) as u8,
+                );
+                Rectangle::new([(h, l), (h + 1, l + 1)], c.filled())
+            })
+        }))
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))
+}
+
+fn write_svg_png(
+    dir: &Path,
+    name: &str,
+    draw_svg: impl Fn(DrawingArea<SVGBackend, Shift>) -> Result<(), String>,
+    draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
+) -> Result<Vec<PathBuf>, ReportError> {
+    let fail = |path: &Path, message: String| ReportError::Io {
+        path: path.to_path_buf(),
+        message,
+    };
+    let svg_path = dir.join(format!("{name}.svg"));
+    let mut svg = String::new();
+    draw_svg(SVGBackend::with_string(&mut svg, SIZE).into_drawing_area()).map_err(|m| fail(&svg_path, m))?;
+    let tmp = dir.join(format!(".{name}.svg.tmp"));
+    std::fs::write(&tmp, svg)
+        .and_then(|_| std::fs::rename(&tmp, &svg_path))
+        .map_err(|err| fail(&svg_path, err.to_string()))?;
+    let png_path = dir.join(format!("{name}.png"));
+    let tmp = dir.join(format!(".{name}.tmp.png"));
+    draw_png(BitMapBackend::new(&tmp, SIZE).into_drawing_area()).map_err(|m| fail(&png_path, m))?;
+    std::fs::rename(&tmp, &png_path).map_err(|err| fail(&png_path, err.to_string()))?;
+    Ok(vec![svg_path, png_path])
+}
+
+fn lines(dir: &Path, name: &str, title: &str, x_label: &str, series: &[Series]) -> Result<Vec<PathBuf>, ReportError> {
+    write_svg_png(
+        dir,
+        name,
+        |a| draw_lines(a, title, x_label, series),
+        |a| draw_lines(a, title, x_label, series),
+    )
+}
+
+fn points(values: &[Value], x: &str, y: &str) -> Vec<(f64, f64)> {
+    values
+        .iter()
+        .filter_map(|v| Some((v[x].as_f64()?, v[y].as_f64()?)))
+        .collect()
+}
+
+/// Writes every plot the run's data allows into `RUN/plots/` and returns the files.
+///
+/// # Errors
+/// [`ReportError`] for unreadable run files, a missing font, or a failed write.
+pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    register_font()?;
+    let data = crate::report_data(run, None)?;
+    let dir = run.join("plots");
+    std::fs::create_dir_all(&dir).map_err(|e| ReportError::Io {
+        path: dir.clone(),
+        message: e.to_string(),
+    })?;
+    let mut written = Vec::new();
+    let train = data["train"].as_array().cloned().unwrap_or_default();
+    if !train.is_empty() {
+        written.extend(lines(&dir, "loss", "training loss", "step", &[("loss".into(), points(&train, "step", "loss"))])?);
+        written.extend(lines(&dir, "lr", "learning rate", "step", &[("lr".into(), points(&train, "step", "lr"))])?);
+    }
+    let eval = data["eval"].as_array().cloned().unwrap_or_default();
+    if let Some(first) = eval.first().and_then(|e| e["metrics"].as_object()) {
+        let series: Vec<Series> = first
+            .keys()
+            .map(|k| {
+                let pts = eval
+                    .iter()
+                    .filter_map(|e| Some((e["step"].as_f64()?, e["metrics"][k].as_f64()?)))
+                    .collect();
+                (k.clone(), pts)
+            })
+            .collect();
+        written.extend(lines(&dir, "dev_metrics", "dev metrics", "step", &series)?);
+    }
+    let analysis = &data["analysis"];
+    if let Some(pruning) = analysis["heads"]["pruning"].as_array() {
+        let metric = analysis["heads"]["metric"].as_str().unwrap_or("metric");
+        let pts = pruning
+            .iter()
+            .filter_map(|p| Some((100.0 * p["share"].as_f64()?, p["metric"].as_f64()?)))
+            .collect();
+        written.extend(lines(
+            &dir,
+            "head_pruning",
+            &format!("dev {metric} with the least important heads masked"),
+            "heads masked (%)",
+            &[(metric.to_string(), pts)],
+        )?);
+    }
+    if let Some(gate) = analysis["heads"]["gate"].as_array() {
+        let m: Vec<Vec<f64>> = gate
+            .iter()
+            .map(|r| r.as_array().map(|r| r.iter().filter_map(Value::as_f64).collect()).unwrap_or_default())
+            .collect();
+        let title = "head importance (gate gradient)";
+        written.extend(write_svg_png(&dir, "head_importance", |a| draw_heatmap(a, title, &m), |a| draw_heatmap(a, title, &m))?);
+    }
+    if let Some(instances) = analysis["instances"].as_array().filter(|i| !i.is_empty()) {
+        let keys = [("attn_w", "Attn-W"), ("attn_n", "Attn-N"), ("attnres_n", "AttnRes-N"), ("attnresln_n", "AttnResLn-N")];
+        let layers = instances[0]["mixing"].as_array().map_or(0, Vec::len);
+        let series: Vec<Series> = keys
+            .iter()
+            .map(|(key, label)| {
+                let pts = (0..layers)
+                    .map(|l| {
+                        let mean = instances
+                            .iter()
+                            .filter_map(|i| i["mixing"][l][key].as_f64())
+                            .sum::<f64>()
+                            / instances.len() as f64;
+                        (l as f64, mean)
+                    })
+                    .collect();
+                (label.to_string(), pts)
+            })
+            .collect();
+        written.extend(lines(&dir, "mixing_ratio", "mean mixing ratio per layer", "layer", &series)?);
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plots_of_a_run_are_svg_and_png_of_the_right_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics: String = (1..=10)
+            .map(|s| format!("{{\"kind\":\"train\",\"step\":{s},\"loss\":{},\"lr\":{}}}\n", 1.0 / s as f64, 1e-5 * s as f64))
+            .chain(["{\"kind\":\"eval\",\"step\":5,\"metrics\":{\"accuracy\":0.7,\"f1\":0.6}}\n".to_string(),
+                    "{\"kind\":\"eval\",\"step\":10,\"metrics\":{\"accuracy\":0.8,\"f1\":0.75}}\n".to_string()])
+            .collect();
+        std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();
+        std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
+        std::fs::write(
+            dir.path().join("analysis/analysis.json"),
+            r#"{"heads": {"metric": "f1", "gate": [[0.1, 0.5], [0.9, 0.3]],
+                          "pruning": [{"share": 0.0, "metric": 0.8}, {"share": 0.5, "metric": 0.6}]},
+                "instances": [{"mixing": [{"attn_w": 0.9, "attn_n": 0.8, "attnres_n": 0.3, "attnresln_n": 0.2},
+                                          {"attn_w": 0.95, "attn_n": 0.85, "attnres_n": 0.35, "attnresln_n": 0.25}]}]}"#,
+        )
+        .unwrap();
+        let files = write_plots(dir.path()).unwrap();
+        let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
+        for stem in ["loss", "lr", "dev_metrics", "head_pruning", "head_importance", "mixing_ratio"] {
+            assert!(names.contains(&format!("{stem}.svg")) && names.contains(&format!("{stem}.png")), "{stem}: {names:?}");
+        }
+        for f in &files {
+            let bytes = std::fs::read(f).unwrap();
+            if f.extension().unwrap() == "png" {
+                assert_eq!(&bytes[1..4], b"PNG");
+                let w = u32::from_be_bytes(bytes[16..20].try_into().unwrap());
+                let h = u32::from_be_bytes(bytes[20..24].try_into().unwrap());
+                assert_eq!((w, h), SIZE);
+            } else {
+                let text = String::from_utf8(bytes).unwrap();
+                assert!(text.starts_with("<svg"));
+            }
+        }
+        let dev = std::fs::read_to_string(dir.path().join("plots/dev_metrics.svg")).unwrap();
+        assert!(dev.contains("dev metrics") && dev.contains("accuracy") && dev.contains("f1"), "title and legend");
+        let loss = std::fs::read_to_string(dir.path().join("plots/loss.svg")).unwrap();
+        assert_eq!(loss.matches("<circle").count(), 10, "one marker per logged step");
+        assert!(!dir.path().join("plots/.loss.svg.tmp").exists());
+    }
+}
