@@ -382,8 +382,8 @@ impl BackendJob for AnalyseJob {
                         let out = model.classifier.forward(pooled);
                         out.slice([0..rows, class..class + 1]).reshape([rows])
                     };
-                    let (gx, _) = gradient_x_input(emb.clone(), &f);
-                    let (ig, ig_tok) = integrated_gradients(emb.clone(), Some(pad.clone()), self.ig_steps, 8, &f);
+                    let (gx, _) = gradient_x_input(emb.clone(), f);
+                    let (ig, ig_tok) = integrated_gradients(emb.clone(), Some(pad.clone()), self.ig_steps, 8, f);
                     let fx = floats(f(emb.clone()).inner())[0];
                     let f0 = floats(f(pad.clone()).inner())[0];
                     let ig_sum: f32 = floats(ig_tok.clone()).iter().sum();

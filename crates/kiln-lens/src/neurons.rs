@@ -53,6 +53,7 @@ pub struct NeuronAttribution {
 
 /// Runs layers `from..` with an optional intervention at layer `at`, then the MLM head, and
 /// returns `P(target)` at each sequence's mask position, `[batch]`.
+#[allow(clippy::too_many_arguments)] // private helper; the arguments are one call site's state
 fn target_probability<B: Backend>(
     model: &BertModel<B>,
     head: &BertMlmHead<B>,

@@ -147,7 +147,7 @@ fn taylor_scores_sum_each_heads_slices_and_pruning_drops_the_lowest() {
             assert!((got[l][h] - want[h]).abs() < 1e-4 * want[h], "[{l}][{h}] {} vs {}", got[l][h], want[h]);
         }
     }
-    let importance = vec![vec![0.5, 0.1, 0.9, 0.3], vec![0.2, 0.8, 0.05, 0.7]];
+    let importance = [vec![0.5, 0.1, 0.9, 0.3], vec![0.2, 0.8, 0.05, 0.7]];
     let gates = prune_least_important(&importance, 3);
     assert_eq!(gates, vec![vec![1.0, 0.0, 1.0, 1.0], vec![0.0, 1.0, 0.0, 1.0]]);
 }
