@@ -17,8 +17,8 @@ use anyhow::{bail, Result};
 use base64::Engine;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::backend::{BackendJob, DeviceKind};
-use kiln::burn::prelude::*;
 use kiln::burn::module::AutodiffModule;
+use kiln::burn::prelude::*;
 use kiln::burn::tensor::backend::AutodiffBackend;
 use kiln::burn::tensor::TensorData;
 use kiln::data::{BatchEncoding, Example, Label, TextInput, TextTokenizer};
@@ -113,9 +113,7 @@ fn round(v: f64, digits: i32) -> f64 {
 
 fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {elapsed}").expect("template"),
-    );
+    bar.set_style(ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {elapsed}").expect("template"));
     bar.set_message(what.to_string());
     bar
 }
@@ -144,10 +142,10 @@ impl BackendJob for AnalyseJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
         type I<B> = <B as AutodiffBackend>::InnerBackend;
-        let (mut model, tuning, task) = crate::export::load_run::<B>(&self.model, &self.run, &self.checkpoint, &device)?;
+        let (mut model, tuning, task) =
+            crate::export::load_run::<B>(&self.model, &self.run, &self.checkpoint, &device)?;
         model.set_dropout(0.0);
-        let run_config: Value =
-            serde_json::from_str(&std::fs::read_to_string(self.run.join("config.json"))?)?;
+        let run_config: Value = serde_json::from_str(&std::fs::read_to_string(self.run.join("config.json"))?)?;
         let max_length = run_config["train"]["max_length"].as_u64().unwrap_or(128) as usize;
         let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), max_length)?;
         let dev: Vec<&Example> = self.dev.iter().take(self.max_examples).collect();
@@ -191,14 +189,22 @@ impl BackendJob for AnalyseJob {
                 let row = &logits[k * c..(k + 1) * c];
                 let (prediction, confidence, loss) = if regression {
                     let gold = if let Label::Score(s) = e.label { s } else { 0.0 };
-                    (json!(round(row[0] as f64, 4)), Value::Null, ((row[0] - gold) as f64).powi(2))
+                    (
+                        json!(round(row[0] as f64, 4)),
+                        Value::Null,
+                        ((row[0] - gold) as f64).powi(2),
+                    )
                 } else {
                     let max = row.iter().copied().fold(f32::MIN, f32::max);
                     let z: f32 = row.iter().map(|v| (v - max).exp()).sum();
                     let p: Vec<f32> = row.iter().map(|v| (v - max).exp() / z).collect();
                     let pred = (0..c).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap_or(0);
                     let gold = if let Label::Class(g) = e.label { g } else { 0 };
-                    (json!(pred), json!(round(p[gold] as f64, 4)), -(p[gold].max(1e-12) as f64).ln())
+                    (
+                        json!(pred),
+                        json!(round(p[gold] as f64, 4)),
+                        -(p[gold].max(1e-12) as f64).ln(),
+                    )
                 };
                 examples.push(json!({
                     "text": text_of(e),
@@ -333,7 +339,9 @@ impl BackendJob for AnalyseJob {
                 .map(|&id| tok.token(id as u32).unwrap_or_else(|| format!("#{id}")))
                 .collect();
             let [input_ids, types, mask] = ids::<I<B>>(&enc, &device);
-            let out = inner.bert.forward(input_ids.clone(), Some(types.clone()), Some(mask.clone()), capture());
+            let out = inner
+                .bert
+                .forward(input_ids.clone(), Some(types.clone()), Some(mask.clone()), capture());
             let attentions: Vec<Tensor<I<B>, 4>> = out
                 .layers
                 .iter()
@@ -342,7 +350,11 @@ impl BackendJob for AnalyseJob {
             let heads_n = attentions[0].dims()[1];
             let mut att_bytes = Vec::with_capacity(layers * heads_n * s * s);
             for a in &attentions {
-                att_bytes.extend(floats(a.clone()).iter().map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8));
+                att_bytes.extend(
+                    floats(a.clone())
+                        .iter()
+                        .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8),
+                );
             }
             let roll = floats(rollout(&attentions, mask.clone()).slice([0..1, 0..1, 0..s]));
             let vz = value_zeroing(&inner.bert, input_ids.clone(), Some(types.clone()), mask.clone(), 16);
@@ -365,7 +377,9 @@ impl BackendJob for AnalyseJob {
                 let predicted = if regression {
                     0
                 } else {
-                    (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap_or(0)
+                    (0..logits.len())
+                        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+                        .unwrap_or(0)
                 };
                 let emb = model.bert.embed(aid.clone(), Some(atypes.clone())).detach();
                 let pad = model.bert.embed(aid.zeros_like(), Some(atypes.clone())).detach();
@@ -441,4 +455,3 @@ impl BackendJob for AnalyseJob {
         Ok(path)
     }
 }
-

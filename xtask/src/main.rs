@@ -467,7 +467,9 @@ fn main() -> Result<()> {
             println!(
                 "{} knowledge neurons; P(target) mean relative change: suppressed {:+.3}, amplified {:+.3}",
                 result["knowledge_neurons"].as_array().map_or(0, Vec::len),
-                result["mean_relative_change"]["suppressed"].as_f64().unwrap_or(f64::NAN),
+                result["mean_relative_change"]["suppressed"]
+                    .as_f64()
+                    .unwrap_or(f64::NAN),
                 result["mean_relative_change"]["amplified"].as_f64().unwrap_or(f64::NAN)
             );
             println!("Written: {}", out.display());
@@ -754,11 +756,14 @@ fn backend_name(kind: DeviceKind) -> &'static str {
 /// The training texts of a run's task (for the data map's tooltips), when the GLUE data is at
 /// hand.
 fn report_texts(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Option<Vec<String>> {
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).ok()?).ok()?;
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).ok()?).ok()?;
     let task = kiln::data::GlueTask::parse(config["task"].as_str()?).ok()?;
     let dir = glue_dir.or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))?;
     let limit = config["train"]["max_train_examples"].as_u64().map(|n| n as usize);
-    kiln::tune::trainer::load_glue(&dir, task).ok().map(|d| train_texts(&d, limit))
+    kiln::tune::trainer::load_glue(&dir, task)
+        .ok()
+        .map(|d| train_texts(&d, limit))
 }
 
 /// Writes RUN/plots/*.svg|png; a machine without a font gets a warning, not a failed run.

@@ -35,8 +35,12 @@ impl BackendJob for NeuronsJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
         let text = std::fs::read_to_string(&self.prompts).with_context(|| self.prompts.display().to_string())?;
-        let prompts: Vec<Prompt> = serde_json::from_str(&text)
-            .with_context(|| format!("{}: expected [{{\"prompt\": \"… [MASK] …\", \"target\": \"word\"}}, …]", self.prompts.display()))?;
+        let prompts: Vec<Prompt> = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected [{{\"prompt\": \"… [MASK] …\", \"target\": \"word\"}}, …]",
+                self.prompts.display()
+            )
+        })?;
         if prompts.is_empty() {
             bail!("{}: no prompts", self.prompts.display());
         }
@@ -54,7 +58,11 @@ impl BackendJob for NeuronsJob {
             let row = &enc.input_ids[i * enc.seq..(i + 1) * enc.seq];
             let found: Vec<usize> = (0..enc.seq).filter(|&t| row[t] == mask_id).collect();
             if found.len() != 1 {
-                bail!("prompt {i} ({:?}) has {} [MASK] tokens, need exactly 1", p.prompt, found.len());
+                bail!(
+                    "prompt {i} ({:?}) has {} [MASK] tokens, need exactly 1",
+                    p.prompt,
+                    found.len()
+                );
             }
             mask_positions.push(found[0]);
             let target = tok
@@ -91,7 +99,12 @@ impl BackendJob for NeuronsJob {
         let suppressed = neuron_effect(&model, &head, &batch, &neurons, 0.0);
         let amplified = neuron_effect(&model, &head, &batch, &neurons, 2.0);
         let change = |after: &[f32]| -> f64 {
-            after.iter().zip(&base).map(|(a, b)| ((a - b) / b.max(1e-12)) as f64).sum::<f64>() / base.len() as f64
+            after
+                .iter()
+                .zip(&base)
+                .map(|(a, b)| ((a - b) / b.max(1e-12)) as f64)
+                .sum::<f64>()
+                / base.len() as f64
         };
         let result = json!({
             "prompts": prompts.iter().map(|p| json!({"prompt": p.prompt, "target": p.target})).collect::<Vec<_>>(),
@@ -164,8 +177,8 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(err.to_string().contains("not one vocabulary entry"), "{err}");
-        let (minilm, _) = kiln::model::hub::locate_model(kiln::model::hub::DEFAULT_MODEL_ID, None)
-            .unwrap_or_else(|e| panic!("{e}"));
+        let (minilm, _) =
+            kiln::model::hub::locate_model(kiln::model::hub::DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
         let ok = r#"[{"prompt": "the [MASK].", "target": "cat"}]"#;
         let err = kiln::backend::run_on(DeviceKind::Cpu, job(minilm, ok, dir.path()))
             .unwrap()

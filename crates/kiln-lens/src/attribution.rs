@@ -103,7 +103,12 @@ pub fn integrated_gradients<B: AutodiffBackend>(
             .collect();
         let stacked = Tensor::cat(points, 0).detach().require_grad();
         let grads = f(stacked.clone()).sum().backward();
-        let g = stacked.grad(&grads).expect("leaf").reshape([c, n, s, d]).sum_dim(0).reshape([n, s, d]);
+        let g = stacked
+            .grad(&grads)
+            .expect("leaf")
+            .reshape([c, n, s, d])
+            .sum_dim(0)
+            .reshape([n, s, d]);
         total = Some(match total {
             Some(t) => t + g,
             None => g,

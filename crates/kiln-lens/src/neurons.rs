@@ -113,7 +113,10 @@ pub fn neuron_attribution<B: AutodiffBackend>(
     steps_per_batch: usize,
 ) -> NeuronAttribution {
     let [n, s] = batch.input_ids.dims();
-    assert!(batch.mask_positions.len() == n && batch.targets.len() == n, "one mask position and target per sequence");
+    assert!(
+        batch.mask_positions.len() == n && batch.targets.len() == n,
+        "one mask position and target per sequence"
+    );
     assert!(layer < model.num_layers(), "layer {layer} out of range");
     let device = batch.input_ids.device();
     let intermediate = model.encoder.layer[layer].intermediate.dense.weight.dims()[1];
@@ -122,7 +125,12 @@ pub fn neuron_attribution<B: AutodiffBackend>(
         ..Capture::none()
     };
     let x = model
-        .forward(batch.input_ids.clone(), None, Some(batch.attention_mask.clone()), capture)
+        .forward(
+            batch.input_ids.clone(),
+            None,
+            Some(batch.attention_mask.clone()),
+            capture,
+        )
         .hidden_states[layer]
         .clone()
         .detach();
@@ -135,9 +143,7 @@ pub fn neuron_attribution<B: AutodiffBackend>(
         let c = chunk.min(steps - k0);
         // Batch row r = k·n + b: step k0 + k of prompt b.
         let rows = c * n;
-        let alphas: Vec<f32> = (0..rows)
-            .map(|r| ((k0 + r / n) as f32 + 0.5) / steps as f32)
-            .collect();
+        let alphas: Vec<f32> = (0..rows).map(|r| ((k0 + r / n) as f32 + 0.5) / steps as f32).collect();
         let leaf = Tensor::<B, 1>::from_data(TensorData::new(alphas, [rows]), &device)
             .reshape([rows, 1, 1])
             .expand([rows, 1, intermediate])
@@ -147,7 +153,11 @@ pub fn neuron_attribution<B: AutodiffBackend>(
         let targets: Vec<usize> = (0..rows).map(|r| batch.targets[r % n]).collect();
         let at = position_one_hot::<B>(rows, s, &positions, &device);
         let scale = at.clone().neg().add_scalar(1.0).expand([rows, s, intermediate]) + at * leaf.clone();
-        let xs = x.clone().unsqueeze_dim::<4>(0).expand([c, n, s, d]).reshape([rows, s, d]);
+        let xs = x
+            .clone()
+            .unsqueeze_dim::<4>(0)
+            .expand([c, n, s, d])
+            .reshape([rows, s, d]);
         let ms = batch
             .attention_mask
             .clone()
@@ -248,7 +258,9 @@ pub fn neuron_effect<B: Backend>(
             value_scale: None,
             ffn_scale: Some(Tensor::from_data(TensorData::new(scale, [n, s, intermediate]), &device)),
         };
-        h = layer.forward_intervened(h, &mask, Capture::none(), rules.clone(), &iv).0;
+        h = layer
+            .forward_intervened(h, &mask, Capture::none(), rules.clone(), &iv)
+            .0;
     }
     let n_layers = model.num_layers();
     // All layers done: evaluate the head only (from = n_layers runs no layer).

@@ -166,7 +166,9 @@ pub fn pca(points: &[f32], n: usize, d: usize, k: usize) -> (Pca, Vec<f32>) {
             .into_iter()
             .take(k)
             .map(|u| {
-                let mut w: Vec<f64> = (0..d).map(|j| (0..n).map(|i| u[i] * centered[i * d + j]).sum()).collect();
+                let mut w: Vec<f64> = (0..d)
+                    .map(|j| (0..n).map(|i| u[i] * centered[i * d + j]).sum())
+                    .collect();
                 let norm = w.iter().map(|x| x * x).sum::<f64>().sqrt().max(1e-300);
                 w.iter_mut().for_each(|x| *x /= norm);
                 w
@@ -175,7 +177,10 @@ pub fn pca(points: &[f32], n: usize, d: usize, k: usize) -> (Pca, Vec<f32>) {
         (values, axes)
     };
     for c in &mut components {
-        let big = c.iter().copied().fold(0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let big = c
+            .iter()
+            .copied()
+            .fold(0f64, |m, x| if x.abs() > m.abs() { x } else { m });
         if big < 0.0 {
             c.iter_mut().for_each(|x| *x = -*x);
         }
@@ -231,7 +236,11 @@ pub fn tsne(points: &[f32], n: usize, d: usize, config: TsneConfig) -> Vec<f32> 
         .epochs(config.epochs)
         .initial_embedding(init)
         .barnes_hut(config.theta, |a, b| {
-            a.iter().zip(b.iter()).map(|(x, y)| (x - y) * (x - y)).sum::<f32>().sqrt()
+            a.iter()
+                .zip(b.iter())
+                .map(|(x, y)| (x - y) * (x - y))
+                .sum::<f32>()
+                .sqrt()
         });
     fit.embedding()
 }
@@ -265,7 +274,11 @@ pub fn neighbourhood_preservation(high: &[f32], d_high: usize, low: &[f32], d_lo
     let total: usize = (0..n)
         .map(|i| {
             let a: std::collections::HashSet<usize> = ranking(high, n, d_high, i).into_iter().take(k).collect();
-            ranking(low, n, d_low, i).into_iter().take(k).filter(|j| a.contains(j)).count()
+            ranking(low, n, d_low, i)
+                .into_iter()
+                .take(k)
+                .filter(|j| a.contains(j))
+                .count()
         })
         .sum();
     total as f64 / (n * k) as f64
@@ -316,14 +329,22 @@ mod tests {
         let r = noise(3, m * m);
         // A = R Rᵀ (symmetric, positive semi-definite).
         let a: Vec<f64> = (0..m * m)
-            .map(|idx| (0..m).map(|t| (r[(idx / m) * m + t] * r[(idx % m) * m + t]) as f64).sum())
+            .map(|idx| {
+                (0..m)
+                    .map(|t| (r[(idx / m) * m + t] * r[(idx % m) * m + t]) as f64)
+                    .sum()
+            })
             .collect();
         let (values, vectors) = symmetric_eigen(a.clone(), m);
         assert!(values.windows(2).all(|w| w[0] >= w[1]));
         for p in 0..m {
             for q in 0..m {
                 let back: f64 = (0..m).map(|e| values[e] * vectors[e][p] * vectors[e][q]).sum();
-                assert!((back - a[p * m + q]).abs() < 1e-10, "[{p},{q}] {back} vs {}", a[p * m + q]);
+                assert!(
+                    (back - a[p * m + q]).abs() < 1e-10,
+                    "[{p},{q}] {back} vs {}",
+                    a[p * m + q]
+                );
                 let dot: f64 = (0..m).map(|t| vectors[p][t] * vectors[q][t]).sum();
                 assert!((dot - f64::from(p == q)).abs() < 1e-10);
             }
@@ -386,7 +407,10 @@ mod tests {
         let p = noise(21, n * 2);
         // A rotation + translation of 2-D points preserves every neighbourhood.
         let (c, s) = (0.6f32, 0.8f32);
-        let q: Vec<f32> = p.chunks(2).flat_map(|r| [c * r[0] - s * r[1] + 3.0, s * r[0] + c * r[1]]).collect();
+        let q: Vec<f32> = p
+            .chunks(2)
+            .flat_map(|r| [c * r[0] - s * r[1] + 3.0, s * r[0] + c * r[1]])
+            .collect();
         assert!((neighbourhood_preservation(&p, 2, &q, 2, 5) - 1.0).abs() < 1e-12);
         assert!((trustworthiness(&p, 2, &q, 2, 5) - 1.0).abs() < 1e-12);
         // Unrelated coordinates: the overlap is near chance (k/(n−1) ≈ 0.085).
@@ -402,7 +426,16 @@ mod tests {
         let points: Vec<f32> = (0..n * d)
             .map(|i| e[i] * 0.3 + if i / d < n / 2 { 4.0 } else { -4.0 })
             .collect();
-        let y = tsne(&points, n, d, TsneConfig { perplexity: 10.0, epochs: 300, theta: 0.5 });
+        let y = tsne(
+            &points,
+            n,
+            d,
+            TsneConfig {
+                perplexity: 10.0,
+                epochs: 300,
+                theta: 0.5,
+            },
+        );
         assert_eq!(y.len(), n * 2);
         assert!(neighbourhood_preservation(&points, d, &y, 2, 10) > 0.5);
         // Every point's nearest projected neighbour is from its own cluster.

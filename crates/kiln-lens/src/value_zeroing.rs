@@ -40,7 +40,11 @@ pub fn value_zeroing_layer<B: Backend>(
     let mut start = 0;
     while start < s {
         let c = chunk.min(s - start);
-        let xs = x.clone().unsqueeze_dim::<4>(1).expand([n, c, s, d]).reshape([n * c, s, d]);
+        let xs = x
+            .clone()
+            .unsqueeze_dim::<4>(1)
+            .expand([n, c, s, d])
+            .reshape([n * c, s, d]);
         let ms = attention_mask
             .clone()
             .unsqueeze_dim::<3>(1)

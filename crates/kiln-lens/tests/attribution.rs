@@ -136,7 +136,9 @@ fn rollout_of_residual_matrices_is_the_product_of_row_normalised_layers() {
     let mask = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 0], [n, s]), &device);
     let got: Vec<f32> = rollout_matrices(&mats, mask, false).into_data().to_vec().unwrap();
     let len = 3;
-    let mut r: Vec<Vec<f64>> = (0..len).map(|i| (0..len).map(|j| f64::from(i == j)).collect()).collect();
+    let mut r: Vec<Vec<f64>> = (0..len)
+        .map(|i| (0..len).map(|j| f64::from(i == j)).collect())
+        .collect();
     for m in &mats {
         let m: Vec<f32> = m.clone().into_data().to_vec().unwrap();
         let rows: Vec<Vec<f64>> = (0..len)
@@ -151,7 +153,10 @@ fn rollout_of_residual_matrices_is_the_product_of_row_normalised_layers() {
     }
     for i in 0..s {
         let sum: f32 = got[i * s..(i + 1) * s].iter().sum();
-        assert!((sum - f32::from(u8::from(i < len))).abs() < 1e-5, "row {i} sums to {sum}");
+        assert!(
+            (sum - f32::from(u8::from(i < len))).abs() < 1e-5,
+            "row {i} sums to {sum}"
+        );
         for j in 0..s {
             let want = if i < len && j < len { r[i][j] } else { 0.0 };
             assert!((got[i * s + j] as f64 - want).abs() < 1e-5);

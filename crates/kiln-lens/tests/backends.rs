@@ -54,7 +54,10 @@ fn analyses<B: AutodiffBackend>() -> Vec<(String, Vec<f32>)> {
         let h = model.encode(e, Some(m), Capture::none()).last_hidden_state;
         head.forward(&model, h).slice([0..rows, 2..3, 17..18]).reshape([rows])
     };
-    out.push(("integrated_gradients".into(), floats(integrated_gradients(emb, Some(base), 8, 3, f).1)));
+    out.push((
+        "integrated_gradients".into(),
+        floats(integrated_gradients(emb, Some(base), 8, 3, f).1),
+    ));
     let batch = ClozeBatch {
         input_ids: ids_t,
         attention_mask: mask_t,
@@ -79,7 +82,11 @@ fn flex_and_ndarray_give_the_same_analyses() {
         // Forward-only analyses agree to 1e-5; gradient-based ones to 1e-3 of their scale (the
         // backward of this large-weight fixture amplifies the backends' different erf/exp
         // roundings).
-        let tol = if name == "integrated_gradients" || name == "knowledge_neurons" { 1e-3 } else { 1e-5 };
+        let tol = if name == "integrated_gradients" || name == "knowledge_neurons" {
+            1e-3
+        } else {
+            1e-5
+        };
         assert!(worst <= tol * scale.max(1.0), "{name}: {worst}");
     }
 }

@@ -144,7 +144,12 @@ fn taylor_scores_sum_each_heads_slices_and_pruning_drops_the_lowest() {
         }
         for h in 0..H {
             assert!(want[h] > 0.0);
-            assert!((got[l][h] - want[h]).abs() < 1e-4 * want[h], "[{l}][{h}] {} vs {}", got[l][h], want[h]);
+            assert!(
+                (got[l][h] - want[h]).abs() < 1e-4 * want[h],
+                "[{l}][{h}] {} vs {}",
+                got[l][h],
+                want[h]
+            );
         }
     }
     let importance = [vec![0.5, 0.1, 0.9, 0.3], vec![0.2, 0.8, 0.05, 0.7]];

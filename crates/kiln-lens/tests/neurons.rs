@@ -43,9 +43,15 @@ fn attributions_are_complete_and_match_finite_differences() {
         for b in 0..2 {
             let sum: f32 = attr.scores[b].iter().sum();
             let gap = attr.p_full[b] - attr.p_zeroed[b];
-            println!("layer {layer} prompt {b}: Σ attr {sum:.6e}, P − P(0) {gap:.6e}, P {:.4}", attr.p_full[b]);
+            println!(
+                "layer {layer} prompt {b}: Σ attr {sum:.6e}, P − P(0) {gap:.6e}, P {:.4}",
+                attr.p_full[b]
+            );
             assert!(gap.abs() > 1e-5, "degenerate fixture: the layer does not move P");
-            assert!((sum - gap).abs() <= 0.01 * gap.abs() + 1e-7, "layer {layer} prompt {b}: {sum} vs {gap}");
+            assert!(
+                (sum - gap).abs() <= 0.01 * gap.abs() + 1e-7,
+                "layer {layer} prompt {b}: {sum} vs {gap}"
+            );
             per_prompt[b].push(attr.scores[b].clone());
         }
         // Zeroing every neuron of the layer through `neuron_effect` reproduces the baseline.
@@ -69,13 +75,18 @@ fn attributions_are_complete_and_match_finite_differences() {
         }
         let iv = Intervention {
             value_scale: None,
-            ffn_scale: Some(Tensor::from_data(TensorData::new(scale, [1, 6, config.intermediate_size]), &device)),
+            ffn_scale: Some(Tensor::from_data(
+                TensorData::new(scale, [1, 6, config.intermediate_size]),
+                &device,
+            )),
         };
         let am = AttentionMask::from_attention_mask(mask.clone());
         let mut h = model.embed(ids.clone(), None);
         for (l, block) in model.encoder.layer.iter().enumerate() {
             let none = Intervention::none();
-            h = block.forward_intervened(h, &am, Capture::none(), None, if l == layer { &iv } else { &none }).0;
+            h = block
+                .forward_intervened(h, &am, Capture::none(), None, if l == layer { &iv } else { &none })
+                .0;
         }
         let logits: Vec<f32> = head.forward(&model, h).into_data().to_vec().unwrap();
         let row = &logits[pos * 64..(pos + 1) * 64];

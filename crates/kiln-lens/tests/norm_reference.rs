@@ -161,5 +161,8 @@ fn mixing_ratios_match_a_float64_implementation_on_minilm() {
     }
     assert!(worst <= 1e-4, "max |kiln − float64| = {worst:e}");
     println!("decomposition identities: max error {identity_worst:.2e}");
-    assert!(identity_worst <= 1e-5, "Σ_j G_i(x_j) + g(b_O) + β vs LN(y_i): {identity_worst:e}");
+    assert!(
+        identity_worst <= 1e-5,
+        "Σ_j G_i(x_j) + g(b_O) + β vs LN(y_i): {identity_worst:e}"
+    );
 }

@@ -12,7 +12,12 @@ use kiln_model::{BertConfig, BertModel, Capture};
 type B = Flex;
 
 fn vec64<const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data().to_vec::<f32>().unwrap().into_iter().map(f64::from).collect()
+    t.into_data()
+        .to_vec::<f32>()
+        .unwrap()
+        .into_iter()
+        .map(f64::from)
+        .collect()
 }
 
 fn layer_norm(v: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
@@ -72,7 +77,12 @@ fn value_zeroing_matches_a_float64_layer_recomputation() {
         let (w2, b2) = p(&layer.output.dense);
         let ln1 = &layer.attention.output.layer_norm;
         let ln2 = &layer.output.layer_norm;
-        let (g1, be1, g2, be2) = (vec64(ln1.gamma.val()), vec64(ln1.beta.clone().unwrap().val()), vec64(ln2.gamma.val()), vec64(ln2.beta.clone().unwrap().val()));
+        let (g1, be1, g2, be2) = (
+            vec64(ln1.gamma.val()),
+            vec64(ln1.beta.clone().unwrap().val()),
+            vec64(ln2.gamma.val()),
+            vec64(ln2.beta.clone().unwrap().val()),
+        );
         let eps = config.layer_norm_eps;
         let got_l = vec64(got[l].clone());
         for b in 0..n {
@@ -92,7 +102,11 @@ fn value_zeroing_matches_a_float64_layer_recomputation() {
                     }
                 }
                 let attn = affine(&context, &wo, &bo);
-                let sum: Vec<f64> = attn.iter().zip(&x[(b * s + i) * d..][..d]).map(|(a, r)| a + r).collect();
+                let sum: Vec<f64> = attn
+                    .iter()
+                    .zip(&x[(b * s + i) * d..][..d])
+                    .map(|(a, r)| a + r)
+                    .collect();
                 let a = layer_norm(&sum, &g1, &be1, eps);
                 let inner: Vec<f64> = affine(&a, &w1, &b1).into_iter().map(|z| z.max(0.0)).collect();
                 let ffn = affine(&inner, &w2, &b2);
@@ -105,7 +119,8 @@ fn value_zeroing_matches_a_float64_layer_recomputation() {
                     let want = if real(i) && real(j) {
                         let z = output(i, Some(j));
                         let dot: f64 = base.iter().zip(&z).map(|(p, q)| p * q).sum();
-                        let nn = base.iter().map(|p| p * p).sum::<f64>().sqrt() * z.iter().map(|q| q * q).sum::<f64>().sqrt();
+                        let nn = base.iter().map(|p| p * p).sum::<f64>().sqrt()
+                            * z.iter().map(|q| q * q).sum::<f64>().sqrt();
                         1.0 - dot / nn
                     } else {
                         0.0

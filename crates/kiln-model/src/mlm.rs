@@ -61,7 +61,11 @@ impl<B: Backend> BertMlmHead<B> {
     /// # Errors
     /// [`ModelError::Io`]/[`ModelError::Checkpoint`] for unreadable files;
     /// [`ModelError::Mismatch`] when the checkpoint has no (or a differently shaped) MLM head.
-    pub fn from_checkpoint(config: &BertConfig, path: impl AsRef<Path>, device: &B::Device) -> Result<Self, ModelError> {
+    pub fn from_checkpoint(
+        config: &BertConfig,
+        path: impl AsRef<Path>,
+        device: &B::Device,
+    ) -> Result<Self, ModelError> {
         let path = path.as_ref();
         std::fs::metadata(path).map_err(|source| ModelError::Io {
             path: path.to_path_buf(),

@@ -25,7 +25,11 @@ fn mlm_logits_match_pytorch() {
     let ids = reference.int_tensor::<B>("input_ids", &device).unwrap();
     let mask = reference.int_tensor::<B>("attention_mask", &device).unwrap();
     let out = model.forward(ids, None, Some(mask.clone()), Capture::none());
-    let logits: Vec<f32> = head.forward(&model, out.last_hidden_state).into_data().to_vec().unwrap();
+    let logits: Vec<f32> = head
+        .forward(&model, out.last_hidden_state)
+        .into_data()
+        .to_vec()
+        .unwrap();
     let (shape, want) = reference.f32("logits").unwrap();
     let (_, m) = reference.i64("attention_mask").unwrap();
     let (seq, vocab) = (shape[1], shape[2]);
@@ -35,7 +39,11 @@ fn mlm_logits_match_pytorch() {
             worst = worst.max((g - w).abs() as f64);
         }
     }
-    println!("max abs logit diff {worst:.2e}; logit range {:?}", want.iter().fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v))));
+    println!(
+        "max abs logit diff {worst:.2e}; logit range {:?}",
+        want.iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &v| (a.min(v), b.max(v)))
+    );
     assert_eq!(logits.len(), shape.iter().product::<usize>());
     assert!(seq == 8 && worst < 1e-5, "max |Δlogit| {worst}");
 }
@@ -47,7 +55,10 @@ fn a_checkpoint_without_a_head_is_a_typed_error() {
     match BertMlmHead::<B>::from_checkpoint(&config, common::minilm_dir().join("model.safetensors"), &device) {
         Err(ModelError::Mismatch { missing, .. }) => {
             assert!(missing.contains(&"cls.predictions.bias".to_string()), "{missing:?}");
-            assert!(missing.iter().any(|n| n == "cls.predictions.transform.dense.weight"), "{missing:?}");
+            assert!(
+                missing.iter().any(|n| n == "cls.predictions.transform.dense.weight"),
+                "{missing:?}"
+            );
         }
         other => panic!("expected a mismatch, got {:?}", other.map(|_| ())),
     }

@@ -65,9 +65,17 @@ fn draw_lines<DB: DrawingBackend>(
 ) -> Result<(), String> {
     let e = |err: &dyn std::fmt::Display| err.to_string();
     root.fill(&WHITE).map_err(|x| e(&x))?;
-    let pts: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).filter(|p| p.1.is_finite()).collect();
-    let (mut x0, mut x1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (mut y0, mut y1) = pts.iter().fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let pts: Vec<(f64, f64)> = series
+        .iter()
+        .flat_map(|s| s.1.iter().copied())
+        .filter(|p| p.1.is_finite())
+        .collect();
+    let (mut x0, mut x1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (mut y0, mut y1) = pts
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
     if pts.is_empty() {
         (x0, x1, y0, y1) = (0.0, 1.0, 0.0, 1.0);
     }
@@ -205,8 +213,20 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
     let mut written = Vec::new();
     let train = data["train"].as_array().cloned().unwrap_or_default();
     if !train.is_empty() {
-        written.extend(lines(&dir, "loss", "training loss", "step", &[("loss".into(), points(&train, "step", "loss"))])?);
-        written.extend(lines(&dir, "lr", "learning rate", "step", &[("lr".into(), points(&train, "step", "lr"))])?);
+        written.extend(lines(
+            &dir,
+            "loss",
+            "training loss",
+            "step",
+            &[("loss".into(), points(&train, "step", "loss"))],
+        )?);
+        written.extend(lines(
+            &dir,
+            "lr",
+            "learning rate",
+            "step",
+            &[("lr".into(), points(&train, "step", "lr"))],
+        )?);
     }
     let eval = data["eval"].as_array().cloned().unwrap_or_default();
     if let Some(first) = eval.first().and_then(|e| e["metrics"].as_object()) {
@@ -240,13 +260,27 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
     if let Some(gate) = analysis["heads"]["gate"].as_array() {
         let m: Vec<Vec<f64>> = gate
             .iter()
-            .map(|r| r.as_array().map(|r| r.iter().filter_map(Value::as_f64).collect()).unwrap_or_default())
+            .map(|r| {
+                r.as_array()
+                    .map(|r| r.iter().filter_map(Value::as_f64).collect())
+                    .unwrap_or_default()
+            })
             .collect();
         let title = "head importance (gate gradient)";
-        written.extend(write_svg_png(&dir, "head_importance", |a| draw_heatmap(a, title, &m), |a| draw_heatmap(a, title, &m))?);
+        written.extend(write_svg_png(
+            &dir,
+            "head_importance",
+            |a| draw_heatmap(a, title, &m),
+            |a| draw_heatmap(a, title, &m),
+        )?);
     }
     if let Some(instances) = analysis["instances"].as_array().filter(|i| !i.is_empty()) {
-        let keys = [("attn_w", "Attn-W"), ("attn_n", "Attn-N"), ("attnres_n", "AttnRes-N"), ("attnresln_n", "AttnResLn-N")];
+        let keys = [
+            ("attn_w", "Attn-W"),
+            ("attn_n", "Attn-N"),
+            ("attnres_n", "AttnRes-N"),
+            ("attnresln_n", "AttnResLn-N"),
+        ];
         let layers = instances[0]["mixing"].as_array().map_or(0, Vec::len);
         let series: Vec<Series> = keys
             .iter()
@@ -264,7 +298,13 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
                 (label.to_string(), pts)
             })
             .collect();
-        written.extend(lines(&dir, "mixing_ratio", "mean mixing ratio per layer", "layer", &series)?);
+        written.extend(lines(
+            &dir,
+            "mixing_ratio",
+            "mean mixing ratio per layer",
+            "layer",
+            &series,
+        )?);
     }
     Ok(written)
 }
@@ -277,9 +317,17 @@ mod tests {
     fn plots_of_a_run_are_svg_and_png_of_the_right_size() {
         let dir = tempfile::tempdir().unwrap();
         let metrics: String = (1..=10)
-            .map(|s| format!("{{\"kind\":\"train\",\"step\":{s},\"loss\":{},\"lr\":{}}}\n", 1.0 / s as f64, 1e-5 * s as f64))
-            .chain(["{\"kind\":\"eval\",\"step\":5,\"metrics\":{\"accuracy\":0.7,\"f1\":0.6}}\n".to_string(),
-                    "{\"kind\":\"eval\",\"step\":10,\"metrics\":{\"accuracy\":0.8,\"f1\":0.75}}\n".to_string()])
+            .map(|s| {
+                format!(
+                    "{{\"kind\":\"train\",\"step\":{s},\"loss\":{},\"lr\":{}}}\n",
+                    1.0 / s as f64,
+                    1e-5 * s as f64
+                )
+            })
+            .chain([
+                "{\"kind\":\"eval\",\"step\":5,\"metrics\":{\"accuracy\":0.7,\"f1\":0.6}}\n".to_string(),
+                "{\"kind\":\"eval\",\"step\":10,\"metrics\":{\"accuracy\":0.8,\"f1\":0.75}}\n".to_string(),
+            ])
             .collect();
         std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();
         std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
@@ -292,9 +340,22 @@ mod tests {
         )
         .unwrap();
         let files = write_plots(dir.path()).unwrap();
-        let names: Vec<String> = files.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect();
-        for stem in ["loss", "lr", "dev_metrics", "head_pruning", "head_importance", "mixing_ratio"] {
-            assert!(names.contains(&format!("{stem}.svg")) && names.contains(&format!("{stem}.png")), "{stem}: {names:?}");
+        let names: Vec<String> = files
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for stem in [
+            "loss",
+            "lr",
+            "dev_metrics",
+            "head_pruning",
+            "head_importance",
+            "mixing_ratio",
+        ] {
+            assert!(
+                names.contains(&format!("{stem}.svg")) && names.contains(&format!("{stem}.png")),
+                "{stem}: {names:?}"
+            );
         }
         for f in &files {
             let bytes = std::fs::read(f).unwrap();
@@ -309,7 +370,10 @@ mod tests {
             }
         }
         let dev = std::fs::read_to_string(dir.path().join("plots/dev_metrics.svg")).unwrap();
-        assert!(dev.contains("dev metrics") && dev.contains("accuracy") && dev.contains("f1"), "title and legend");
+        assert!(
+            dev.contains("dev metrics") && dev.contains("accuracy") && dev.contains("f1"),
+            "title and legend"
+        );
         let loss = std::fs::read_to_string(dir.path().join("plots/loss.svg")).unwrap();
         assert_eq!(loss.matches("<circle").count(), 10, "one marker per logged step");
         assert!(!dir.path().join("plots/.loss.svg.tmp").exists());

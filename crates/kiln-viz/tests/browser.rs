@@ -52,7 +52,11 @@ fn dump(page: &Path, fragment: &str, profile: &Path) -> String {
         .arg(format!("file://{}{fragment}", page.display()))
         .output()
         .expect("browser runs");
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -81,7 +85,12 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
     std::fs::write(
         dir.join("metrics.jsonl"),
         (1..=5)
-            .map(|s| format!("{{\"kind\":\"train\",\"step\":{s},\"loss\":{},\"lr\":1e-5,\"grad_norm\":1.0}}\n", 1.0 / s as f64))
+            .map(|s| {
+                format!(
+                    "{{\"kind\":\"train\",\"step\":{s},\"loss\":{},\"lr\":1e-5,\"grad_norm\":1.0}}\n",
+                    1.0 / s as f64
+                )
+            })
             .collect::<String>(),
     )
     .unwrap();
@@ -90,7 +99,11 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
         .map(|i| {
             let label = i % 2;
             let prediction = if i % 7 == 0 { 1 - label } else { label };
-            let text = if i == 3 { XSS.to_string() } else { format!("example sentence number {i}") };
+            let text = if i == 3 {
+                XSS.to_string()
+            } else {
+                format!("example sentence number {i}")
+            };
             json!({"text": text, "label": label, "prediction": prediction,
                    "p_gold": if prediction == label { 0.9 } else { 0.2 },
                    "loss": if prediction == label { 0.1 } else { 1.6 }})
@@ -100,7 +113,10 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
         (0..n)
             .flat_map(|i| {
                 let a = i as f64 * 0.37;
-                [a.cos() * (1.0 + (i % 2) as f64) + shift, a.sin() * (1.0 + (i % 2) as f64)]
+                [
+                    a.cos() * (1.0 + (i % 2) as f64) + shift,
+                    a.sin() * (1.0 + (i % 2) as f64),
+                ]
             })
             .collect()
     };
@@ -155,17 +171,27 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     let count = |pred: &dyn Fn(&Value) -> bool| examples.iter().filter(|e| pred(e)).count().to_string();
 
     let dom = dump(&page, "", profile.path());
-    assert_eq!(body_attr(&dom, "data-ready").as_deref(), Some("1"), "the scripts did not finish");
+    assert_eq!(
+        body_attr(&dom, "data-ready").as_deref(),
+        Some("1"),
+        "the scripts did not finish"
+    );
     assert_eq!(body_attr(&dom, "data-errors"), None, "script errors: {dom:.2000}");
     assert_eq!(body_attr(&dom, "data-pwned"), None, "the hostile sentence ran");
     assert_eq!(attr(&dom, "projection", "data-drawn").as_deref(), Some("300"));
     assert_eq!(attr(&dom, "examples", "data-rows").as_deref(), Some("300"));
     assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
     assert_eq!(attr(&dom, "inst-tokens", "data-tokens").as_deref(), Some("6"));
-    assert!(dom.contains("<option value=\"1\">class 1</option>"), "an output selector per class");
+    assert!(
+        dom.contains("<option value=\"1\">class 1</option>"),
+        "an output selector per class"
+    );
     // The hostile sentence is table text (escaped by the DOM serialiser), not markup.
     assert!(dom.contains("&lt;/script&gt;&lt;script&gt;document.body.dataset.pwned='1'&lt;/script&gt;"));
-    assert!(dom.contains("&lt;b&gt;bold?&lt;/b&gt;"), "a token with markup is shown as text");
+    assert!(
+        dom.contains("&lt;b&gt;bold?&lt;/b&gt;"),
+        "a token with markup is shown as text"
+    );
     assert!(!dom.contains("<img src=\"x\""), "no element was created from data");
 
     // Filtering the table filters the projection: wrong predictions only.
@@ -175,7 +201,11 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     assert_eq!(attr(&dom, "projection", "data-drawn"), Some(wrong));
     // A selection plus a loss threshold: both views show the intersection.
     let chosen = [0usize, 1, 2, 7, 14, 21, 100];
-    let both = chosen.iter().filter(|&&i| examples[i]["loss"].as_f64().unwrap() >= 1.0).count().to_string();
+    let both = chosen
+        .iter()
+        .filter(|&&i| examples[i]["loss"].as_f64().unwrap() >= 1.0)
+        .count()
+        .to_string();
     let dom = dump(&page, "#select=0,1,2,7,14,21,100&minloss=1", profile.path());
     assert_eq!(attr(&dom, "examples", "data-rows"), Some(both.clone()));
     assert_eq!(attr(&dom, "projection", "data-drawn"), Some(both));
@@ -197,7 +227,10 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
             .output()
             .unwrap();
         assert!(out.status.success());
-        assert!(std::fs::metadata(shots.join(name)).unwrap().len() > 10_000, "{name} is empty");
+        assert!(
+            std::fs::metadata(shots.join(name)).unwrap().len() > 10_000,
+            "{name} is empty"
+        );
     }
     println!("screenshots in {}", shots.display());
 }
