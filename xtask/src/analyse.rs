@@ -20,15 +20,15 @@ use kiln::backend::{BackendJob, DeviceKind};
 use kiln::burn::module::AutodiffModule;
 use kiln::burn::prelude::*;
 use kiln::burn::tensor::backend::AutodiffBackend;
-use kiln::burn::tensor::TensorData;
-use kiln::data::{BatchEncoding, Example, Label, TextInput, TextTokenizer};
+use kiln::data::batching::encode_indices;
+use kiln::data::{Example, Label, TextInput, TextTokenizer};
 use kiln::lens::attribution::{gradient_x_input, integrated_gradients, repeat_rows, rollout, rollout_matrices};
 use kiln::lens::heads::{head_importance, prune_least_important, set_head_gates, taylor_importance};
-use kiln::lens::norm::{analyse_layer, capture};
+use kiln::lens::norm::{analyse_layer, capture, mean_over_real};
 use kiln::lens::projection::{neighbourhood_preservation, pca, trustworthiness, tsne, TsneConfig};
-use kiln::lens::value_zeroing::value_zeroing;
-use kiln::model::{Capture, CheckpointDir};
-use kiln::tune::classifier::Targets;
+use kiln::lens::value_zeroing::value_zeroing_layer;
+use kiln::model::{BertConfig, Capture, CheckpointDir};
+use kiln::tune::trainer::{targets, tensors};
 use serde_json::{json, Value};
 
 pub struct AnalyseJob {
@@ -52,44 +52,8 @@ pub struct AnalyseJob {
 const K: usize = 10;
 const BATCH: usize = 32;
 
-fn encode(tok: &TextTokenizer, examples: &[&Example]) -> Result<BatchEncoding> {
-    let inputs: Vec<TextInput> = examples.iter().map(|e| e.input.clone()).collect();
-    Ok(tok.encode_batch(&inputs)?)
-}
-
-fn ids<B: Backend>(enc: &BatchEncoding, device: &B::Device) -> [Tensor<B, 2, Int>; 3] {
-    let shape = [enc.batch, enc.seq];
-    [&enc.input_ids, &enc.token_type_ids, &enc.attention_mask]
-        .map(|v| Tensor::from_data(TensorData::new(v.clone(), shape), device))
-}
-
 fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32")
-}
-
-fn targets<B: Backend>(examples: &[&Example], device: &B::Device) -> Targets<B> {
-    match examples[0].label {
-        Label::Class(_) => Targets::Classes(Tensor::from_data(
-            TensorData::new(
-                examples
-                    .iter()
-                    .map(|e| if let Label::Class(c) = e.label { c as i64 } else { 0 })
-                    .collect::<Vec<_>>(),
-                [examples.len()],
-            ),
-            device,
-        )),
-        Label::Score(_) => Targets::Scores(Tensor::from_data(
-            TensorData::new(
-                examples
-                    .iter()
-                    .map(|e| if let Label::Score(s) = e.label { s } else { 0.0 })
-                    .collect::<Vec<_>>(),
-                [examples.len()],
-            ),
-            device,
-        )),
-    }
 }
 
 fn text_of(e: &Example) -> Value {
@@ -145,10 +109,13 @@ impl BackendJob for AnalyseJob {
         let (mut model, tuning, task) =
             crate::export::load_run::<B>(&self.model, &self.run, &self.checkpoint, &device)?;
         model.set_dropout(0.0);
-        let run_config: Value = serde_json::from_str(&std::fs::read_to_string(self.run.join("config.json"))?)?;
+        let (run_config, _) = crate::export::run_config(&self.run)?;
         let max_length = run_config["train"]["max_length"].as_u64().unwrap_or(128) as usize;
         let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), max_length)?;
-        let dev: Vec<&Example> = self.dev.iter().take(self.max_examples).collect();
+        let dev = &self.dev[..self.dev.len().min(self.max_examples)];
+        let inputs: Vec<TextInput> = dev.iter().map(|e| e.input.clone()).collect();
+        let all: Vec<usize> = (0..dev.len()).collect();
+        let layer_norm_eps = BertConfig::from_file(CheckpointDir::new(&self.model).config())?.layer_norm_eps;
         if dev.len() < 2 * K + 2 {
             bail!("need at least {} dev examples, found {}", 2 * K + 2, dev.len());
         }
@@ -161,9 +128,9 @@ impl BackendJob for AnalyseJob {
         let mut cls: Vec<Vec<f32>> = vec![Vec::new(); layers + 1];
         let mut examples = Vec::new();
         let mut hidden = 0;
-        for chunk in dev.chunks(BATCH) {
-            let enc = encode(&tok, chunk)?;
-            let [input_ids, types, mask] = ids::<I<B>>(&enc, &device);
+        for chunk in all.chunks(BATCH) {
+            let enc = encode_indices(&tok, &inputs, chunk)?;
+            let [input_ids, types, mask] = tensors::<I<B>>(&enc, &device);
             let out = inner.bert.forward(
                 input_ids.clone(),
                 Some(types.clone()),
@@ -185,7 +152,7 @@ impl BackendJob for AnalyseJob {
             }
             let logits = floats(inner.forward(input_ids, types, mask));
             let c = inner.num_labels();
-            for (k, e) in chunk.iter().enumerate() {
+            for (k, e) in chunk.iter().map(|&i| &dev[i]).enumerate() {
                 let row = &logits[k * c..(k + 1) * c];
                 let (prediction, confidence, loss) = if regression {
                     let gold = if let Label::Score(s) = e.label { s } else { 0.0 };
@@ -265,17 +232,17 @@ impl BackendJob for AnalyseJob {
         //    heads are not the backbone's alone).
         let mut heads = Value::Null;
         if model.side.is_none() && model.bert.prompt.is_none() {
-            let subset: Vec<&Example> = dev.iter().take(self.importance_examples).copied().collect();
-            let batches: Vec<Vec<&Example>> = subset.chunks(BATCH).map(|c| c.to_vec()).collect();
+            let subset = &dev[..dev.len().min(self.importance_examples)];
+            let batches: Vec<&[usize]> = all[..subset.len()].chunks(BATCH).collect();
             let bar = progress(2 * batches.len(), "importance");
             let loss_of = |bert: &kiln::model::BertModel<B>, i: usize| {
-                let enc = encode(&tok, &batches[i]).expect("encodes");
-                let [input_ids, types, mask] = ids::<B>(&enc, &device);
+                let enc = encode_indices(&tok, &inputs, batches[i]).expect("encodes");
+                let [input_ids, types, mask] = tensors::<B>(&enc, &device);
                 let mut m = model.clone();
                 m.bert = bert.clone();
                 let logits = m.forward(input_ids, types, mask);
                 bar.inc(1);
-                m.loss(logits, &targets::<B>(&batches[i], &device))
+                m.loss(logits, &targets::<B>(dev, batches[i], &device).expect("one label kind"))
             };
             let gate = head_importance(&model.bert, batches.len(), true, &loss_of);
             let taylor = taylor_importance(&model.bert, batches.len(), &loss_of);
@@ -283,12 +250,11 @@ impl BackendJob for AnalyseJob {
             let total: usize = gate.iter().map(Vec::len).sum();
             let mut curve = Vec::new();
             let mut metric = String::new();
-            let owned: Vec<Example> = subset.iter().map(|e| (*e).clone()).collect();
             for share in [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] {
                 let count = (share * total as f64).round() as usize;
                 let mut pruned = inner.clone();
                 set_head_gates(&mut pruned.bert, Some(&prune_least_important(&gate, count)));
-                let m = kiln::tune::trainer::evaluate(&pruned, &tok, task, &owned, 64, &device)?;
+                let m = kiln::tune::trainer::evaluate(&pruned, &tok, task, subset, 64, &device)?;
                 metric.clone_from(&m.primary);
                 curve.push(json!({"pruned": count, "share": share, "metric": round(m.primary_value(), 4)}));
             }
@@ -304,7 +270,7 @@ impl BackendJob for AnalyseJob {
                         gates[l][h] = 0.0;
                         let mut pruned = inner.clone();
                         set_head_gates(&mut pruned.bert, Some(&gates));
-                        let m = kiln::tune::trainer::evaluate(&pruned, &tok, task, &owned, 64, &device)?;
+                        let m = kiln::tune::trainer::evaluate(&pruned, &tok, task, subset, 64, &device)?;
                         out.push(round(m.primary_value(), 4));
                         bar.inc(1);
                     }
@@ -330,18 +296,24 @@ impl BackendJob for AnalyseJob {
         let mut instances = Vec::new();
         let chosen = dev.len().min(self.instances);
         let bar = progress(chosen, "instances");
-        for (index, e) in dev.iter().take(chosen).enumerate() {
-            let enc = encode(&tok, &[*e])?;
+        for index in 0..chosen {
+            let enc = encode_indices(&tok, &inputs, &[index])?;
             let s = enc.seq;
             let tokens: Vec<String> = enc
                 .input_ids
                 .iter()
                 .map(|&id| tok.token(id as u32).unwrap_or_else(|| format!("#{id}")))
                 .collect();
-            let [input_ids, types, mask] = ids::<I<B>>(&enc, &device);
-            let out = inner
-                .bert
-                .forward(input_ids.clone(), Some(types.clone()), Some(mask.clone()), capture());
+            let [input_ids, types, mask] = tensors::<I<B>>(&enc, &device);
+            let out = inner.bert.forward(
+                input_ids.clone(),
+                Some(types.clone()),
+                Some(mask.clone()),
+                Capture {
+                    hidden_states: true,
+                    ..capture()
+                },
+            );
             let attentions: Vec<Tensor<I<B>, 4>> = out
                 .layers
                 .iter()
@@ -357,22 +329,25 @@ impl BackendJob for AnalyseJob {
                 );
             }
             let roll = floats(rollout(&attentions, mask.clone()).slice([0..1, 0..1, 0..s]));
-            let vz = value_zeroing(&inner.bert, input_ids.clone(), Some(types.clone()), mask.clone(), 16);
+            let vz: Vec<_> = (0..layers)
+                .map(|l| value_zeroing_layer(&inner.bert, l, out.hidden_states[l].clone(), mask.clone(), 16))
+                .collect();
             let vz_roll = floats(rollout_matrices(&vz, mask.clone(), false).slice([0..1, 0..1, 0..s]));
             let mut mixing = Vec::new();
             for (l, layer) in inner.bert.encoder.layer.iter().enumerate() {
-                let r = analyse_layer(layer, &out.layers[l], mask.clone(), 1e-12);
+                let r = analyse_layer(layer, &out.layers[l], mask.clone(), layer_norm_eps);
+                let mean = |t| round(mean_over_real(t, mask.clone()), 4);
                 mixing.push(json!({
-                    "attn_w": round(floats(r.attn_w).iter().sum::<f32>() as f64 / s as f64, 4),
-                    "attn_n": round(floats(r.attn_n).iter().sum::<f32>() as f64 / s as f64, 4),
-                    "attnres_n": round(floats(r.attnres_n).iter().sum::<f32>() as f64 / s as f64, 4),
-                    "attnresln_n": round(floats(r.attnresln_n).iter().sum::<f32>() as f64 / s as f64, 4),
+                    "attn_w": mean(r.attn_w),
+                    "attn_n": mean(r.attn_n),
+                    "attnres_n": mean(r.attnres_n),
+                    "attnresln_n": mean(r.attnresln_n),
                 }));
             }
             // Gradient attributions of the predicted class logit (regression: the score).
             let mut saliency = Value::Null;
             if model.side.is_none() && model.bert.prompt.is_none() {
-                let [aid, atypes, amask] = ids::<B>(&enc, &device);
+                let [aid, atypes, amask] = tensors::<B>(&enc, &device);
                 let logits = floats(inner.forward(input_ids.clone(), types.clone(), mask.clone()));
                 let predicted = if regression {
                     0

@@ -22,6 +22,17 @@ pub enum ExportFormat {
     Hf,
 }
 
+/// A run's `config.json` and its task.
+pub fn run_config(run: &std::path::Path) -> Result<(serde_json::Value, GlueTask)> {
+    let config_path = run.join("config.json");
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&config_path).with_context(|| config_path.display().to_string())?,
+    )
+    .with_context(|| config_path.display().to_string())?;
+    let task = GlueTask::parse(config["task"].as_str().context("config.json has no task")?)?;
+    Ok((config, task))
+}
+
 /// A checkpoint (`best`, `last`) of a run: the classifier (strategy inserts included), its
 /// tuning and the task, from `RUN/config.json` and `RUN/checkpoints/<checkpoint>`.
 pub fn load_run<B: kiln::burn::prelude::Backend>(
@@ -30,11 +41,7 @@ pub fn load_run<B: kiln::burn::prelude::Backend>(
     checkpoint: &str,
     device: &B::Device,
 ) -> Result<(SequenceClassifier<B>, kiln::tune::strategy::Tuning, GlueTask)> {
-    let config_path = run.join("config.json");
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&config_path).with_context(|| config_path.display().to_string())?,
-    )?;
-    let task = GlueTask::parse(config["task"].as_str().context("config.json has no task")?)?;
+    let (_, task) = run_config(run)?;
     let best = run.join("checkpoints").join(checkpoint);
     let (base, _) = SequenceClassifier::<B>::from_pretrained(model_dir, task.num_labels(), device)?;
     let (model, tuning) = if best.join(TUNED_FILE).exists() {

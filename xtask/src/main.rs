@@ -495,11 +495,7 @@ fn main() -> Result<()> {
             let glue_dir = glue_dir
                 .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))
                 .context("no GLUE directory: pass --glue-dir")?;
-            let config: serde_json::Value = serde_json::from_str(
-                &std::fs::read_to_string(run.join("config.json"))
-                    .with_context(|| format!("{}/config.json", run.display()))?,
-            )?;
-            let task = kiln::data::GlueTask::parse(config["task"].as_str().context("config.json has no task")?)?;
+            let (_, task) = export::run_config(&run)?;
             let dev = kiln::tune::trainer::load_glue(&glue_dir, task)
                 .with_context(|| format!("GLUE data for {} under {}", task.short_name(), glue_dir.display()))?
                 .dev;
@@ -756,9 +752,7 @@ fn backend_name(kind: DeviceKind) -> &'static str {
 /// The training texts of a run's task (for the data map's tooltips), when the GLUE data is at
 /// hand.
 fn report_texts(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Option<Vec<String>> {
-    let config: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).ok()?).ok()?;
-    let task = kiln::data::GlueTask::parse(config["task"].as_str()?).ok()?;
+    let (config, task) = export::run_config(run).ok()?;
     let dir = glue_dir.or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))?;
     let limit = config["train"]["max_train_examples"].as_u64().map(|n| n as usize);
     kiln::tune::trainer::load_glue(&dir, task)

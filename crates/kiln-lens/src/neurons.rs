@@ -51,8 +51,9 @@ pub struct NeuronAttribution {
     pub p_zeroed: Vec<f32>,
 }
 
-/// Runs layers `from..` with an optional intervention at layer `at`, then the MLM head, and
-/// returns `P(target)` at each sequence's mask position, `[batch]`.
+/// Runs layers `from..` on `x` — layer `from + k` with `interventions[k]`, none past the end
+/// of the slice — then the MLM head, and returns `P(target)` at each sequence's mask position,
+/// `[batch]`.
 #[allow(clippy::too_many_arguments)] // private helper; the arguments are one call site's state
 fn target_probability<B: Backend>(
     model: &BertModel<B>,
@@ -60,8 +61,7 @@ fn target_probability<B: Backend>(
     x: Tensor<B, 3>,
     attention_mask: Tensor<B, 2, Int>,
     from: usize,
-    at: usize,
-    intervention: &Intervention<B>,
+    interventions: &[Intervention<B>],
     mask_positions: &[usize],
     targets: &[usize],
 ) -> Tensor<B, 1> {
@@ -71,8 +71,8 @@ fn target_probability<B: Backend>(
     let rules = model.encoder.shared.phm_rules.as_ref().map(|p| p.val());
     let none = Intervention::none();
     let mut h = x;
-    for (l, layer) in model.encoder.layer.iter().enumerate().skip(from) {
-        let iv = if l == at { intervention } else { &none };
+    for (k, layer) in model.encoder.layer.iter().skip(from).enumerate() {
+        let iv = interventions.get(k).unwrap_or(&none);
         h = layer.forward_intervened(h, &mask, Capture::none(), rules.clone(), iv).0;
     }
     let logits = head.forward(model, h);
@@ -168,7 +168,7 @@ pub fn neuron_attribution<B: AutodiffBackend>(
             value_scale: None,
             ffn_scale: Some(scale),
         };
-        let p = target_probability(model, head, xs, ms, layer, layer, &iv, &positions, &targets);
+        let p = target_probability(model, head, xs, ms, layer, &[iv], &positions, &targets);
         let grads = p.sum().backward();
         let g = to_vec(leaf.grad(&grads).expect("the scale is a leaf"));
         for r in 0..rows {
@@ -192,8 +192,7 @@ pub fn neuron_attribution<B: AutodiffBackend>(
             x.clone(),
             batch.attention_mask.clone(),
             layer,
-            layer,
-            &iv,
+            &[iv],
             &batch.mask_positions,
             &batch.targets,
         ))
@@ -242,36 +241,32 @@ pub fn neuron_effect<B: Backend>(
 ) -> Vec<f32> {
     let [n, s] = batch.input_ids.dims();
     let device = batch.input_ids.device();
-    let embeddings = model.embed(batch.input_ids.clone(), None);
-    let mask = AttentionMask::from_attention_mask(batch.attention_mask.clone());
-    let rules = model.encoder.shared.phm_rules.as_ref().map(|p| p.val());
-    let mut h = embeddings;
-    for (l, layer) in model.encoder.layer.iter().enumerate() {
-        let intermediate = layer.intermediate.dense.weight.dims()[1];
-        let mut scale = vec![1f32; n * s * intermediate];
-        for &(_, i) in neurons.iter().filter(|(nl, _)| *nl == l) {
-            for (b, &m) in batch.mask_positions.iter().enumerate() {
-                scale[(b * s + m) * intermediate + i] = factor;
+    let interventions: Vec<Intervention<B>> = model
+        .encoder
+        .layer
+        .iter()
+        .enumerate()
+        .map(|(l, layer)| {
+            let intermediate = layer.intermediate.dense.weight.dims()[1];
+            let mut scale = vec![1f32; n * s * intermediate];
+            for &(_, i) in neurons.iter().filter(|(nl, _)| *nl == l) {
+                for (b, &m) in batch.mask_positions.iter().enumerate() {
+                    scale[(b * s + m) * intermediate + i] = factor;
+                }
             }
-        }
-        let iv = Intervention {
-            value_scale: None,
-            ffn_scale: Some(Tensor::from_data(TensorData::new(scale, [n, s, intermediate]), &device)),
-        };
-        h = layer
-            .forward_intervened(h, &mask, Capture::none(), rules.clone(), &iv)
-            .0;
-    }
-    let n_layers = model.num_layers();
-    // All layers done: evaluate the head only (from = n_layers runs no layer).
+            Intervention {
+                value_scale: None,
+                ffn_scale: Some(Tensor::from_data(TensorData::new(scale, [n, s, intermediate]), &device)),
+            }
+        })
+        .collect();
     to_vec(target_probability(
         model,
         head,
-        h,
+        model.embed(batch.input_ids.clone(), None),
         batch.attention_mask.clone(),
-        n_layers,
-        usize::MAX,
-        &Intervention::none(),
+        0,
+        &interventions,
         &batch.mask_positions,
         &batch.targets,
     ))

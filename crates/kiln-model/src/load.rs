@@ -43,7 +43,7 @@ fn is_ignorable(name: &str, has_pooler: bool) -> bool {
         || (!has_pooler && name.starts_with("pooler."))
 }
 
-fn open_store(path: &Path) -> Result<SafetensorsStore, ModelError> {
+pub(crate) fn open_store(path: &Path) -> Result<SafetensorsStore, ModelError> {
     // Report a missing file as I/O, before burn-store's lazy reader gets to it.
     std::fs::metadata(path).map_err(|source| ModelError::Io {
         path: path.to_path_buf(),
@@ -52,15 +52,16 @@ fn open_store(path: &Path) -> Result<SafetensorsStore, ModelError> {
     Ok(SafetensorsStore::from_file(path).allow_partial(true).validate(false))
 }
 
-fn remapper(patterns: &[(&str, &str)]) -> KeyRemapper {
+pub(crate) fn remapper(patterns: &[(&str, &str)]) -> KeyRemapper {
     KeyRemapper::from_patterns(patterns.to_vec()).expect("static patterns are valid regexes")
 }
 
-/// Turns burn-store's result into a report or a typed mismatch error.
-fn check(
+/// Turns burn-store's result into a report or a typed mismatch error; unused checkpoint
+/// tensors for which `ignorable` holds are reported as ignored, the others as unexpected.
+pub(crate) fn check(
     path: &Path,
     result: ApplyResult,
-    has_pooler: bool,
+    ignorable: impl Fn(&str) -> bool,
     to_checkpoint_name: fn(&str) -> String,
 ) -> Result<LoadReport, ModelError> {
     let missing: Vec<String> = result.missing.iter().map(|(p, _)| to_checkpoint_name(p)).collect();
@@ -68,7 +69,7 @@ fn check(
         .unused
         .iter()
         .map(|p| to_checkpoint_name(p))
-        .partition(|n| is_ignorable(n, has_pooler));
+        .partition(|n| ignorable(n));
     let mut wrong_shape = Vec::new();
     let mut other = Vec::new();
     for error in &result.errors {
@@ -101,7 +102,7 @@ fn check(
     })
 }
 
-fn store_error(path: &Path, e: impl std::fmt::Display) -> ModelError {
+pub(crate) fn store_error(path: &Path, e: impl std::fmt::Display) -> ModelError {
     ModelError::Checkpoint {
         path: path.to_path_buf(),
         message: e.to_string(),
@@ -142,7 +143,8 @@ pub fn load_bert_weights<B: Backend>(
             (r"LayerNorm\.bias$", "layer_norm.beta"),
         ]));
     let result = model.load_from(&mut store).map_err(|e| store_error(path, e))?;
-    check(path, result, model.pooler.is_some(), bert_checkpoint_name)
+    let has_pooler = model.pooler.is_some();
+    check(path, result, |n| is_ignorable(n, has_pooler), bert_checkpoint_name)
 }
 
 /// Loads GPT-2 weights (HF names, with or without the `transformer.` prefix).
@@ -160,7 +162,7 @@ pub fn load_gpt2_weights<B: Backend>(
         (r"(ln_\w+)\.bias$", "$1.beta"),
     ]));
     let result = model.load_from(&mut store).map_err(|e| store_error(path, e))?;
-    check(path, result, false, gpt2_checkpoint_name)
+    check(path, result, |n| is_ignorable(n, false), gpt2_checkpoint_name)
 }
 
 /// Paths of a Hugging Face model directory.

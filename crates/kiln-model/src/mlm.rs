@@ -11,12 +11,23 @@ use std::path::Path;
 use burn::module::Param;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn_store::{KeyRemapper, ModuleSnapshot, PyTorchToBurnAdapter, SafetensorsStore};
+use burn_store::{ModuleSnapshot, PyTorchToBurnAdapter};
 
 use crate::activation::Activation;
 use crate::bert::BertModel;
 use crate::config::BertConfig;
 use crate::error::ModelError;
+use crate::load::{check, open_store, remapper, store_error};
+
+/// Checkpoint name of a head parameter path.
+fn head_checkpoint_name(path: &str) -> String {
+    match path {
+        "bias" => "cls.predictions.bias".to_string(),
+        "layer_norm.gamma" => "cls.predictions.transform.LayerNorm.weight".to_string(),
+        "layer_norm.beta" => "cls.predictions.transform.LayerNorm.bias".to_string(),
+        other => format!("cls.predictions.transform.{other}"),
+    }
+}
 
 /// `cls.predictions`: transform (dense + activation + LayerNorm) and the output bias.
 #[derive(Module, Debug)]
@@ -67,56 +78,17 @@ impl<B: Backend> BertMlmHead<B> {
         device: &B::Device,
     ) -> Result<Self, ModelError> {
         let path = path.as_ref();
-        std::fs::metadata(path).map_err(|source| ModelError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let remap = KeyRemapper::from_patterns(vec![
+        let remap = remapper(&[
             (r"^cls\.predictions\.transform\.dense\.", "dense."),
             (r"^cls\.predictions\.transform\.LayerNorm\.weight$", "layer_norm.gamma"),
             (r"^cls\.predictions\.transform\.LayerNorm\.bias$", "layer_norm.beta"),
             (r"^cls\.predictions\.bias$", "bias"),
-        ])
-        .expect("static patterns are valid regexes");
-        let mut store = SafetensorsStore::from_file(path)
-            .allow_partial(true)
-            .validate(false)
-            .with_from_adapter(PyTorchToBurnAdapter)
-            .remap(remap);
+        ]);
+        let mut store = open_store(path)?.with_from_adapter(PyTorchToBurnAdapter).remap(remap);
         let mut head = Self::new(config, device);
-        let result = head.load_from(&mut store).map_err(|e| ModelError::Checkpoint {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let name = |p: &str| match p {
-            "bias" => "cls.predictions.bias".to_string(),
-            "layer_norm.gamma" => "cls.predictions.transform.LayerNorm.weight".to_string(),
-            "layer_norm.beta" => "cls.predictions.transform.LayerNorm.bias".to_string(),
-            other => format!("cls.predictions.transform.{other}"),
-        };
-        let missing: Vec<String> = result.missing.iter().map(|(p, _)| name(p)).collect();
-        let wrong_shape: Vec<crate::error::ShapeMismatch> = result
-            .errors
-            .iter()
-            .filter_map(|e| match e {
-                burn_store::ApplyError::ShapeMismatch { path, expected, found } => Some(crate::error::ShapeMismatch {
-                    name: name(path),
-                    expected: expected.to_vec(),
-                    found: found.to_vec(),
-                }),
-                _ => None,
-            })
-            .collect();
-        if missing.is_empty() && wrong_shape.is_empty() {
-            Ok(head)
-        } else {
-            Err(ModelError::Mismatch {
-                path: path.to_path_buf(),
-                missing,
-                unexpected: Vec::new(),
-                wrong_shape,
-                other: Vec::new(),
-            })
-        }
+        let result = head.load_from(&mut store).map_err(|e| store_error(path, e))?;
+        // Every other tensor of the file belongs to the encoder: ignorable here.
+        check(path, result, |_| true, head_checkpoint_name)?;
+        Ok(head)
     }
 }

@@ -233,13 +233,22 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn tensors<B: Backend>(enc: &BatchEncoding, device: &B::Device) -> [Tensor<B, 2, Int>; 3] {
+/// `[ids, token types, attention mask]` tensors of an encoded batch.
+pub fn tensors<B: Backend>(enc: &BatchEncoding, device: &B::Device) -> [Tensor<B, 2, Int>; 3] {
     let shape = [enc.batch, enc.seq];
     [&enc.input_ids, &enc.token_type_ids, &enc.attention_mask]
         .map(|v| Tensor::from_data(TensorData::new(v.clone(), shape), device))
 }
 
-fn targets<B: Backend>(examples: &[Example], indices: &[usize], device: &B::Device) -> Result<Targets<B>, TrainError> {
+/// Targets of `examples[indices]` (classes or scores).
+///
+/// # Errors
+/// [`TrainError::Invalid`] when class and score labels are mixed.
+pub fn targets<B: Backend>(
+    examples: &[Example],
+    indices: &[usize],
+    device: &B::Device,
+) -> Result<Targets<B>, TrainError> {
     let n = indices.len();
     match examples[indices[0]].label {
         Label::Class(_) => {
