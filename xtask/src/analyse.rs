@@ -25,7 +25,7 @@ use kiln::data::{Example, Label, TextInput, TextTokenizer};
 use kiln::lens::attribution::{gradient_x_input, integrated_gradients, repeat_rows, rollout, rollout_matrices};
 use kiln::lens::heads::{head_importance, prune_least_important, set_head_gates, taylor_importance};
 use kiln::lens::norm::{analyse_layer, capture, mean_over_real};
-use kiln::lens::projection::{neighbourhood_preservation, pca, trustworthiness, tsne, TsneConfig};
+use kiln::lens::projection::{pca, projection_scores, tsne, TsneConfig};
 use kiln::lens::value_zeroing::value_zeroing_layer;
 use kiln::model::{BertConfig, Capture, CheckpointDir};
 use kiln::tune::trainer::{targets, tensors};
@@ -206,10 +206,11 @@ impl BackendJob for AnalyseJob {
                     theta: 0.5,
                 },
             );
-            let scores = |c: &[f32]| {
+            let both = projection_scores(points, hidden, &[(&coords, 2), (&t, 2)], K);
+            let scores = |m: usize| {
                 json!({
-                    "neighbourhood_preservation": round(neighbourhood_preservation(points, hidden, c, 2, K), 4),
-                    "trustworthiness": round(trustworthiness(points, hidden, c, 2, K), 4),
+                    "neighbourhood_preservation": round(both[m].neighbourhood_preservation, 4),
+                    "trustworthiness": round(both[m].trustworthiness, 4),
                 })
             };
             projections.push(json!({
@@ -217,11 +218,11 @@ impl BackendJob for AnalyseJob {
                 "pca": {
                     "coords": coords.iter().map(|&v| round(v as f64, 4)).collect::<Vec<_>>(),
                     "explained_variance_ratio": fit.explained_variance_ratio.iter().map(|&v| round(v, 4)).collect::<Vec<_>>(),
-                    "scores": scores(&coords),
+                    "scores": scores(0),
                 },
                 "tsne": {
                     "coords": t.iter().map(|&v| round(v as f64, 3)).collect::<Vec<_>>(),
-                    "scores": scores(&t),
+                    "scores": scores(1),
                 },
             }));
             bar.inc(1);

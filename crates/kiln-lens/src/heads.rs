@@ -23,6 +23,16 @@ pub fn set_head_gates<B: Backend>(model: &mut BertModel<B>, values: Option<&[Vec
     }
 }
 
+/// A `[layers][heads]` table of zeros.
+fn zeros_per_head<B: Backend>(model: &BertModel<B>) -> Vec<Vec<f64>> {
+    model
+        .encoder
+        .layer
+        .iter()
+        .map(|l| vec![0.0; l.attention.self_attention.num_heads])
+        .collect()
+}
+
 /// `[layers][heads]` importance: the mean over `n_batches` of `|∂loss/∂ξ|`, where
 /// `loss(model, i)` is the loss of batch `i`. The model gets all-one gates for the duration.
 pub fn head_importance<B: AutodiffBackend>(
@@ -34,12 +44,7 @@ pub fn head_importance<B: AutodiffBackend>(
     let mut gated = model.clone();
     set_head_gates(&mut gated, None);
     let layers = gated.encoder.layer.len();
-    let mut total: Vec<Vec<f64>> = gated
-        .encoder
-        .layer
-        .iter()
-        .map(|l| vec![0.0; l.attention.self_attention.num_heads])
-        .collect();
+    let mut total = zeros_per_head(&gated);
     for i in 0..n_batches {
         let grads = loss(&gated, i).backward();
         for (l, layer) in gated.encoder.layer.iter().enumerate() {
@@ -69,12 +74,7 @@ pub fn taylor_importance<B: AutodiffBackend>(
     n_batches: usize,
     mut loss: impl FnMut(&BertModel<B>, usize) -> Tensor<B, 1>,
 ) -> Vec<Vec<f64>> {
-    let mut total: Vec<Vec<f64>> = model
-        .encoder
-        .layer
-        .iter()
-        .map(|l| vec![0.0; l.attention.self_attention.num_heads])
-        .collect();
+    let mut total = zeros_per_head(model);
     for i in 0..n_batches {
         let grads = loss(model, i).backward();
         for (l, layer) in model.encoder.layer.iter().enumerate() {

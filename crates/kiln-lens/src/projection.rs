@@ -266,46 +266,66 @@ fn ranking(points: &[f32], n: usize, dim: usize, i: usize) -> Vec<usize> {
     order
 }
 
-/// Mean over points of `|kNN_high(i) ∩ kNN_low(i)| / k`, for `high` `[n, d_high]` and its
-/// projection `low` `[n, d_low]`. `O(n²·d)`.
-pub fn neighbourhood_preservation(high: &[f32], d_high: usize, low: &[f32], d_low: usize, k: usize) -> f64 {
-    let n = high.len() / d_high;
-    assert!(k >= 1 && k < n, "need 1 ≤ k < n");
-    let total: usize = (0..n)
-        .map(|i| {
-            let a: std::collections::HashSet<usize> = ranking(high, n, d_high, i).into_iter().take(k).collect();
-            ranking(low, n, d_low, i)
-                .into_iter()
-                .take(k)
-                .filter(|j| a.contains(j))
-                .count()
-        })
-        .sum();
-    total as f64 / (n * k) as f64
+/// How much a projection distorts neighbourhoods at `k`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ProjectionScores {
+    /// Mean over points of `|kNN_high(i) ∩ kNN_low(i)| / k` (1 = every neighbourhood kept).
+    pub neighbourhood_preservation: f64,
+    /// Trustworthiness (Venna & Kaski 2001):
+    /// `1 − 2/(n k (2n − 3k − 1)) Σ_i Σ_{j ∈ U_k(i)} (r(i, j) − k)`, where `U_k(i)` are the
+    /// projected `k` nearest neighbours of `i` that are not among its original ones and
+    /// `r(i, j)` is `j`'s rank in the original space (1 = no false neighbours).
+    pub trustworthiness: f64,
 }
 
-/// Trustworthiness (Venna & Kaski 2001):
-/// `1 − 2/(n k (2n − 3k − 1)) Σ_i Σ_{j ∈ U_k(i)} (r(i, j) − k)`, where `U_k(i)` are the
-/// projected `k` nearest neighbours of `i` that are not among its original ones and `r(i, j)`
-/// is `j`'s rank in the original space. 1 = no false neighbours. Requires `k < n/2`.
-pub fn trustworthiness(high: &[f32], d_high: usize, low: &[f32], d_low: usize, k: usize) -> f64 {
+/// Both scores of each projection in `lows` (`(coords, d_low)`) of `high` `[n, d_high]`, with
+/// the original-space ranking of each point computed once for all of them. `O(n²·d)`.
+///
+/// Trustworthiness is only meaningful for `k < n/2`.
+///
+/// # Panics
+/// If not `1 ≤ k < n`.
+pub fn projection_scores(high: &[f32], d_high: usize, lows: &[(&[f32], usize)], k: usize) -> Vec<ProjectionScores> {
     let n = high.len() / d_high;
-    assert!(k >= 1 && 2 * k < n, "need 1 ≤ k < n/2");
-    let mut penalty = 0f64;
+    assert!(k >= 1 && k < n, "need 1 ≤ k < n");
+    let mut overlap = vec![0usize; lows.len()];
+    let mut penalty = vec![0f64; lows.len()];
+    let mut rank = vec![0usize; n];
     for i in 0..n {
-        let order = ranking(high, n, d_high, i);
-        let mut rank = vec![0usize; n];
-        for (r, &j) in order.iter().enumerate() {
+        for (r, j) in ranking(high, n, d_high, i).into_iter().enumerate() {
             rank[j] = r + 1;
         }
-        for j in ranking(low, n, d_low, i).into_iter().take(k) {
-            if rank[j] > k {
-                penalty += (rank[j] - k) as f64;
+        for (m, (low, d_low)) in lows.iter().enumerate() {
+            for j in ranking(low, n, *d_low, i).into_iter().take(k) {
+                if rank[j] <= k {
+                    overlap[m] += 1;
+                } else {
+                    penalty[m] += (rank[j] - k) as f64;
+                }
             }
         }
     }
-    let (n, k) = (n as f64, k as f64);
-    1.0 - 2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0)) * penalty
+    let (nf, kf) = (n as f64, k as f64);
+    (0..lows.len())
+        .map(|m| ProjectionScores {
+            neighbourhood_preservation: overlap[m] as f64 / (nf * kf),
+            trustworthiness: 1.0 - 2.0 / (nf * kf * (2.0 * nf - 3.0 * kf - 1.0)) * penalty[m],
+        })
+        .collect()
+}
+
+/// [`ProjectionScores::neighbourhood_preservation`] of one projection.
+pub fn neighbourhood_preservation(high: &[f32], d_high: usize, low: &[f32], d_low: usize, k: usize) -> f64 {
+    projection_scores(high, d_high, &[(low, d_low)], k)[0].neighbourhood_preservation
+}
+
+/// [`ProjectionScores::trustworthiness`] of one projection.
+///
+/// # Panics
+/// If not `1 ≤ k < n/2`.
+pub fn trustworthiness(high: &[f32], d_high: usize, low: &[f32], d_low: usize, k: usize) -> f64 {
+    assert!(2 * k < high.len() / d_high, "need 1 ≤ k < n/2");
+    projection_scores(high, d_high, &[(low, d_low)], k)[0].trustworthiness
 }
 
 #[cfg(test)]

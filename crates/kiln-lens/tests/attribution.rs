@@ -1,25 +1,15 @@
 //! Rollout against a direct float64 product; IG completeness; gradient × input against finite
 //! differences.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use kiln_lens::attribution::{gradient_x_input, integrated_gradients, rollout};
-use kiln_model::{BertConfig, BertModel, Capture};
+use kiln_model::{BertModel, Capture};
 
 type A = Autodiff<Flex>;
-
-fn tiny() -> BertModel<A> {
-    let device = Default::default();
-    A::seed(&device, 3);
-    let config: BertConfig = serde_json::from_str(
-        r#"{"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 32, "max_position_embeddings": 32, "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0}"#,
-    )
-    .unwrap();
-    BertModel::new(&config, false, &device)
-}
 
 /// A scalar per sequence that depends on every token: a fixed projection of the mean state.
 fn target(model: &BertModel<A>, e: Tensor<A, 3>) -> Tensor<A, 1> {
@@ -80,7 +70,7 @@ fn rollout_is_the_renormalised_product_of_half_identity_mixtures() {
 
 #[test]
 fn integrated_gradients_are_complete_and_gradient_x_input_matches_finite_differences() {
-    let model = tiny();
+    let model = common::tiny_bert::<A>(3);
     let device = Default::default();
     let ids = Tensor::<A, 2, Int>::from_data(TensorData::new(vec![3i64, 7, 11, 19, 23, 5], [2, 3]), &device);
     let e = model.embed(ids, None).detach();

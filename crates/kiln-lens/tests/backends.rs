@@ -2,7 +2,7 @@
 //! (`fixtures/tiny-bert-mlm`): mixing ratios, value zeroing, rollout, integrated gradients and
 //! knowledge-neuron attributions agree to float32 rounding (1e-5 forward, 1e-3 of the scale for gradients).
 
-use std::path::PathBuf;
+mod common;
 
 use burn::backend::{Autodiff, Flex, NdArray};
 use burn::module::AutodiffModule;
@@ -15,10 +15,6 @@ use kiln_lens::norm::{analyse_layer, capture};
 use kiln_lens::value_zeroing::value_zeroing;
 use kiln_model::{BertMlmHead, BertModel, Capture};
 
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-bert-mlm")
-}
-
 fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().unwrap()
 }
@@ -26,8 +22,9 @@ fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
 /// Every analysis, flattened in a fixed order.
 fn analyses<B: AutodiffBackend>() -> Vec<(String, Vec<f32>)> {
     let device = Default::default();
-    let (model, config) = BertModel::<B>::from_pretrained(fixture(), false, &device).unwrap();
-    let head = BertMlmHead::<B>::from_checkpoint(&config, fixture().join("model.safetensors"), &device).unwrap();
+    let (model, config) = BertModel::<B>::from_pretrained(common::mlm_fixture(), false, &device).unwrap();
+    let head =
+        BertMlmHead::<B>::from_checkpoint(&config, common::mlm_fixture().join("model.safetensors"), &device).unwrap();
     let ids = vec![2i64, 10, 4, 11, 3, 0, 2, 20, 21, 4, 22, 3];
     let mask = vec![1i64, 1, 1, 1, 1, 0, 1, 1, 1, 1, 1, 1];
     let ids_t = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [2, 6]), &device);

@@ -1,28 +1,18 @@
 //! Head gates: ones change nothing, a zero gate equals deleting the head's rows of W_O, and
 //! importance equals the finite-difference slope of the loss in the gate.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_lens::heads::{head_importance, prune_least_important, set_head_gates, taylor_importance};
-use kiln_model::{BertConfig, BertModel, Capture};
+use kiln_model::{BertModel, Capture};
 
 type A = Autodiff<Flex>;
 const H: usize = 4;
 const D: usize = 16;
-
-fn tiny() -> BertModel<A> {
-    let device = Default::default();
-    A::seed(&device, 8);
-    let config: BertConfig = serde_json::from_str(
-        r#"{"vocab_size": 50, "hidden_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "intermediate_size": 32, "max_position_embeddings": 32, "hidden_dropout_prob": 0.0,
-            "attention_probs_dropout_prob": 0.0}"#,
-    )
-    .unwrap();
-    BertModel::new(&config, false, &device)
-}
 
 fn ids() -> Tensor<A, 2, Int> {
     Tensor::from_data(
@@ -60,7 +50,7 @@ fn gates(layer: usize, head: usize, value: f32) -> Vec<Vec<f32>> {
 
 #[test]
 fn unit_gates_change_nothing_and_a_zero_gate_deletes_the_head() {
-    let base = tiny();
+    let base = common::tiny_bert::<A>(8);
     let mut gated = base.clone();
     set_head_gates(&mut gated, None);
     assert_eq!(out(&gated), out(&base));
@@ -84,7 +74,7 @@ fn unit_gates_change_nothing_and_a_zero_gate_deletes_the_head() {
 
 #[test]
 fn importance_is_the_absolute_slope_of_the_loss_in_each_gate() {
-    let base = tiny();
+    let base = common::tiny_bert::<A>(8);
     let imp = head_importance(&base, 1, false, |m, _| loss(m));
     for (layer, head) in [(0, 0), (0, 3), (1, 1)] {
         let at = |v: f32| {
@@ -108,7 +98,7 @@ fn importance_is_the_absolute_slope_of_the_loss_in_each_gate() {
 
 #[test]
 fn taylor_scores_sum_each_heads_slices_and_pruning_drops_the_lowest() {
-    let base = tiny();
+    let base = common::tiny_bert::<A>(8);
     let got = taylor_importance(&base, 1, |m, _| loss(m));
     // Host recomputation from the full gradients, slicing by index arithmetic.
     let grads = loss(&base).backward();

@@ -3,7 +3,7 @@
 //! one neuron's attribution against a central-difference integral computed through a
 //! separately written forward, and the selection rule on hand-made scores.
 
-use std::path::PathBuf;
+mod common;
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
@@ -13,10 +13,6 @@ use kiln_lens::neurons::{knowledge_neurons, neuron_attribution, neuron_effect, C
 use kiln_model::{BertMlmHead, BertModel, Capture, Intervention};
 
 type A = Autodiff<Flex>;
-
-fn fixture() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/tiny-bert-mlm")
-}
 
 fn batch(device: &burn::tensor::Device<A>) -> ClozeBatch<A> {
     // [CLS]=2, [MASK]=4 at position 2 / 3, [SEP]=3, padding 0 in the first row.
@@ -33,8 +29,9 @@ fn batch(device: &burn::tensor::Device<A>) -> ClozeBatch<A> {
 #[test]
 fn attributions_are_complete_and_match_finite_differences() {
     let device = Default::default();
-    let (model, config) = BertModel::<A>::from_pretrained(fixture(), false, &device).unwrap();
-    let head = BertMlmHead::<A>::from_checkpoint(&config, fixture().join("model.safetensors"), &device).unwrap();
+    let (model, config) = BertModel::<A>::from_pretrained(common::mlm_fixture(), false, &device).unwrap();
+    let head =
+        BertMlmHead::<A>::from_checkpoint(&config, common::mlm_fixture().join("model.safetensors"), &device).unwrap();
     let batch = batch(&device);
     let steps = 64;
     let mut per_prompt = vec![Vec::new(), Vec::new()];

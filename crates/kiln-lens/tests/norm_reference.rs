@@ -2,6 +2,8 @@
 //! written from the definitions (explicit loops over i, j, h; values recomputed from the
 //! layer input and the weights), to ≤ 1e-4 absolute.
 
+mod common;
+
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -11,15 +13,6 @@ use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
 use kiln_model::BertModel;
 
 type B = Flex;
-
-fn vec64<const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data()
-        .to_vec::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
-}
 
 fn norm(v: &[f64]) -> f64 {
     v.iter().map(|x| x * x).sum::<f64>().sqrt()
@@ -52,19 +45,19 @@ fn mixing_ratios_match_a_float64_implementation_on_minilm() {
     let mut identity_worst = 0f64;
     for (l, layer) in model.encoder.layer.iter().enumerate() {
         let got = analyse_layer(layer, &out.layers[l], mask.clone(), config.layer_norm_eps);
-        let x = vec64(out.layers[l].block_input.clone().unwrap());
-        let alpha = vec64(out.layers[l].attention_probs.clone().unwrap());
+        let x = common::vec64(out.layers[l].block_input.clone().unwrap());
+        let alpha = common::vec64(out.layers[l].attention_probs.clone().unwrap());
         let sa = &layer.attention.self_attention;
-        let wv = vec64(sa.value.weight.val()); // [d_in, d_out]
-        let bv = vec64(sa.value.bias.as_ref().unwrap().val());
-        let wo = vec64(layer.attention.output.dense.weight.val());
-        let bo = vec64(layer.attention.output.dense.bias.as_ref().unwrap().val());
-        let gamma = vec64(layer.attention.output.layer_norm.gamma.val());
-        let beta = vec64(layer.attention.output.layer_norm.beta.clone().unwrap().val());
-        let pre_ln = vec64(out.layers[l].pre_ln_sum.clone().unwrap());
+        let wv = common::vec64(sa.value.weight.val()); // [d_in, d_out]
+        let bv = common::vec64(sa.value.bias.as_ref().unwrap().val());
+        let wo = common::vec64(layer.attention.output.dense.weight.val());
+        let bo = common::vec64(layer.attention.output.dense.bias.as_ref().unwrap().val());
+        let gamma = common::vec64(layer.attention.output.layer_norm.gamma.val());
+        let beta = common::vec64(layer.attention.output.layer_norm.beta.clone().unwrap().val());
+        let pre_ln = common::vec64(out.layers[l].pre_ln_sum.clone().unwrap());
         let eps = config.layer_norm_eps;
-        let got_norm = vec64(got.norm_afx);
-        let got_mix = [got.attn_w, got.attnres_w, got.attn_n, got.attnres_n, got.attnresln_n].map(vec64);
+        let got_norm = common::vec64(got.norm_afx);
+        let got_mix = [got.attn_w, got.attnres_w, got.attn_n, got.attnres_n, got.attnresln_n].map(common::vec64);
         for b in 0..n {
             // f^h(x_j) for every j, h in float64 from x and the weights.
             let mut f = vec![vec![vec![0f64; d]; heads]; s];

@@ -3,6 +3,8 @@
 //! layer output with `Σ_{k≠j} α_ik v_k` in place of the attention context, then
 //! `1 − cos(x̃_i, x̃_i^{¬j})`.
 
+mod common;
+
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -10,15 +12,6 @@ use kiln_lens::value_zeroing::{row_normalize, value_zeroing};
 use kiln_model::{BertConfig, BertModel, Capture};
 
 type B = Flex;
-
-fn vec64<const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data()
-        .to_vec::<f32>()
-        .unwrap()
-        .into_iter()
-        .map(f64::from)
-        .collect()
-}
 
 fn layer_norm(v: &[f64], gamma: &[f64], beta: &[f64], eps: f64) -> Vec<f64> {
     let d = v.len() as f64;
@@ -68,23 +61,28 @@ fn value_zeroing_matches_a_float64_layer_recomputation() {
     let out = model.forward(ids, None, Some(mask.clone()), capture);
     let mut worst = 0f64;
     for (l, layer) in model.encoder.layer.iter().enumerate() {
-        let x = vec64(out.hidden_states[l].clone());
-        let alpha = vec64(out.layers[l].attention_probs.clone().unwrap());
-        let v = vec64(out.layers[l].values.clone().unwrap()); // [n, h, s, dh]
-        let p = |lin: &burn::nn::Linear<B>| (vec64(lin.weight.val()), vec64(lin.bias.as_ref().unwrap().val()));
+        let x = common::vec64(out.hidden_states[l].clone());
+        let alpha = common::vec64(out.layers[l].attention_probs.clone().unwrap());
+        let v = common::vec64(out.layers[l].values.clone().unwrap()); // [n, h, s, dh]
+        let p = |lin: &burn::nn::Linear<B>| {
+            (
+                common::vec64(lin.weight.val()),
+                common::vec64(lin.bias.as_ref().unwrap().val()),
+            )
+        };
         let (wo, bo) = p(&layer.attention.output.dense);
         let (w1, b1) = p(&layer.intermediate.dense);
         let (w2, b2) = p(&layer.output.dense);
         let ln1 = &layer.attention.output.layer_norm;
         let ln2 = &layer.output.layer_norm;
         let (g1, be1, g2, be2) = (
-            vec64(ln1.gamma.val()),
-            vec64(ln1.beta.clone().unwrap().val()),
-            vec64(ln2.gamma.val()),
-            vec64(ln2.beta.clone().unwrap().val()),
+            common::vec64(ln1.gamma.val()),
+            common::vec64(ln1.beta.clone().unwrap().val()),
+            common::vec64(ln2.gamma.val()),
+            common::vec64(ln2.beta.clone().unwrap().val()),
         );
         let eps = config.layer_norm_eps;
-        let got_l = vec64(got[l].clone());
+        let got_l = common::vec64(got[l].clone());
         for b in 0..n {
             let real = |t: usize| mask_v[b * s + t] == 1;
             // Output of token i with the values of `skip` removed (None: the plain layer).
@@ -134,7 +132,7 @@ fn value_zeroing_matches_a_float64_layer_recomputation() {
     }
     println!("value zeroing: max |kiln − float64| {worst:.2e}");
     // Rows of the normalised matrix are shares: each real row sums to 1.
-    let shares = vec64(row_normalize(got[1].clone()).sum_dim(2));
+    let shares = common::vec64(row_normalize(got[1].clone()).sum_dim(2));
     for (r, sum) in shares.iter().enumerate() {
         let want = if mask_v[r] == 1 { 1.0 } else { 0.0 };
         assert!((sum - want).abs() < 1e-5, "row {r} sums to {sum}");
