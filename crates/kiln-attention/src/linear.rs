@@ -173,6 +173,13 @@ pub struct RecurrentState<B: Backend> {
     pub z: Tensor<B, 4>,
 }
 
+impl<B: Backend> RecurrentState<B> {
+    /// Number of values the state holds (`S` and `z`); independent of the sequence length.
+    pub fn numel(&self) -> usize {
+        self.s.shape().num_elements() + self.z.shape().num_elements()
+    }
+}
+
 impl<B: Backend> LinearAttention<B> {
     /// A mechanism with feature map `feature_map`, normaliser floor `eps`, causal chunk 64.
     pub fn new(feature_map: FeatureMap<B>, eps: f64) -> Self {
@@ -211,6 +218,16 @@ impl<B: Backend> LinearAttention<B> {
         RecurrentState {
             s: Tensor::zeros([batch, heads, f, d_v], device),
             z: Tensor::zeros([batch, heads, f, 1], device),
+        }
+    }
+
+    /// The state after keys `k` and values `v` (`[batch, heads, n, ·]`) — a prompt processed
+    /// in parallel form — so that decoding can continue from it with [`Self::step`].
+    pub fn state_of(&self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> RecurrentState<B> {
+        let fk = self.features(k.clone(), k).1.swap_dims(2, 3); // [b, h, f, n]
+        RecurrentState {
+            s: fk.clone().matmul(v),
+            z: fk.sum_dim(3),
         }
     }
 

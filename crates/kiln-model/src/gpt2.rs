@@ -12,6 +12,7 @@ use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
 use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
 use crate::config::GptConfig;
+use crate::error::ModelError;
 use crate::layers::{embedding, layer_norm, linear, linear_tokens, merge_heads, position_ids, split_heads};
 
 const INIT_STD: f64 = 0.02;
@@ -99,6 +100,31 @@ impl<B: Backend> Gpt2Block<B> {
         }
     }
 
+    /// Per-head queries, keys and values of `ln_1(x)`, each `[batch, heads, seq, d_head]`.
+    fn qkv(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
+        let heads = self.attn.num_heads;
+        let qkv = linear_tokens(&self.attn.c_attn, self.ln_1.forward(x));
+        let [batch, seq, width3] = qkv.dims();
+        let d = width3 / 3;
+        [0, 1, 2].map(|i| split_heads(qkv.clone().slice([0..batch, 0..seq, i * d..(i + 1) * d]), heads))
+    }
+
+    /// Output projection of the per-head context (`resid_dropout` applied).
+    fn attention_output(&self, context: Tensor<B, 4>) -> Tensor<B, 3> {
+        self.attn
+            .resid_dropout
+            .forward(linear_tokens(&self.attn.c_proj, merge_heads(context)))
+    }
+
+    /// `a + mlp(ln_2(a))`.
+    fn mlp_residual(&self, a: Tensor<B, 3>) -> Tensor<B, 3> {
+        let inner = self
+            .mlp
+            .activation
+            .forward(linear_tokens(&self.mlp.c_fc, self.ln_2.forward(a.clone())));
+        a + self.mlp.dropout.forward(linear_tokens(&self.mlp.c_proj, inner))
+    }
+
     /// One block on `[batch, seq, n_embd]`.
     pub fn forward(
         &self,
@@ -110,22 +136,13 @@ impl<B: Backend> Gpt2Block<B> {
         if capture.block_input {
             rec.block_input = Some(x.clone());
         }
-        let heads = self.attn.num_heads;
-        let qkv = linear_tokens(&self.attn.c_attn, self.ln_1.forward(x.clone()));
-        let [batch, seq, width3] = qkv.dims();
-        let d = width3 / 3;
-        let q = split_heads(qkv.clone().slice([0..batch, 0..seq, 0..d]), heads);
-        let k = split_heads(qkv.clone().slice([0..batch, 0..seq, d..2 * d]), heads);
-        let v = split_heads(qkv.slice([0..batch, 0..seq, 2 * d..3 * d]), heads);
+        let [q, k, v] = self.qkv(x.clone());
         if capture.values {
             rec.values = Some(v.clone());
         }
         let out = self.attn.mechanism.attend(q, k, v, mask, capture.attention_probs);
         rec.attention_probs = out.weights;
-        let attn_out = self
-            .attn
-            .resid_dropout
-            .forward(linear_tokens(&self.attn.c_proj, merge_heads(out.context)));
+        let attn_out = self.attention_output(out.context);
         if capture.attention_output {
             rec.attention_output = Some(attn_out.clone());
         }
@@ -133,15 +150,143 @@ impl<B: Backend> Gpt2Block<B> {
         if capture.pre_ln_sum {
             rec.pre_ln_sum = Some(a.clone());
         }
-        let inner = self
-            .mlp
-            .activation
-            .forward(linear_tokens(&self.mlp.c_fc, self.ln_2.forward(a.clone())));
-        (
-            a + self.mlp.dropout.forward(linear_tokens(&self.mlp.c_proj, inner)),
-            rec,
-        )
+        (self.mlp_residual(a), rec)
     }
+
+    /// Processes a prompt `[batch, n, n_embd]` causally and returns the output with the
+    /// state decoding continues from.
+    pub fn prefill(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, LayerState<B>) {
+        let [q, k, v] = self.qkv(x.clone());
+        let mask = AttentionMask::none().with_causal(true);
+        let context = self.attn.mechanism.attend(q, k.clone(), v.clone(), &mask, false).context;
+        let state = match &self.attn.mechanism {
+            AttentionKind::Linear(m) => LayerState::Recurrent(m.state_of(k, v)),
+            AttentionKind::SlidingWindow(m) => LayerState::KvCache {
+                k: Some(keep_last(k, m.window)),
+                v: Some(keep_last(v, m.window)),
+            },
+            AttentionKind::Softmax(_) => LayerState::KvCache { k: Some(k), v: Some(v) },
+        };
+        let a = x + self.attention_output(context);
+        (self.mlp_residual(a), state)
+    }
+
+    /// One new position `[batch, 1, n_embd]` given the layer's state: softmax appends to its
+    /// key/value cache (sliding window keeps the last `w`), linear attention updates its
+    /// recurrent state in O(1).
+    pub fn step(&self, x: Tensor<B, 3>, state: LayerState<B>) -> (Tensor<B, 3>, LayerState<B>) {
+        let [q, k, v] = self.qkv(x.clone());
+        let (context, state) = match (&self.attn.mechanism, state) {
+            (AttentionKind::Linear(m), LayerState::Recurrent(s)) => {
+                let (context, s) = m.step(s, q, k, v);
+                (context, LayerState::Recurrent(s))
+            }
+            (AttentionKind::Linear(m), LayerState::KvCache { k: None, .. }) => {
+                let [batch, heads, _, d] = k.dims();
+                let s = m.initial_state(batch, heads, d, v.dims()[3], &k.device());
+                let (context, s) = m.step(s, q, k, v);
+                (context, LayerState::Recurrent(s))
+            }
+            (mechanism, LayerState::KvCache { k: ck, v: cv }) => {
+                let append = |cache: Option<Tensor<B, 4>>, new: Tensor<B, 4>| match cache {
+                    Some(c) => Tensor::cat(vec![c, new], 2),
+                    None => new,
+                };
+                let (mut k, mut v) = (append(ck, k), append(cv, v));
+                if let AttentionKind::SlidingWindow(m) = mechanism {
+                    k = keep_last(k, m.window);
+                    v = keep_last(v, m.window);
+                }
+                let mask = AttentionMask::none().with_causal(true);
+                let context = mechanism.attend(q, k.clone(), v.clone(), &mask, false).context;
+                (context, LayerState::KvCache { k: Some(k), v: Some(v) })
+            }
+            (_, LayerState::Recurrent(_)) => {
+                panic!("a recurrent state was passed to a softmax layer; start from DecodeState::new")
+            }
+        };
+        let a = x + self.attention_output(context);
+        (self.mlp_residual(a), state)
+    }
+}
+
+/// The last `n` positions of `[batch, heads, seq, d]`.
+fn keep_last<B: Backend>(t: Tensor<B, 4>, n: usize) -> Tensor<B, 4> {
+    let [b, h, seq, d] = t.dims();
+    if seq <= n {
+        t
+    } else {
+        t.slice([0..b, 0..h, seq - n..seq, 0..d])
+    }
+}
+
+/// What one block keeps between decoding steps.
+#[derive(Debug, Clone)]
+pub enum LayerState<B: Backend> {
+    /// Softmax attention: keys and values of every earlier position (sliding window: the
+    /// last `w`), `[batch, heads, t, d_head]`; `None` before the first token.
+    KvCache {
+        /// Cached keys.
+        k: Option<Tensor<B, 4>>,
+        /// Cached values.
+        v: Option<Tensor<B, 4>>,
+    },
+    /// Linear attention: `S` and `z`, whose size does not depend on the position.
+    Recurrent(kiln_attention::RecurrentState<B>),
+}
+
+impl<B: Backend> LayerState<B> {
+    /// Number of values held.
+    pub fn numel(&self) -> usize {
+        match self {
+            Self::KvCache { k, v } => [k, v]
+                .iter()
+                .map(|t| t.as_ref().map_or(0, |t| t.shape().num_elements()))
+                .sum(),
+            Self::Recurrent(s) => s.numel(),
+        }
+    }
+}
+
+/// Incremental-decoding state of a whole model: one [`LayerState`] per block and the next
+/// position.
+#[derive(Debug, Clone)]
+pub struct DecodeState<B: Backend> {
+    /// Per block.
+    pub layers: Vec<LayerState<B>>,
+    /// Position of the next token.
+    pub position: usize,
+}
+
+impl<B: Backend> DecodeState<B> {
+    /// Empty state for a model of `num_layers` blocks (linear layers create their recurrent
+    /// state on the first step).
+    pub fn new(num_layers: usize) -> Self {
+        Self {
+            layers: (0..num_layers).map(|_| LayerState::KvCache { k: None, v: None }).collect(),
+            position: 0,
+        }
+    }
+
+    /// Bytes of attention state held (f32): grows with the position under softmax, constant
+    /// under linear attention.
+    pub fn state_bytes(&self) -> usize {
+        self.layers.iter().map(LayerState::numel).sum::<usize>() * std::mem::size_of::<f32>()
+    }
+}
+
+/// How [`Gpt2Model::generate`] picks each token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampling {
+    /// The most probable token.
+    Greedy,
+    /// A draw from `softmax(logits / temperature)` with a seeded generator.
+    Temperature {
+        /// Softmax temperature (> 0).
+        temperature: f64,
+        /// Seed of the draws.
+        seed: u64,
+    },
 }
 
 impl<B: Backend> Gpt2Model<B> {
@@ -216,6 +361,138 @@ impl<B: Backend> Gpt2Model<B> {
         self.decode(embeddings, attention_mask, capture)
     }
 
+    /// Replaces the attention mechanism of every block (or those listed) by `variant`,
+    /// keeping all other weights; new feature-map parameters are drawn as the variant's
+    /// paper does.
+    ///
+    /// # Panics
+    /// When a listed block does not exist.
+    pub fn convert_attention(
+        &mut self,
+        variant: &kiln_attention::AttentionVariant,
+        layers: Option<&[usize]>,
+        dropout: f64,
+    ) {
+        let n = self.h.len();
+        let chosen: Vec<usize> = layers.map_or_else(|| (0..n).collect(), <[usize]>::to_vec);
+        for i in chosen {
+            assert!(i < n, "layer {i} out of range (the model has {n})");
+            let attn = &mut self.h[i].attn;
+            let [width, _] = attn.c_attn.weight.dims();
+            let device = attn.c_attn.weight.device();
+            attn.mechanism = variant.build(attn.num_heads, width / attn.num_heads, dropout, &device);
+        }
+    }
+
+    /// Longest sequence the position embeddings cover.
+    pub fn max_positions(&self) -> usize {
+        self.wpe.weight.dims()[0]
+    }
+
+    fn check_positions(&self, end: usize) -> Result<(), ModelError> {
+        let max = self.max_positions();
+        if end > max {
+            return Err(ModelError::Unsupported(format!(
+                "decoding to position {end} needs more than the model's {max} position embeddings"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Runs a prompt `[batch, n]` in parallel form: logits `[batch, n, vocab]` and the state
+    /// decoding continues from.
+    ///
+    /// # Errors
+    /// When the prompt is longer than the position embeddings.
+    pub fn prefill(&self, input_ids: Tensor<B, 2, Int>) -> Result<(Tensor<B, 3>, DecodeState<B>), ModelError> {
+        let n = input_ids.dims()[1];
+        self.check_positions(n)?;
+        let mut x = self.embed(input_ids);
+        let mut layers = Vec::with_capacity(self.h.len());
+        for block in &self.h {
+            let (y, state) = block.prefill(x);
+            layers.push(state);
+            x = y;
+        }
+        let logits = self.lm_logits(self.ln_f.forward(x));
+        Ok((logits, DecodeState { layers, position: n }))
+    }
+
+    /// One token per sequence (`[batch, 1]`) at `state.position`: logits `[batch, vocab]`.
+    ///
+    /// # Errors
+    /// When the position is past the position embeddings.
+    pub fn step(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        state: DecodeState<B>,
+    ) -> Result<(Tensor<B, 2>, DecodeState<B>), ModelError> {
+        let [batch, one] = input_ids.dims();
+        assert_eq!(one, 1, "step takes one token per sequence");
+        self.check_positions(state.position + 1)?;
+        let device = input_ids.device();
+        let mut x = self.drop.forward(
+            self.wte.forward(input_ids) + self.wpe.forward(position_ids(batch, 1, state.position, &device)),
+        );
+        let mut layers = Vec::with_capacity(self.h.len());
+        for (block, layer_state) in self.h.iter().zip(state.layers) {
+            let (y, s) = block.step(x, layer_state);
+            layers.push(s);
+            x = y;
+        }
+        let vocab = self.wte.weight.dims()[0];
+        let logits = self.lm_logits(self.ln_f.forward(x)).reshape([batch, vocab]);
+        Ok((
+            logits,
+            DecodeState {
+                layers,
+                position: state.position + 1,
+            },
+        ))
+    }
+
+    /// Continues `prompt` (non-empty) by `new_tokens` tokens: the prompt in parallel form,
+    /// then one [`Self::step`] per token (KV cache under softmax, RNN mode under linear
+    /// attention). Returns only the new tokens.
+    ///
+    /// # Errors
+    /// When prompt + new tokens exceed the position embeddings, or the prompt is empty.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        new_tokens: usize,
+        sampling: Sampling,
+        device: &B::Device,
+    ) -> Result<Vec<u32>, ModelError> {
+        if prompt.is_empty() {
+            return Err(ModelError::Unsupported("generate needs a non-empty prompt".into()));
+        }
+        self.check_positions(prompt.len() + new_tokens)?;
+        let ids: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
+        let input = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [1, prompt.len()]), device);
+        let (logits, mut state) = self.prefill(input)?;
+        let [_, n, vocab] = logits.dims();
+        let mut last = logits.slice([0..1, n - 1..n, 0..vocab]).reshape([1, vocab]);
+        let mut rng = match sampling {
+            Sampling::Temperature { seed, .. } => seed,
+            Sampling::Greedy => 0,
+        };
+        let mut out = Vec::with_capacity(new_tokens);
+        for i in 0..new_tokens {
+            let row: Vec<f32> = last.into_data().convert::<f32>().to_vec().expect("f32 logits");
+            let token = pick(&row, sampling, &mut rng);
+            out.push(token);
+            if i + 1 == new_tokens {
+                break;
+            }
+            let input = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![i64::from(token)], [1, 1]), device);
+            let (logits, next) = self.step(input, state)?;
+            last = logits;
+            state = next;
+        }
+        Ok(out)
+    }
+
     /// Tied LM head: `[batch, seq, n_embd]` → logits `[batch, seq, vocab]`.
     pub fn lm_logits(&self, hidden: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, d] = hidden.dims();
@@ -226,4 +503,41 @@ impl<B: Backend> Gpt2Model<B> {
             .matmul(wte.transpose())
             .reshape([batch, seq, vocab])
     }
+}
+
+/// Picks a token from one row of logits. The generator is SplitMix64 on `state`, so a seed
+/// gives the same text on every backend.
+fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
+    let argmax = || {
+        logits
+            .iter()
+            .enumerate()
+            .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+            .0
+    };
+    let index = match sampling {
+        Sampling::Greedy => argmax(),
+        Sampling::Temperature { temperature, .. } => {
+            let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let weights: Vec<f64> = logits
+                .iter()
+                .map(|&x| ((f64::from(x) - f64::from(max)) / temperature.max(1e-6)).exp())
+                .collect();
+            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            let u = (z >> 11) as f64 / (1u64 << 53) as f64 * weights.iter().sum::<f64>();
+            let mut acc = 0.0;
+            weights
+                .iter()
+                .position(|w| {
+                    acc += w;
+                    acc > u
+                })
+                .unwrap_or_else(argmax)
+        }
+    };
+    u32::try_from(index).expect("vocabulary fits u32")
 }
