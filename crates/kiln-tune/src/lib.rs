@@ -5,7 +5,9 @@
 //! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, the
 //! training loop with its run directory and checkpoints ([`trainer`]), and the exactness
 //! check against PyTorch's training step ([`train_parity`]), the ladder side network
-//! ([`ladder`]), and interop with PEFT and Hugging Face layouts ([`export`]).
+//! ([`ladder`]), interop with PEFT and Hugging Face layouts ([`export`]), attention transfer
+//! for converted models ([`transfer`]), and causal language modelling for the decoder
+//! (training from a token stream, perplexity: [`lm`]).
 //!
 //! **Owns:** what trains, how, and what is saved. **Must not touch:** model architecture
 //! (`kiln-model`; the modules strategies insert — LoRA deltas, adapters, (IA)³, masks, soft
@@ -19,6 +21,7 @@ pub mod checkpoint;
 pub mod classifier;
 pub mod export;
 pub mod ladder;
+pub mod lm;
 pub mod optim;
 pub mod params;
 pub mod strategy;

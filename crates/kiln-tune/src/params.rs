@@ -1,7 +1,8 @@
 //! Parameter inventory: every float parameter's id, path (burn-store's dotted path) and shape.
 
-use burn::module::{ModuleVisitor, Param, ParamId};
+use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 
 /// One float parameter of a module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +51,35 @@ pub fn param_infos<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
     };
     module.visit(&mut inv);
     inv.out
+}
+
+/// Marks each float parameter `require_grad` iff `trains(path)`, so that backward computes
+/// no gradient for frozen ones (less time and memory).
+pub fn set_trainable<B: AutodiffBackend, M: Module<B>>(module: M, trains: impl Fn(&str) -> bool) -> M {
+    let mut mapper = Trainable {
+        trains,
+        stack: Vec::new(),
+    };
+    module.map(&mut mapper)
+}
+
+struct Trainable<F> {
+    trains: F,
+    stack: Vec<String>,
+}
+
+impl<B: AutodiffBackend, F: Fn(&str) -> bool> ModuleMapper<B> for Trainable<F> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.stack.push(name.to_string());
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.stack.pop();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let train = (self.trains)(&self.stack.join("."));
+        let (id, tensor, mapper) = param.consume();
+        Param::from_mapped_value(id, tensor.set_require_grad(train), mapper)
+    }
 }
 
 /// HF/PyTorch convention for decoupled weight decay: no decay on biases and LayerNorm

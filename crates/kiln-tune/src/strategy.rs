@@ -738,23 +738,13 @@ impl Tuning {
     /// Marks frozen parameters `require_grad = false` so backward computes no gradient for
     /// them (less time and memory), and returns the model.
     pub fn freeze<B: AutodiffBackend>(&self, model: SequenceClassifier<B>) -> SequenceClassifier<B> {
-        let mut mapper = Freezer {
-            tuning: self,
-            stack: Vec::new(),
-            epoch: None,
-        };
-        model.map(&mut mapper)
+        crate::params::set_trainable(model, |path| self.trains(path))
     }
 
     /// [`Tuning::freeze`] for `epoch` of gradual unfreezing.
     pub fn freeze_at<B: AutodiffBackend>(&self, model: SequenceClassifier<B>, epoch: usize) -> SequenceClassifier<B> {
         let layers = model.bert.num_layers();
-        let mut mapper = Freezer {
-            tuning: self,
-            stack: Vec::new(),
-            epoch: Some((epoch, layers)),
-        };
-        model.map(&mut mapper)
+        crate::params::set_trainable(model, |path| self.trains_at(path, epoch, layers))
     }
 }
 
@@ -783,35 +773,6 @@ fn layer_depth(path: &str, num_layers: usize) -> usize {
         }
     }
     0
-}
-
-struct Freezer<'a> {
-    tuning: &'a Tuning,
-    stack: Vec<String>,
-    epoch: Option<(usize, usize)>,
-}
-
-impl<B: AutodiffBackend> ModuleMapper<B> for Freezer<'_> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
-    }
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let path = self.stack.join(".");
-        let trains = match self.epoch {
-            Some((epoch, layers)) => self.tuning.trains_at(&path, epoch, layers),
-            None => self.tuning.trains(&path),
-        };
-        let (id, tensor, mapper) = param.consume();
-        let tensor = if trains {
-            tensor.set_require_grad(true)
-        } else {
-            tensor.set_require_grad(false)
-        };
-        Param::from_mapped_value(id, tensor, mapper)
-    }
 }
 
 /// Trainable-parameter report: counts per top-level module group and in total.

@@ -18,12 +18,13 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
-use kiln_model::{BertModel, Capture};
+use kiln_attention::AttentionKind;
+use kiln_model::{BertModel, Capture, Gpt2Model, LayerCapture};
 use serde::{Deserialize, Serialize};
 
 use crate::classifier::SequenceClassifier;
 use crate::optim::{AdamW, AdamWConfig, ParamGroup};
-use crate::params::param_infos;
+use crate::params::{param_infos, set_trainable};
 
 /// What the feature maps imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,48 +83,85 @@ pub fn transfer_loss<B: AutodiffBackend>(
 ) -> Tensor<B, 1> {
     let t = |v: &Vec<i64>| Tensor::<B, 2, Int>::from_data(TensorData::new(v.clone(), batch.shape), device);
     let (ids, types, mask) = (t(&batch.ids), t(&batch.types), t(&batch.mask));
-    let capture = match loss {
-        TransferLoss::CrossEntropy => Capture {
-            attention_probs: true,
-            ..Capture::none()
-        },
-        TransferLoss::OutputMse => Capture {
-            attention_output: true,
-            ..Capture::none()
-        },
-    };
+    let capture = loss.capture();
     let s_out = student.forward(ids.clone(), Some(types.clone()), Some(mask.clone()), capture);
     let t_out = teacher.forward(ids.inner(), Some(types.inner()), Some(mask.clone().inner()), capture);
-    let [b, n] = batch.shape;
-    let real = mask.float(); // [b, n]
-    let n_real = real.clone().sum().into_scalar().elem::<f64>().max(1.0);
-    let converted: Vec<usize> = student
-        .encoder
-        .layer
-        .iter()
+    let converted = converted_layers(
+        student
+            .encoder
+            .layer
+            .iter()
+            .map(|l| &l.attention.self_attention.mechanism),
+    );
+    mean_over_layers(&converted, &s_out.layers, &t_out.layers, mask.float(), loss, device)
+}
+
+/// [`transfer_loss`] for a converted GPT decoder on token windows `[batch, n]` (all real,
+/// causal attention on both sides).
+pub fn decoder_transfer_loss<B: AutodiffBackend>(
+    student: &Gpt2Model<B>,
+    teacher: &Gpt2Model<B::InnerBackend>,
+    ids: Tensor<B, 2, Int>,
+    loss: TransferLoss,
+) -> Tensor<B, 1> {
+    let device = ids.device();
+    let capture = loss.capture();
+    let s_out = student.forward(ids.clone(), None, capture);
+    let t_out = teacher.forward(ids.clone().inner(), None, capture);
+    let converted = converted_layers(student.h.iter().map(|b| &b.attn.mechanism));
+    let real = Tensor::<B, 2>::ones(ids.dims(), &device);
+    mean_over_layers(&converted, &s_out.layers, &t_out.layers, real, loss, &device)
+}
+
+impl TransferLoss {
+    fn capture(self) -> Capture {
+        match self {
+            Self::CrossEntropy => Capture {
+                attention_probs: true,
+                ..Capture::none()
+            },
+            Self::OutputMse => Capture {
+                attention_output: true,
+                ..Capture::none()
+            },
+        }
+    }
+}
+
+/// Indices of the layers whose mechanism is no longer softmax.
+fn converted_layers<'a, B: Backend + 'a>(mechanisms: impl Iterator<Item = &'a AttentionKind<B>>) -> Vec<usize> {
+    mechanisms
         .enumerate()
-        .filter(|(_, l)| {
-            !matches!(
-                l.attention.self_attention.mechanism,
-                kiln_attention::AttentionKind::Softmax(_)
-            )
-        })
+        .filter(|(_, m)| !matches!(m, AttentionKind::Softmax(_)))
         .map(|(i, _)| i)
-        .collect();
+        .collect()
+}
+
+/// The loss averaged over the `converted` layers; `real` `[b, n]` is 1 at real query tokens.
+fn mean_over_layers<B: AutodiffBackend>(
+    converted: &[usize],
+    student: &[LayerCapture<B>],
+    teacher: &[LayerCapture<B::InnerBackend>],
+    real: Tensor<B, 2>,
+    loss: TransferLoss,
+    device: &B::Device,
+) -> Tensor<B, 1> {
+    let [b, n] = real.dims();
+    let n_real = real.clone().sum().into_scalar().elem::<f64>().max(1.0);
     let mut total: Option<Tensor<B, 1>> = None;
-    for &i in &converted {
+    for &i in converted {
         let term = match loss {
             TransferLoss::CrossEntropy => {
-                let a_s = s_out.layers[i].attention_probs.clone().expect("captured");
-                let a_t = Tensor::<B, 4>::from_inner(t_out.layers[i].attention_probs.clone().expect("captured"));
+                let a_s = student[i].attention_probs.clone().expect("captured");
+                let a_t = Tensor::<B, 4>::from_inner(teacher[i].attention_probs.clone().expect("captured"));
                 let heads = a_s.dims()[1];
                 let ce = (a_t * a_s.clamp_min(1e-12).log()).sum_dim(3).neg(); // [b, h, n, 1]
                 let rows = ce.reshape([b, heads, n]) * real.clone().reshape([b, 1, n]);
                 rows.sum().div_scalar(n_real * heads as f64)
             }
             TransferLoss::OutputMse => {
-                let o_s = s_out.layers[i].attention_output.clone().expect("captured");
-                let o_t = Tensor::<B, 3>::from_inner(t_out.layers[i].attention_output.clone().expect("captured"));
+                let o_s = student[i].attention_output.clone().expect("captured");
+                let o_t = Tensor::<B, 3>::from_inner(teacher[i].attention_output.clone().expect("captured"));
                 let d = o_s.dims()[2];
                 let sq = (o_s - o_t).powi_scalar(2).sum_dim(2).reshape([b, n]) * real.clone();
                 sq.sum().div_scalar(n_real * d as f64)
@@ -149,9 +187,37 @@ pub fn attention_transfer<B: AutodiffBackend>(
     cfg: &TransferConfig,
     device: &B::Device,
 ) -> (SequenceClassifier<B>, Vec<f64>) {
+    if batches.is_empty() {
+        return (student, Vec::new());
+    }
+    transfer_loop(student, cfg, |model, step| {
+        transfer_loss(&model.bert, teacher, &batches[step % batches.len()], cfg.loss, device)
+    })
+}
+
+/// [`attention_transfer`] for a converted decoder: `batch(step)` gives the step's token
+/// windows `[batch, n]`.
+pub fn decoder_attention_transfer<B: AutodiffBackend>(
+    student: Gpt2Model<B>,
+    teacher: &Gpt2Model<B::InnerBackend>,
+    cfg: &TransferConfig,
+    mut batch: impl FnMut(usize) -> Tensor<B, 2, Int>,
+) -> (Gpt2Model<B>, Vec<f64>) {
+    transfer_loop(student, cfg, |model, step| {
+        decoder_transfer_loss(model, teacher, batch(step), cfg.loss)
+    })
+}
+
+/// The optimisation both share: everything but the feature maps frozen, AdamW without
+/// decay, clip 1, constant `cfg.lr`, `cfg.steps` steps.
+fn transfer_loop<B: AutodiffBackend, M: AutodiffModule<B>>(
+    model: M,
+    cfg: &TransferConfig,
+    mut loss_at: impl FnMut(&M, usize) -> Tensor<B, 1>,
+) -> (M, Vec<f64>) {
     let is_map = |p: &str| p.contains(".feature_map.");
-    let infos = param_infos(&student);
-    let mut student = student.map(&mut OnlyMaps { stack: Vec::new() });
+    let infos = param_infos(&model);
+    let mut model = set_trainable(model, is_map);
     let adam = AdamWConfig {
         weight_decay: 0.0,
         max_grad_norm: Some(1.0),
@@ -164,41 +230,15 @@ pub fn attention_transfer<B: AutodiffBackend>(
     });
     let mut losses = Vec::with_capacity(cfg.steps);
     for step in 0..cfg.steps {
-        if batches.is_empty() {
-            break;
-        }
-        let batch = &batches[step % batches.len()];
-        let loss = transfer_loss(&student.bert, teacher, batch, cfg.loss, device);
+        let loss = loss_at(&model, step);
         losses.push(loss.clone().into_scalar().elem::<f64>());
-        let grads = GradientsParams::from_grads(loss.backward(), &student);
-        student = opt.step(student, grads, cfg.lr).0;
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = opt.step(model, grads, cfg.lr).0;
         if step % 20 == 0 {
             tracing::info!(step, loss = losses[step], "attention transfer");
         }
     }
-    (student, losses)
-}
-
-/// Marks every parameter but the feature maps `require_grad = false`.
-struct OnlyMaps {
-    stack: Vec<String>,
-}
-
-impl<B: AutodiffBackend> burn::module::ModuleMapper<B> for OnlyMaps {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
-    }
-    fn map_float<const D: usize>(
-        &mut self,
-        param: burn::module::Param<Tensor<B, D>>,
-    ) -> burn::module::Param<Tensor<B, D>> {
-        let train = self.stack.join(".").contains(".feature_map.");
-        let (id, tensor, mapper) = param.consume();
-        burn::module::Param::from_mapped_value(id, tensor.set_require_grad(train), mapper)
-    }
+    (model, losses)
 }
 
 /// The teacher for `student`: its encoder as it is now (call before converting), on the inner
