@@ -75,7 +75,7 @@ fn round(v: f64, digits: i32) -> f64 {
     (v * p).round() / p
 }
 
-fn progress(len: usize, what: &str) -> ProgressBar {
+pub(crate) fn progress(len: usize, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len as u64);
     bar.set_style(ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {elapsed}").expect("template"));
     bar.set_message(what.to_string());

@@ -94,7 +94,7 @@ impl BackendJob for MinilmForwardJob {
 }
 
 /// Median wall time of `iters` calls after one warm-up.
-fn median_time(run: impl Fn(), iters: usize) -> f64 {
+pub(crate) fn median_time(run: impl Fn(), iters: usize) -> f64 {
     run();
     let mut times: Vec<f64> = (0..iters.max(1))
         .map(|_| {

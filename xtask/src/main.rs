@@ -2,11 +2,13 @@
 
 mod analyse;
 mod bench;
+mod bench_attention;
 mod demo;
 mod embed;
 mod experiment;
 mod export;
 mod lens;
+mod lm;
 mod model_files;
 mod neurons;
 mod parity;
@@ -181,6 +183,61 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Decoder language-model experiments.
+    Lm {
+        #[command(subcommand)]
+        what: LmCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum LmCommand {
+    /// Pretrain a byte-level softmax GPT, convert it to linear-attention variants with and
+    /// without attention transfer, fine-tune each with the same budget, compare perplexity.
+    Decoder {
+        /// Text file (default: shared/data/lm/tinyshakespeare/input.txt).
+        #[arg(long)]
+        text: Option<PathBuf>,
+        #[arg(long, default_value = "runs/lm")]
+        out: PathBuf,
+        /// Held-out fraction at the end of the text.
+        #[arg(long, default_value_t = 0.1)]
+        tail: f64,
+        #[arg(long, default_value_t = 256)]
+        n_embd: usize,
+        #[arg(long, default_value_t = 4)]
+        layers: usize,
+        #[arg(long, default_value_t = 4)]
+        heads: usize,
+        #[arg(long, default_value_t = 1500)]
+        pretrain_steps: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        pretrain_lr: f64,
+        #[arg(long, default_value_t = 300)]
+        finetune_steps: usize,
+        #[arg(long, default_value_t = 5e-4)]
+        finetune_lr: f64,
+        #[arg(long, default_value_t = 100)]
+        transfer_steps: usize,
+        #[arg(long, default_value_t = 1e-2)]
+        transfer_lr: f64,
+        /// cross_entropy (Hedgehog) or output_mse (LoLCATs).
+        #[arg(long, default_value = "cross_entropy")]
+        transfer_loss: String,
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        #[arg(long, default_value_t = 128)]
+        block: usize,
+        /// Variants: elu, t2r, performer, hedgehog, window<N>.
+        #[arg(long, value_delimiter = ',', default_value = "elu,t2r,performer,hedgehog")]
+        variants: Vec<String>,
+        #[arg(long, default_value = "ROMEO:")]
+        prompt: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+    },
 }
 
 #[derive(Subcommand)]
@@ -300,6 +357,42 @@ enum BenchCommand {
         #[arg(long, default_value_t = 5)]
         iters: usize,
     },
+    /// Decoding speed and memory: softmax + KV cache vs RNN-mode linear attention, per token
+    /// at growing lengths (random weights of the decoder experiment's shape).
+    Generate {
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+        #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048,4096,8192")]
+        lengths: Vec<usize>,
+        /// softmax, elu, t2r, performer, hedgehog, window<N>.
+        #[arg(long, value_delimiter = ',', default_value = "softmax,t2r,elu")]
+        variants: Vec<String>,
+        /// Tokens averaged at each length.
+        #[arg(long, default_value_t = 64)]
+        window: usize,
+        #[arg(long, default_value = "runs/bench/generate")]
+        out: PathBuf,
+    },
+    /// Each attention mechanism's forward and forward + backward time at growing lengths.
+    Attention {
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
+        #[arg(long, value_delimiter = ',', default_value = "128,256,512,1024,2048,4096")]
+        lengths: Vec<usize>,
+        #[arg(long, value_delimiter = ',', default_value = "softmax,window64,elu,t2r,performer,hedgehog")]
+        variants: Vec<String>,
+        #[arg(long, default_value_t = 8)]
+        heads: usize,
+        #[arg(long, default_value_t = 64)]
+        head_dim: usize,
+        /// Bidirectional instead of causal.
+        #[arg(long)]
+        bidirectional: bool,
+        #[arg(long, default_value_t = 3)]
+        iters: usize,
+        #[arg(long, default_value = "runs/bench/attention")]
+        out: PathBuf,
+    },
     /// MiniLM forward throughput; one JSON object per line with --json.
     Minilm {
         #[arg(long, default_value = "cpu")]
@@ -319,6 +412,21 @@ enum BenchCommand {
         #[arg(long)]
         backward: bool,
     },
+}
+
+/// `softmax` or an [`lm::variant`] name, each with its name.
+fn named_variants(names: &[String]) -> Result<Vec<(String, kiln::attention::AttentionVariant)>> {
+    names
+        .iter()
+        .map(|n| {
+            let v = if n == "softmax" {
+                kiln::attention::AttentionVariant::Softmax
+            } else {
+                lm::variant(n)?
+            };
+            Ok((n.clone(), v))
+        })
+        .collect()
 }
 
 /// Training texts in file order (pairs joined by " ||| "), as the data map indexes them.
@@ -624,6 +732,181 @@ fn main() -> Result<()> {
         Command::Fetch { model_id } => {
             let dir = model_files::fetch(&model_id)?;
             println!("{}", dir.display());
+        }
+        Command::Lm {
+            what:
+                LmCommand::Decoder {
+                    text,
+                    out,
+                    tail,
+                    n_embd,
+                    layers,
+                    heads,
+                    pretrain_steps,
+                    pretrain_lr,
+                    finetune_steps,
+                    finetune_lr,
+                    transfer_steps,
+                    transfer_lr,
+                    transfer_loss,
+                    batch,
+                    block,
+                    variants,
+                    prompt,
+                    seed,
+                    device,
+                },
+        } => {
+            let text = text
+                .or_else(|| {
+                    kiln::model::hub::shared_dir().map(|s| s.join("data/lm/tinyshakespeare/input.txt"))
+                })
+                .context("no --text given and shared/data/lm not found")?;
+            let mut model = lm::default_model();
+            model.n_embd = n_embd;
+            model.n_layer = layers;
+            model.n_head = heads;
+            model.n_positions = model.n_positions.max(block);
+            let schedule = |steps: usize, lr: f64, warmup: usize| kiln::tune::lm::LmTrainConfig {
+                steps,
+                batch_size: batch,
+                block_len: block,
+                lr,
+                warmup_steps: warmup,
+                seed,
+                eval_every: (steps / 5).max(1),
+                eval_tokens: 16_384,
+                ..Default::default()
+            };
+            let loss = match transfer_loss.as_str() {
+                "cross_entropy" => kiln::tune::transfer::TransferLoss::CrossEntropy,
+                "output_mse" => kiln::tune::transfer::TransferLoss::OutputMse,
+                other => bail!("--transfer-loss {other:?}: cross_entropy or output_mse"),
+            };
+            let variants = variants
+                .iter()
+                .map(|v| Ok((v.clone(), lm::variant(v)?)))
+                .collect::<Result<Vec<_>>>()?;
+            run_on(
+                device,
+                lm::DecoderJob {
+                    text,
+                    out: out.clone(),
+                    tail,
+                    model,
+                    pretrain: schedule(pretrain_steps, pretrain_lr, pretrain_steps / 20),
+                    finetune: schedule(finetune_steps, finetune_lr, finetune_steps / 10),
+                    transfer: kiln::tune::transfer::TransferConfig {
+                        steps: transfer_steps,
+                        lr: transfer_lr,
+                        batch_size: batch,
+                        loss,
+                    },
+                    variants,
+                    prompt,
+                },
+            )??;
+            println!("Written: {}", out.join("results.json").display());
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Generate {
+                    device,
+                    lengths,
+                    variants,
+                    window,
+                    out,
+                },
+        } => {
+            let variants = named_variants(&variants)?;
+            let rows = run_on(
+                device,
+                bench_attention::GenerateJob {
+                    model: lm::default_model(),
+                    lengths,
+                    variants,
+                    window,
+                },
+            )??;
+            std::fs::create_dir_all(&out)?;
+            let speed = bench_attention::markdown(&rows, |r| format!("{:.2}", r.ms_per_token), "length (ms/token)");
+            let state = bench_attention::markdown(&rows, |r| format!("{:.2}", r.state_mb), "length (state MiB)");
+            let rss = bench_attention::markdown(
+                &rows,
+                |r| r.rss_mb.map_or("–".into(), |m| format!("{m:.0}")),
+                "length (RSS MiB)",
+            );
+            let softmax: Vec<&bench_attention::GenerateRow> = rows.iter().filter(|r| r.variant == "softmax").collect();
+            let mut crossover = serde_json::Map::new();
+            for name in rows.iter().map(|r| r.variant.as_str()).filter(|v| *v != "softmax") {
+                if crossover.contains_key(name) {
+                    continue;
+                }
+                let first = softmax.iter().find_map(|s| {
+                    rows.iter()
+                        .find(|r| r.variant == name && r.length == s.length && r.ms_per_token < s.ms_per_token)
+                        .map(|r| r.length)
+                });
+                crossover.insert(name.to_string(), serde_json::json!(first));
+            }
+            let text = format!("{speed}\n{state}\n{rss}\nFirst measured length at which RNN mode is faster than the KV cache: {}\n", serde_json::Value::Object(crossover.clone()));
+            println!("{text}");
+            kiln::tune::checkpoint::write_atomic(&out.join("generate.md"), text.as_bytes())?;
+            let json = serde_json::json!({"rows": rows, "crossover": crossover, "model": lm::default_model()});
+            kiln::tune::checkpoint::write_atomic(&out.join("generate.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+            let series = |f: &dyn Fn(&bench_attention::GenerateRow) -> f64| {
+                let mut s: Vec<kiln::viz::plots::Series> = Vec::new();
+                for r in &rows {
+                    match s.iter_mut().find(|x| x.0 == r.variant) {
+                        Some(x) => x.1.push((r.length as f64, f(r))),
+                        None => s.push((r.variant.clone(), vec![(r.length as f64, f(r))])),
+                    }
+                }
+                s
+            };
+            let dir = out.join("plots");
+            let mut written = kiln::viz::plots::lines(&dir, "ms_per_token", "decoding time per token (ms)", "tokens generated", &series(&|r| r.ms_per_token))?;
+            written.extend(kiln::viz::plots::lines(&dir, "state_mb", "attention state (MiB)", "tokens generated", &series(&|r| r.state_mb))?);
+            for f in written {
+                println!("Written: {}", f.display());
+            }
+        }
+        Command::Bench {
+            what:
+                BenchCommand::Attention {
+                    device,
+                    lengths,
+                    variants,
+                    heads,
+                    head_dim,
+                    bidirectional,
+                    iters,
+                    out,
+                },
+        } => {
+            let variants = named_variants(&variants)?;
+            let rows = run_on(
+                device,
+                bench_attention::AttentionJob {
+                    lengths,
+                    variants,
+                    heads,
+                    head_dim,
+                    causal: !bidirectional,
+                    iters,
+                },
+            )??;
+            std::fs::create_dir_all(&out)?;
+            let fwd = bench_attention::markdown(&rows, |r| format!("{:.1}", r.forward_ms), "length (forward ms)");
+            let bwd = bench_attention::markdown(&rows, |r| format!("{:.1}", r.backward_ms), "length (fwd+bwd ms)");
+            let text = format!(
+                "{} attention, batch 1, {heads} heads × {head_dim}, {device:?}\n\n{fwd}\n{bwd}",
+                if bidirectional { "bidirectional" } else { "causal" }
+            );
+            println!("{text}");
+            kiln::tune::checkpoint::write_atomic(&out.join("attention.md"), text.as_bytes())?;
+            kiln::tune::checkpoint::write_atomic(&out.join("attention.json"), serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            println!("Written: {}", out.join("attention.md").display());
         }
         Command::Bench {
             what: BenchCommand::Matmul { sizes, repeats },

@@ -37,6 +37,6 @@ pub use capture::{Capture, LayerCapture, ModelOutput};
 pub use config::{BertConfig, GptConfig};
 pub use error::{ModelError, ShapeMismatch};
 pub use gpt2::{DecodeState, Gpt2Model, LayerState, Sampling};
-pub use load::{load_bert_weights, load_gpt2_weights, CheckpointDir, LoadReport};
+pub use load::{gpt2_weights_bytes, load_bert_weights, load_gpt2_weights, CheckpointDir, LoadReport};
 pub use mlm::BertMlmHead;
 pub use pooling::{l2_normalize, mean_pool, sentence_embedding};

@@ -165,6 +165,27 @@ pub fn load_gpt2_weights<B: Backend>(
     check(path, result, |n| is_ignorable(n, false), gpt2_checkpoint_name)
 }
 
+/// A softmax GPT-2 model's weights as Hugging Face `GPT2LMHeadModel` safetensors
+/// (`transformer.h.{i}.attn.c_attn.weight`, Conv1D `[in, out]` layout, tied head not
+/// stored), readable by [`load_gpt2_weights`] and by transformers. Parameters of converted
+/// attention mechanisms have no GPT-2 name and are written under their kiln path.
+///
+/// # Errors
+/// [`ModelError::Checkpoint`] when burn-store fails to serialise.
+pub fn gpt2_weights_bytes<B: Backend>(model: &Gpt2Model<B>) -> Result<Vec<u8>, ModelError> {
+    let fail = |e: &dyn std::fmt::Display| ModelError::Checkpoint {
+        path: PathBuf::from("<memory>"),
+        message: e.to_string(),
+    };
+    let mut store = SafetensorsStore::from_bytes(None).remap(remapper(&[
+        (r"(ln_\w+)\.gamma$", "$1.weight"),
+        (r"(ln_\w+)\.beta$", "$1.bias"),
+        (r"^", "transformer."),
+    ]));
+    model.save_into(&mut store).map_err(|e| fail(&e))?;
+    store.get_bytes().map_err(|e| fail(&e))
+}
+
 /// Paths of a Hugging Face model directory.
 #[derive(Debug, Clone)]
 pub struct CheckpointDir {

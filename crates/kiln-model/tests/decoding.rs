@@ -213,3 +213,28 @@ fn sampling_is_seeded_and_positions_are_checked() {
     assert!(err.to_string().contains("48 position embeddings"), "{err}");
     assert!(m.generate(&[], 3, Sampling::Greedy, &device).is_err());
 }
+
+#[test]
+fn saved_gpt2_weights_load_back_with_hf_names() {
+    let m = model(&AttentionVariant::Softmax);
+    let bytes = kiln_model::gpt2_weights_bytes(&m).unwrap();
+    let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap()
+        .names()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    assert!(names.contains(&"transformer.h.1.attn.c_attn.weight".to_string()), "{names:?}");
+    assert!(names.contains(&"transformer.ln_f.bias".to_string()), "{names:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors");
+    std::fs::write(&path, &bytes).unwrap();
+    let config: GptConfig = serde_json::from_str(
+        r#"{"vocab_size": 40, "n_positions": 48, "n_embd": 32, "n_layer": 2, "n_head": 4}"#,
+    )
+    .unwrap();
+    let mut loaded = Gpt2Model::<B>::new(&config, &Default::default());
+    kiln_model::load_gpt2_weights(&mut loaded, &path).unwrap();
+    let toks = tokens(12, 4);
+    assert_eq!(parallel_logits(&loaded, &toks), parallel_logits(&m, &toks));
+}

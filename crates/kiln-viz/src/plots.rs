@@ -55,7 +55,8 @@ fn register_font() -> Result<(), ReportError> {
     })
 }
 
-type Series = (String, Vec<(f64, f64)>);
+/// A named line: `(label, [(x, y)])`.
+pub type Series = (String, Vec<(f64, f64)>);
 
 fn draw_lines<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
@@ -182,7 +183,17 @@ fn write_svg_png(
     Ok(vec![svg_path, png_path])
 }
 
-fn lines(dir: &Path, name: &str, title: &str, x_label: &str, series: &[Series]) -> Result<Vec<PathBuf>, ReportError> {
+/// Writes `dir/name.svg` and `dir/name.png`: one line per series (experiments outside a
+/// run directory use this, e.g. the decoder perplexity and generation-speed charts).
+///
+/// # Errors
+/// [`ReportError`] for a missing font or a failed write.
+pub fn lines(dir: &Path, name: &str, title: &str, x_label: &str, series: &[Series]) -> Result<Vec<PathBuf>, ReportError> {
+    register_font()?;
+    std::fs::create_dir_all(dir).map_err(|err| ReportError::Io {
+        path: dir.to_path_buf(),
+        message: err.to_string(),
+    })?;
     write_svg_png(
         dir,
         name,

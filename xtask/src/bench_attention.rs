@@ -1,0 +1,193 @@
+//! `cargo xtask bench generate` (decoding speed: softmax + KV cache vs RNN mode) and
+//! `cargo xtask bench attention` (each mechanism's forward and forward + backward at growing
+//! sequence lengths). Both print a table and write JSON, markdown and (generate) charts.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use kiln::attention::{Attention, AttentionMask, AttentionVariant};
+use kiln::backend::{BackendJob, DeviceKind};
+use kiln::burn::prelude::*;
+use kiln::burn::tensor::backend::AutodiffBackend;
+use kiln::burn::tensor::{Distribution, TensorData};
+use kiln::model::{DecodeState, Gpt2Model, GptConfig};
+use serde::Serialize;
+
+/// Current resident set size of this process in MiB (Linux; `None` elsewhere).
+fn rss_mb() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1024.0 * 1024.0))
+}
+
+pub struct GenerateJob {
+    pub model: GptConfig,
+    pub lengths: Vec<usize>,
+    pub variants: Vec<(String, AttentionVariant)>,
+    /// Tokens averaged at each length (those just before it).
+    pub window: usize,
+}
+
+/// One variant at one length.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerateRow {
+    pub variant: String,
+    pub length: usize,
+    pub ms_per_token: f64,
+    /// Attention state held (KV cache or recurrent state), MiB.
+    pub state_mb: f64,
+    /// Resident set of the process when the length was reached, MiB.
+    pub rss_mb: Option<f64>,
+}
+
+impl BackendJob for GenerateJob {
+    type Output = Result<Vec<GenerateRow>>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let max = self.lengths.iter().copied().max().unwrap_or(0);
+        let mut config = self.model.clone();
+        config.n_positions = config.n_positions.max(max);
+        let mut rows = Vec::new();
+        for (name, variant) in &self.variants {
+            I::<B>::seed(&device, 0);
+            let mut model = Gpt2Model::<I<B>>::new(&config, &device);
+            model.convert_attention(variant, None, 0.0);
+            let mut state = DecodeState::new(model.num_layers());
+            let mut token = 1i64;
+            let mut times = Vec::with_capacity(max);
+            let bar = crate::analyse::progress(max, name);
+            for pos in 0..max {
+                let started = Instant::now();
+                let input = Tensor::<I<B>, 2, Int>::from_data(TensorData::new(vec![token], [1, 1]), &device);
+                let (logits, next) = model.step(input, state)?;
+                state = next;
+                // Greedy: the host needs the token, which also synchronises the device.
+                token = logits.argmax(1).into_scalar().elem::<i64>();
+                times.push(started.elapsed().as_secs_f64());
+                bar.inc(1);
+                if self.lengths.contains(&(pos + 1)) {
+                    let lo = (pos + 1).saturating_sub(self.window);
+                    let mean = times[lo..].iter().sum::<f64>() / (pos + 1 - lo) as f64;
+                    rows.push(GenerateRow {
+                        variant: name.clone(),
+                        length: pos + 1,
+                        ms_per_token: mean * 1e3,
+                        state_mb: state.state_bytes() as f64 / (1024.0 * 1024.0),
+                        rss_mb: rss_mb(),
+                    });
+                }
+            }
+            bar.finish_and_clear();
+        }
+        Ok(rows)
+    }
+}
+
+pub struct AttentionJob {
+    pub lengths: Vec<usize>,
+    pub variants: Vec<(String, AttentionVariant)>,
+    pub heads: usize,
+    pub head_dim: usize,
+    pub causal: bool,
+    pub iters: usize,
+}
+
+/// One mechanism at one length.
+#[derive(Debug, Clone, Serialize)]
+pub struct AttentionRow {
+    pub variant: String,
+    pub length: usize,
+    pub forward_ms: f64,
+    pub backward_ms: f64,
+}
+
+impl BackendJob for AttentionJob {
+    type Output = Result<Vec<AttentionRow>>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
+        type I<B> = <B as AutodiffBackend>::InnerBackend;
+        let mut rows = Vec::new();
+        let (h, d) = (self.heads, self.head_dim);
+        for (name, variant) in &self.variants {
+            B::seed(&device, 0);
+            let mechanism = variant.build::<B>(h, d, 0.0, &device);
+            let inner = variant.build::<I<B>>(h, d, 0.0, &device);
+            for &n in &self.lengths {
+                let mask = AttentionMask::none().with_causal(self.causal);
+                let inner_mask = AttentionMask::none().with_causal(self.causal);
+                let qkv = || Tensor::<B, 4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), &device);
+                let (q, k, v) = (qkv(), qkv(), qkv());
+                let forward = crate::bench::median_time(
+                    || {
+                        let out = inner.attend(q.clone().inner(), k.clone().inner(), v.clone().inner(), &inner_mask, false);
+                        drop(out.context.into_data());
+                    },
+                    self.iters,
+                );
+                let backward = crate::bench::median_time(
+                    || {
+                        let q = q.clone().require_grad();
+                        let out = mechanism.attend(q, k.clone().require_grad(), v.clone().require_grad(), &mask, false);
+                        drop(out.context.powi_scalar(2).mean().backward());
+                    },
+                    self.iters,
+                );
+                println!(
+                    "{name:>12} n={n:>5}: forward {:>9.2} ms, forward+backward {:>9.2} ms",
+                    forward * 1e3,
+                    backward * 1e3
+                );
+                rows.push(AttentionRow {
+                    variant: name.clone(),
+                    length: n,
+                    forward_ms: forward * 1e3,
+                    backward_ms: backward * 1e3,
+                });
+            }
+        }
+        Ok(rows)
+    }
+}
+
+/// A measurement of one variant at one length.
+pub trait Keyed {
+    /// `(variant, length)`.
+    fn key(&self) -> (&str, usize);
+}
+
+impl Keyed for GenerateRow {
+    fn key(&self) -> (&str, usize) {
+        (&self.variant, self.length)
+    }
+}
+
+impl Keyed for AttentionRow {
+    fn key(&self) -> (&str, usize) {
+        (&self.variant, self.length)
+    }
+}
+
+/// Markdown table: one row per length, one column per variant.
+pub fn markdown<R: Keyed>(rows: &[R], cell: impl Fn(&R) -> String, corner: &str) -> String {
+    let mut variants: Vec<&str> = Vec::new();
+    let mut lengths: Vec<usize> = Vec::new();
+    for r in rows {
+        let (v, n) = r.key();
+        if !variants.contains(&v) {
+            variants.push(v);
+        }
+        if !lengths.contains(&n) {
+            lengths.push(n);
+        }
+    }
+    let mut md = format!("| {corner} | {} |\n|---|{}\n", variants.join(" | "), "---|".repeat(variants.len()));
+    for n in lengths {
+        let cells: Vec<String> = variants
+            .iter()
+            .map(|v| rows.iter().find(|r| r.key() == (*v, n)).map_or("–".into(), &cell))
+            .collect();
+        md.push_str(&format!("| {n} | {} |\n", cells.join(" | ")));
+    }
+    md
+}
