@@ -2,7 +2,9 @@
 
 use burn::prelude::*;
 
-use crate::{Attention, AttentionMask, AttentionOutput, LinearAttention, SlidingWindowAttention, SoftmaxAttention};
+use crate::{
+    Attention, AttentionMask, AttentionOutput, HybridAttention, LinearAttention, SlidingWindowAttention, SoftmaxAttention,
+};
 
 /// One of kiln's attention mechanisms, as stored in a model layer. Model blocks hold this
 /// enum, so converting a layer to another mechanism replaces this value and touches nothing
@@ -15,6 +17,8 @@ pub enum AttentionKind<B: Backend> {
     SlidingWindow(SlidingWindowAttention),
     /// Kernelised linear attention (ELU+1, T2R, Hedgehog).
     Linear(LinearAttention<B>),
+    /// Window softmax + linear attention over older keys (LoLCATs).
+    Hybrid(HybridAttention<B>),
 }
 
 impl<B: Backend> Default for AttentionKind<B> {
@@ -30,7 +34,7 @@ impl<B: Backend> AttentionKind<B> {
         match self {
             Self::Softmax(m) => m.dropout = d,
             Self::SlidingWindow(m) => m.dropout = d,
-            Self::Linear(_) => {}
+            Self::Linear(_) | Self::Hybrid(_) => {}
         }
     }
 }
@@ -48,6 +52,7 @@ impl<B: Backend> Attention<B> for AttentionKind<B> {
             Self::Softmax(m) => m.attend(q, k, v, mask, need_weights),
             Self::SlidingWindow(m) => m.attend(q, k, v, mask, need_weights),
             Self::Linear(m) => m.attend(q, k, v, mask, need_weights),
+            Self::Hybrid(m) => m.attend(q, k, v, mask, need_weights),
         }
     }
 
@@ -56,6 +61,7 @@ impl<B: Backend> Attention<B> for AttentionKind<B> {
             Self::Softmax(m) => Attention::<B>::name(m),
             Self::SlidingWindow(m) => Attention::<B>::name(m),
             Self::Linear(m) => m.name(),
+            Self::Hybrid(m) => m.name(),
         }
     }
 }
@@ -97,6 +103,20 @@ pub enum AttentionVariant {
         #[serde(default = "default_features")]
         features: usize,
     },
+    /// LoLCATs: softmax over the last `window` keys + Hedgehog-feature linear attention over
+    /// older ones, one shared normaliser.
+    Hybrid {
+        /// Softmax window.
+        #[serde(default = "default_window")]
+        window: usize,
+        /// Hedgehog projection width.
+        #[serde(default = "default_features")]
+        features: usize,
+    },
+}
+
+fn default_window() -> usize {
+    64
 }
 
 fn default_features() -> usize {
@@ -138,6 +158,13 @@ impl AttentionVariant {
             Self::Hedgehog { features } => AttentionKind::Linear(LinearAttention::new(
                 FeatureMap::learned(FeatureKind::Hedgehog, heads, head_dim, *features, device),
                 1e-6,
+            )),
+            Self::Hybrid { window, features } => AttentionKind::Hybrid(HybridAttention::new(
+                *window,
+                LinearAttention::new(
+                    FeatureMap::learned(FeatureKind::Hedgehog, heads, head_dim, *features, device),
+                    1e-6,
+                ),
             )),
         }
     }

@@ -8,8 +8,9 @@
 //!
 //! **Owns:** the [`Attention`] trait, the masks it receives ([`AttentionMask`]), and the
 //! mechanisms themselves: exact [`SoftmaxAttention`], [`SlidingWindowAttention`], and kernelised
-//! [`LinearAttention`] with ELU+1, T2R and Hedgehog feature maps (bidirectional, causal in
-//! chunked parallel form, and recurrent with O(1) state per token).
+//! [`LinearAttention`] with ELU+1, T2R, Performer and Hedgehog feature maps (bidirectional, causal in
+//! chunked parallel form, and recurrent with O(1) state per token), and the LoLCATs
+//! [`HybridAttention`] (window softmax + linear attention, one normaliser).
 //! **Must not touch:** model layout, weight loading, tokenization, training.
 //!
 //! The softmax mechanism calls burn's fused [`burn::tensor::module::attention`] op whenever
@@ -18,12 +19,14 @@
 //! the probabilities.
 #![warn(missing_docs)]
 
+mod hybrid;
 mod kind;
 pub mod linear;
 mod mask;
 mod softmax;
 mod window;
 
+pub use hybrid::{HybridAttention, HybridState};
 pub use kind::{AttentionKind, AttentionVariant};
 pub use linear::{FeatureKind, FeatureMap, LinearAttention, RecurrentState};
 pub use mask::AttentionMask;

@@ -190,19 +190,26 @@ impl<B: Backend> LinearAttention<B> {
         }
     }
 
-    fn features(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    /// φ of queries (T2R scales them by `d^-½` first; Performer uses its query stabiliser).
+    pub(crate) fn query_features(&self, q: Tensor<B, 4>) -> Tensor<B, 4> {
         let head_dim = q.dims()[3];
-        if self.feature_map.kind == FeatureKind::Performer {
-            return (
-                self.feature_map.performer_features(q, true),
-                self.feature_map.performer_features(k, false),
-            );
+        match self.feature_map.kind {
+            FeatureKind::Performer => self.feature_map.performer_features(q, true),
+            FeatureKind::T2r => self.feature_map.apply(q.mul_scalar((head_dim as f64).powf(-0.5))),
+            _ => self.feature_map.apply(q),
         }
-        let q = match self.feature_map.kind {
-            FeatureKind::T2r => q.mul_scalar((head_dim as f64).powf(-0.5)),
-            _ => q,
-        };
-        (self.feature_map.apply(q), self.feature_map.apply(k))
+    }
+
+    /// φ of keys.
+    pub(crate) fn key_features(&self, k: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.feature_map.kind {
+            FeatureKind::Performer => self.feature_map.performer_features(k, false),
+            _ => self.feature_map.apply(k),
+        }
+    }
+
+    pub(crate) fn features_of(&self, q: Tensor<B, 4>, k: Tensor<B, 4>) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        (self.query_features(q), self.key_features(k))
     }
 
     /// An empty state for `batch × heads` with `d_v`-dimensional values.
@@ -224,7 +231,7 @@ impl<B: Backend> LinearAttention<B> {
     /// The state after keys `k` and values `v` (`[batch, heads, n, ·]`) — a prompt processed
     /// in parallel form — so that decoding can continue from it with [`Self::step`].
     pub fn state_of(&self, k: Tensor<B, 4>, v: Tensor<B, 4>) -> RecurrentState<B> {
-        let fk = self.features(k.clone(), k).1.swap_dims(2, 3); // [b, h, f, n]
+        let fk = self.key_features(k).swap_dims(2, 3); // [b, h, f, n]
         RecurrentState {
             s: fk.clone().matmul(v),
             z: fk.sum_dim(3),
@@ -240,7 +247,7 @@ impl<B: Backend> LinearAttention<B> {
         k: Tensor<B, 4>,
         v: Tensor<B, 4>,
     ) -> (Tensor<B, 4>, RecurrentState<B>) {
-        let (fq, fk) = self.features(q, k);
+        let (fq, fk) = self.features_of(q, k);
         let s = state.s + fk.clone().swap_dims(2, 3).matmul(v);
         let z = state.z + fk.swap_dims(2, 3);
         let num = fq.clone().matmul(s.clone());
@@ -284,7 +291,7 @@ impl<B: Backend> Attention<B> for LinearAttention<B> {
         mask: &AttentionMask<B>,
         need_weights: bool,
     ) -> AttentionOutput<B> {
-        let (fq, mut fk) = self.features(q, k);
+        let (fq, mut fk) = self.features_of(q, k);
         if let Some(keep) = &mask.key_padding {
             let [batch, seq_k] = keep.dims();
             fk = fk * keep.clone().float().reshape([batch, 1, seq_k, 1]);

@@ -6,7 +6,8 @@ use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::{Distribution, TensorData};
 use kiln_attention::{
-    Attention, AttentionMask, FeatureKind, FeatureMap, LinearAttention, SlidingWindowAttention, SoftmaxAttention,
+    Attention, AttentionMask, FeatureKind, FeatureMap, HybridAttention, LinearAttention, SlidingWindowAttention,
+    SoftmaxAttention,
 };
 
 type B = Flex;
@@ -350,4 +351,85 @@ fn performer_features_are_blockwise_orthogonal_and_approximate_softmax() {
     let small = LinearAttention::new(FeatureMap::<B>::performer(D, 16, 4, &device), 1e-12);
     let diff = recurrent_vs_parallel(&small, &q, &k, &v);
     assert!(diff < 1e-5, "performer recurrent vs parallel {diff}");
+}
+
+/// LoLCATs hybrid, direct: window keys weigh `exp(s_ij − m_i)` (m_i = max over visible window
+/// keys), older visible keys `φq_i·φk_j`, one normaliser.
+fn naive_hybrid(m: &HybridAttention<B>, q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, keep: &[bool], causal: bool) -> Vec<f64> {
+    let (q, k, v) = (data(q), data(k), data(v));
+    let map = &m.linear.feature_map;
+    let mut out = vec![0.0; BATCH * HEADS * N * D];
+    for b in 0..BATCH {
+        for h in 0..HEADS {
+            for i in 0..N {
+                let qi = row(&q, b, h, i);
+                let visible = |j: usize| keep[b * N + j] && !(causal && j > i);
+                let score = |j: usize| -> f64 {
+                    qi.iter().zip(row(&k, b, h, j)).map(|(x, y)| x * y).sum::<f64>() / (D as f64).sqrt()
+                };
+                let window: Vec<usize> = (0..N).filter(|&j| visible(j) && in_band(causal, m.window, i, j)).collect();
+                let max = window.iter().map(|&j| score(j)).fold(f64::NEG_INFINITY, f64::max);
+                let fq = phi(map, h, &qi);
+                let mut num = [0.0; D];
+                let mut den = 0.0;
+                for j in (0..N).filter(|&j| visible(j)) {
+                    let a = if in_band(causal, m.window, i, j) {
+                        (score(j) - max).exp()
+                    } else {
+                        fq.iter().zip(phi(map, h, &row(&k, b, h, j))).map(|(x, y)| x * y).sum()
+                    };
+                    den += a;
+                    for (n, vj) in num.iter_mut().zip(row(&v, b, h, j)) {
+                        *n += a * vj;
+                    }
+                }
+                for x in 0..D {
+                    out[((b * HEADS + h) * N + i) * D + x] = num[x] / den.max(m.linear.eps);
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn lolcats_hybrid_matches_the_direct_formula_and_decodes_in_bounded_memory() {
+    let (q, k, v) = (rand4(21), rand4(22), rand4(23));
+    let (keep, mask) = keep_mask();
+    let device = Default::default();
+    B::seed(&device, 5);
+    for w in [1usize, 3, N] {
+        let m = HybridAttention::new(
+            w,
+            LinearAttention::new(FeatureMap::learned(FeatureKind::Hedgehog, HEADS, D, 6, &device), 1e-6),
+        );
+        for causal in [false, true] {
+            let got = m.attend(q.clone(), k.clone(), v.clone(), &mask.clone().with_causal(causal), false);
+            let want = naive_hybrid(&m, &q, &k, &v, &keep, causal);
+            assert_close(&got.context, &want, 1e-4, &format!("hybrid w={w} causal={causal}"));
+            let weighted = m.attend(q.clone(), k.clone(), v.clone(), &mask.clone().with_causal(causal), true);
+            assert_close(&weighted.context, &want, 1e-4, &format!("hybrid weights path w={w}"));
+        }
+        // Decoding token by token (no padding) equals the causal parallel form.
+        let full = AttentionMask::none().with_causal(true);
+        let want = data(&m.attend(q.clone(), k.clone(), v.clone(), &full, false).context);
+        let mut state = m.initial_state(BATCH, HEADS, D, D, &device);
+        let mut got = vec![0.0; BATCH * HEADS * N * D];
+        for t in 0..N {
+            let at = |x: &Tensor<B, 4>| x.clone().slice([0..BATCH, 0..HEADS, t..t + 1, 0..D]);
+            let (out, next) = m.step(state, at(&q), at(&k), at(&v));
+            state = next;
+            assert!(state.k.dims()[2] <= w, "window grew past {w}");
+            let out = data(&out);
+            for b in 0..BATCH {
+                for h in 0..HEADS {
+                    for x in 0..D {
+                        got[((b * HEADS + h) * N + t) * D + x] = out[(b * HEADS + h) * D + x];
+                    }
+                }
+            }
+        }
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst <= 1e-5, "hybrid w={w}: decode vs parallel {worst:e}");
+    }
 }

@@ -161,6 +161,7 @@ impl<B: Backend> Gpt2Block<B> {
         let context = self.attn.mechanism.attend(q, k.clone(), v.clone(), &mask, false).context;
         let state = match &self.attn.mechanism {
             AttentionKind::Linear(m) => LayerState::Recurrent(m.state_of(k, v)),
+            AttentionKind::Hybrid(m) => LayerState::Hybrid(m.state_of(k, v)),
             AttentionKind::SlidingWindow(m) => LayerState::KvCache {
                 k: Some(keep_last(k, m.window)),
                 v: Some(keep_last(v, m.window)),
@@ -187,6 +188,16 @@ impl<B: Backend> Gpt2Block<B> {
                 let (context, s) = m.step(s, q, k, v);
                 (context, LayerState::Recurrent(s))
             }
+            (AttentionKind::Hybrid(m), LayerState::Hybrid(s)) => {
+                let (context, s) = m.step(s, q, k, v);
+                (context, LayerState::Hybrid(s))
+            }
+            (AttentionKind::Hybrid(m), LayerState::KvCache { k: None, .. }) => {
+                let [batch, heads, _, d] = k.dims();
+                let s = m.initial_state(batch, heads, d, v.dims()[3], &k.device());
+                let (context, s) = m.step(s, q, k, v);
+                (context, LayerState::Hybrid(s))
+            }
             (mechanism, LayerState::KvCache { k: ck, v: cv }) => {
                 let append = |cache: Option<Tensor<B, 4>>, new: Tensor<B, 4>| match cache {
                     Some(c) => Tensor::cat(vec![c, new], 2),
@@ -201,8 +212,8 @@ impl<B: Backend> Gpt2Block<B> {
                 let context = mechanism.attend(q, k.clone(), v.clone(), &mask, false).context;
                 (context, LayerState::KvCache { k: Some(k), v: Some(v) })
             }
-            (_, LayerState::Recurrent(_)) => {
-                panic!("a recurrent state was passed to a softmax layer; start from DecodeState::new")
+            (_, LayerState::Recurrent(_) | LayerState::Hybrid(_)) => {
+                panic!("a layer's state does not match its mechanism; start from DecodeState::new")
             }
         };
         let a = x + self.attention_output(context);
@@ -233,6 +244,8 @@ pub enum LayerState<B: Backend> {
     },
     /// Linear attention: `S` and `z`, whose size does not depend on the position.
     Recurrent(kiln_attention::RecurrentState<B>),
+    /// LoLCATs hybrid: the window's keys and values and the linear state of older ones.
+    Hybrid(kiln_attention::HybridState<B>),
 }
 
 impl<B: Backend> LayerState<B> {
@@ -244,6 +257,7 @@ impl<B: Backend> LayerState<B> {
                 .map(|t| t.as_ref().map_or(0, |t| t.shape().num_elements()))
                 .sum(),
             Self::Recurrent(s) => s.numel(),
+            Self::Hybrid(s) => s.numel(),
         }
     }
 }

@@ -46,6 +46,7 @@ fn variants() -> Vec<AttentionVariant> {
         AttentionVariant::T2r { features: 16, eps: 1e-2 },
         AttentionVariant::Performer { features: 32, seed: 3 },
         AttentionVariant::Hedgehog { features: 8 },
+        AttentionVariant::Hybrid { window: 5, features: 8 },
     ]
 }
 
@@ -122,6 +123,12 @@ fn linear_state_is_constant_and_kv_cache_grows() {
         let per_position = 2 * 2 * 32 * 4;
         match variant {
             AttentionVariant::Softmax => assert_eq!(sizes[19], 20 * per_position),
+            AttentionVariant::Hybrid { window, features } => {
+                // Window keys and values plus S [h, 2f, d] and z [h, 2f, 1] per layer.
+                let linear = 2 * 4 * (2 * features) * (8 + 1) * 4;
+                assert_eq!(sizes[19], window * per_position + linear);
+                assert_eq!(sizes[19], sizes[10]);
+            }
             AttentionVariant::SlidingWindow { window } => {
                 assert_eq!(sizes[19], window * per_position);
                 assert_eq!(sizes[2], 3 * per_position);
