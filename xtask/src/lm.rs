@@ -35,6 +35,10 @@ pub struct DecoderJob {
     pub variants: Vec<(String, AttentionVariant)>,
     /// Prompt of the sample generations.
     pub prompt: String,
+    /// Where the pretrained softmax model is kept (default `out/pretrained`).
+    pub pretrained: Option<PathBuf>,
+    /// Also fine-tune the softmax model for the same budget (the control row).
+    pub control: bool,
 }
 
 /// The model of the experiment: byte-level, 4 × 256, 4 heads, 256 positions, no dropout.
@@ -56,13 +60,17 @@ pub fn variant(name: &str) -> Result<AttentionVariant> {
         },
         "performer" => AttentionVariant::Performer { features: 64, seed: 0 },
         "hedgehog" => AttentionVariant::Hedgehog { features: 64 },
+        "hybrid" => AttentionVariant::Hybrid {
+            window: 64,
+            features: 64,
+        },
         other => {
             if let Some(w) = other.strip_prefix("window") {
                 AttentionVariant::SlidingWindow {
                     window: w.parse().context("window<N>")?,
                 }
             } else {
-                bail!("unknown variant {other:?}: elu, t2r, performer, hedgehog, window<N>")
+                bail!("unknown variant {other:?}: elu, t2r, performer, hedgehog, hybrid, window<N>")
             }
         }
     })
@@ -123,7 +131,7 @@ impl BackendJob for DecoderJob {
         tracing::info!(train = train.len(), held_out = held_out.len(), "byte-level tokens");
 
         // Pretraining (reused when the same model and budget are already on disk).
-        let dir = self.out.join("pretrained");
+        let dir = self.pretrained.clone().unwrap_or_else(|| self.out.join("pretrained"));
         let stamp = json!({"model": self.model, "pretrain": self.pretrain, "text": self.text, "tail": self.tail});
         let weights = dir.join("model.safetensors");
         let reuse = std::fs::read_to_string(dir.join("kiln_pretrain.json"))
@@ -177,7 +185,7 @@ impl BackendJob for DecoderJob {
         let mut rows = Vec::new();
         let mut curves = String::new();
         // Control: the softmax model trained for the same extra budget.
-        {
+        if self.control {
             let t = fit(pretrained.clone(), train, held_out, &self.finetune, "softmax", &device)?;
             let last = t.history.evals.last().expect("final eval").1;
             curves.push_str(&history_lines("softmax", &t.history));

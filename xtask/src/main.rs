@@ -228,11 +228,17 @@ enum LmCommand {
         batch: usize,
         #[arg(long, default_value_t = 128)]
         block: usize,
-        /// Variants: elu, t2r, performer, hedgehog, window<N>.
+        /// Variants: elu, t2r, performer, hedgehog, hybrid (LoLCATs, window 64), window<N>.
         #[arg(long, value_delimiter = ',', default_value = "elu,t2r,performer,hedgehog")]
         variants: Vec<String>,
         #[arg(long, default_value = "ROMEO:")]
         prompt: String,
+        /// Pretrained model directory (default OUT/pretrained; reused when it matches).
+        #[arg(long)]
+        pretrained: Option<PathBuf>,
+        /// Skip the softmax control row.
+        #[arg(long)]
+        no_control: bool,
         #[arg(long, default_value_t = 42)]
         seed: u64,
         #[arg(long, default_value = "cpu")]
@@ -370,7 +376,7 @@ enum BenchCommand {
         /// Tokens averaged at each length.
         #[arg(long, default_value_t = 64)]
         window: usize,
-        #[arg(long, default_value = "runs/bench/generate")]
+        #[arg(long, default_value = "docs/bench/generate")]
         out: PathBuf,
     },
     /// Each attention mechanism's forward and forward + backward time at growing lengths.
@@ -390,7 +396,7 @@ enum BenchCommand {
         bidirectional: bool,
         #[arg(long, default_value_t = 3)]
         iters: usize,
-        #[arg(long, default_value = "runs/bench/attention")]
+        #[arg(long, default_value = "docs/bench/attention")]
         out: PathBuf,
     },
     /// MiniLM forward throughput; one JSON object per line with --json.
@@ -753,6 +759,8 @@ fn main() -> Result<()> {
                     block,
                     variants,
                     prompt,
+                    pretrained,
+                    no_control,
                     seed,
                     device,
                 },
@@ -804,6 +812,8 @@ fn main() -> Result<()> {
                     },
                     variants,
                     prompt,
+                    pretrained,
+                    control: !no_control,
                 },
             )??;
             println!("Written: {}", out.join("results.json").display());
