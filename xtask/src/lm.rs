@@ -196,12 +196,12 @@ impl BackendJob for DecoderJob {
             println!("softmax (control): {:.3}", last.perplexity);
         }
         for (name, variant) in &self.variants {
-            // Transfer needs trainable feature maps (T2R, Hedgehog); ELU and Performer have none.
-            let mut probe = pretrained.valid();
-            probe.convert_attention(variant, None, 0.0);
-            let learnable = kiln::tune::params::param_infos(&probe)
-                .iter()
-                .any(|p| p.path.contains(".feature_map."));
+            // Transfer needs trainable feature maps (T2R, Hedgehog, hybrid); ELU has none and
+            // Performer's random features stay fixed.
+            let learnable = matches!(
+                variant,
+                AttentionVariant::T2r { .. } | AttentionVariant::Hedgehog { .. } | AttentionVariant::Hybrid { .. }
+            );
             let options: &[bool] = if learnable { &[false, true] } else { &[false] };
             for &with_transfer in options {
                 let label = if with_transfer {

@@ -18,7 +18,7 @@ use kiln_model::{Capture, Gpt2Model};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{linear_schedule, AdamW, AdamWConfig, ParamGroup};
-use crate::params::{decays, param_infos, set_trainable};
+use crate::params::{decays, is_fixed, param_infos, set_trainable};
 
 /// Settings of [`train_lm`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -176,7 +176,7 @@ pub enum LmError {
 
 /// Trains `model` on random windows of `train` for `cfg.steps` steps, evaluating perplexity
 /// on `held_out`. Only parameters whose path satisfies `trains` are updated (the others are
-/// frozen: no gradient is computed for them). `on_step` sees each logged step (progress bars).
+/// frozen: no gradient is computed for them; fixed ones — Performer's `ω` — never train). `on_step` sees each logged step (progress bars).
 ///
 /// # Errors
 /// [`LmError`]: a stream or block that does not fit, an empty selection, a non-finite loss.
@@ -202,6 +202,7 @@ pub fn train_lm<B: AutodiffBackend>(
             max: model.max_positions(),
         });
     }
+    let trains = |path: &str| trains(path) && !is_fixed(path);
     let infos = param_infos(&model);
     let trainable: usize = infos.iter().filter(|i| trains(&i.path)).map(|i| i.numel()).sum();
     if trainable == 0 {

@@ -53,6 +53,12 @@ pub fn param_infos<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
     inv.out
 }
 
+/// Parameters that never train, whatever the strategy: Performer's random projection `ω`
+/// (fixed by definition; "redraw" means converting again).
+pub fn is_fixed(path: &str) -> bool {
+    path.ends_with(".feature_map.projection")
+}
+
 /// Marks each float parameter `require_grad` iff `trains(path)`, so that backward computes
 /// no gradient for frozen ones (less time and memory).
 pub fn set_trainable<B: AutodiffBackend, M: Module<B>>(module: M, trains: impl Fn(&str) -> bool) -> M {

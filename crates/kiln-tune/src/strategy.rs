@@ -520,8 +520,7 @@ impl Tuning {
     /// Whether the parameter at `path` trains. The head and the feature maps of converted
     /// attention (new parameters, see `BertModel::convert_attention`) train under every strategy.
     pub fn trains(&self, path: &str) -> bool {
-        // Performer's random projection is fixed by definition.
-        if path.ends_with(".feature_map.projection") {
+        if crate::params::is_fixed(path) {
             return false;
         }
         let selections: Vec<&StrategyConfig> = self.components.iter().filter(|c| c.is_selection()).collect();

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::classifier::SequenceClassifier;
 use crate::optim::{AdamW, AdamWConfig, ParamGroup};
-use crate::params::{param_infos, set_trainable};
+use crate::params::{is_fixed, param_infos, set_trainable};
 
 /// What the feature maps imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,7 +215,7 @@ fn transfer_loop<B: AutodiffBackend, M: AutodiffModule<B>>(
     cfg: &TransferConfig,
     mut loss_at: impl FnMut(&M, usize) -> Tensor<B, 1>,
 ) -> (M, Vec<f64>) {
-    let is_map = |p: &str| p.contains(".feature_map.");
+    let is_map = |p: &str| p.contains(".feature_map.") && !is_fixed(p);
     let infos = param_infos(&model);
     let mut model = set_trainable(model, is_map);
     let adam = AdamWConfig {

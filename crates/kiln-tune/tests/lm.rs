@@ -179,3 +179,34 @@ fn decoder_attention_transfer_lowers_its_loss_and_trains_only_feature_maps() {
         assert_eq!(path.contains("feature_map"), a != b, "{path}");
     }
 }
+
+#[test]
+fn performer_projection_never_trains() {
+    let mut m = model::<B>(6);
+    m.convert_attention(&AttentionVariant::Performer { features: 16, seed: 1 }, None, 0.0);
+    let before = weights(&m.valid());
+    let cfg = LmTrainConfig {
+        steps: 3,
+        batch_size: 2,
+        block_len: 8,
+        eval_every: 0,
+        ..LmTrainConfig::default()
+    };
+    let (m, history) = train_lm(m, &stream(200), &stream(40), &cfg, |_| true, |_| {}, &Default::default()).unwrap();
+    let after = weights(&m.valid());
+    let mut projections = 0;
+    for ((path, a), (_, b)) in before.iter().zip(&after) {
+        if path.ends_with("feature_map.projection") {
+            projections += 1;
+            assert_eq!(a, b, "{path} trained");
+        }
+    }
+    assert_eq!(projections, 2);
+    let fixed: usize = param_infos(&m)
+        .iter()
+        .filter(|i| i.path.ends_with("feature_map.projection"))
+        .map(|i| i.numel())
+        .sum();
+    let total: usize = param_infos(&m).iter().map(|i| i.numel()).sum();
+    assert_eq!(history.trainable, total - fixed);
+}
