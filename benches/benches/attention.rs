@@ -18,7 +18,13 @@ fn variants() -> Vec<(&'static str, AttentionVariant)> {
         ("softmax", AttentionVariant::Softmax),
         ("window64", AttentionVariant::SlidingWindow { window: 64 }),
         ("elu", AttentionVariant::EluLinear),
-        ("t2r", AttentionVariant::T2r { features: 32, eps: 1e-2 }),
+        (
+            "t2r",
+            AttentionVariant::T2r {
+                features: 32,
+                eps: 1e-2,
+            },
+        ),
         ("performer", AttentionVariant::Performer { features: 64, seed: 0 }),
         ("hedgehog", AttentionVariant::Hedgehog { features: 64 }),
     ]

@@ -120,7 +120,13 @@ impl BackendJob for AttentionJob {
                 let (q, k, v) = (qkv(), qkv(), qkv());
                 let forward = crate::bench::median_time(
                     || {
-                        let out = inner.attend(q.clone().inner(), k.clone().inner(), v.clone().inner(), &inner_mask, false);
+                        let out = inner.attend(
+                            q.clone().inner(),
+                            k.clone().inner(),
+                            v.clone().inner(),
+                            &inner_mask,
+                            false,
+                        );
                         drop(out.context.into_data());
                     },
                     self.iters,
@@ -181,7 +187,11 @@ pub fn markdown<R: Keyed>(rows: &[R], cell: impl Fn(&R) -> String, corner: &str)
             lengths.push(n);
         }
     }
-    let mut md = format!("| {corner} | {} |\n|---|{}\n", variants.join(" | "), "---|".repeat(variants.len()));
+    let mut md = format!(
+        "| {corner} | {} |\n|---|{}\n",
+        variants.join(" | "),
+        "---|".repeat(variants.len())
+    );
     for n in lengths {
         let cells: Vec<String> = variants
             .iter()

@@ -79,12 +79,18 @@ pub fn variant(name: &str) -> Result<AttentionVariant> {
 fn history_lines(kind: &str, h: &LmHistory) -> String {
     h.steps
         .iter()
-        .map(|s| format!("{}\n", json!({"kind": kind, "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm})))
-        .chain(
-            h.evals
-                .iter()
-                .map(|(step, p)| format!("{}\n", json!({"kind": kind, "eval_step": step, "perplexity": p.perplexity}))),
-        )
+        .map(|s| {
+            format!(
+                "{}\n",
+                json!({"kind": kind, "step": s.step, "loss": s.loss, "lr": s.lr, "grad_norm": s.grad_norm})
+            )
+        })
+        .chain(h.evals.iter().map(|(step, p)| {
+            format!(
+                "{}\n",
+                json!({"kind": kind, "eval_step": step, "perplexity": p.perplexity})
+            )
+        }))
         .collect()
 }
 
@@ -154,12 +160,21 @@ impl BackendJob for DecoderJob {
             let mut config = serde_json::to_value(&self.model)?;
             config["model_type"] = json!("gpt2");
             config["architectures"] = json!(["GPT2LMHeadModel"]);
-            write_atomic(&dir.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+            write_atomic(
+                &dir.join("config.json"),
+                serde_json::to_string_pretty(&config)?.as_bytes(),
+            )?;
             write_atomic(&weights, &gpt2_weights_bytes(&t.model)?)?;
-            write_atomic(&self.out.join("pretrain.jsonl"), history_lines("pretrain", &t.history).as_bytes())?;
+            write_atomic(
+                &self.out.join("pretrain.jsonl"),
+                history_lines("pretrain", &t.history).as_bytes(),
+            )?;
             let meta = json!({"stamp": stamp, "train_seconds": t.history.train_seconds,
                               "final": t.history.evals.last().map(|e| e.1)});
-            write_atomic(&dir.join("kiln_pretrain.json"), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+            write_atomic(
+                &dir.join("kiln_pretrain.json"),
+                serde_json::to_string_pretty(&meta)?.as_bytes(),
+            )?;
             (t.model, t.history.train_seconds)
         };
         let teacher = pretrained.valid();
@@ -189,10 +204,12 @@ impl BackendJob for DecoderJob {
             let t = fit(pretrained.clone(), train, held_out, &self.finetune, "softmax", &device)?;
             let last = t.history.evals.last().expect("final eval").1;
             curves.push_str(&history_lines("softmax", &t.history));
-            rows.push(json!({"variant": "softmax", "transfer": false, "converted": base.perplexity,
+            rows.push(
+                json!({"variant": "softmax", "transfer": false, "converted": base.perplexity,
                              "after_transfer": null, "final": last.perplexity, "nats": last.nats_per_token,
                              "finetune_seconds": t.history.train_seconds, "transfer_seconds": 0.0,
-                             "sample": sample(&t.model.valid())?}));
+                             "sample": sample(&t.model.valid())?}),
+            );
             println!("softmax (control): {:.3}", last.perplexity);
         }
         for (name, variant) in &self.variants {
@@ -249,10 +266,12 @@ impl BackendJob for DecoderJob {
                     after_transfer.map_or("-".into(), |p: f64| format!("{p:.2}")),
                     last.perplexity
                 );
-                rows.push(json!({"variant": name, "transfer": with_transfer, "converted": converted.perplexity,
+                rows.push(
+                    json!({"variant": name, "transfer": with_transfer, "converted": converted.perplexity,
                                  "after_transfer": after_transfer, "final": last.perplexity,
                                  "nats": last.nats_per_token, "finetune_seconds": t.history.train_seconds,
-                                 "transfer_seconds": transfer_seconds, "sample": sample(&t.model.valid())?}));
+                                 "transfer_seconds": transfer_seconds, "sample": sample(&t.model.valid())?}),
+                );
             }
         }
         write_atomic(&self.out.join("curves.jsonl"), curves.as_bytes())?;
@@ -268,7 +287,10 @@ impl BackendJob for DecoderJob {
             "pretrain": self.pretrain, "pretrain_seconds": pretrain_seconds, "pretrained": base,
             "finetune": self.finetune, "transfer": self.transfer, "rows": rows,
         });
-        write_atomic(&self.out.join("results.json"), serde_json::to_string_pretty(&result)?.as_bytes())?;
+        write_atomic(
+            &self.out.join("results.json"),
+            serde_json::to_string_pretty(&result)?.as_bytes(),
+        )?;
         write_tables(&self.out, &result)?;
         write_charts(&self.out, &curves)?;
         Ok(result)
@@ -286,7 +308,11 @@ fn write_tables(out: &std::path::Path, result: &serde_json::Value) -> Result<()>
         md.push_str(&format!(
             "| {} | {} | {} | {} | **{}** | {:.0} |\n",
             r["variant"].as_str().unwrap_or("?"),
-            if r["transfer"].as_bool() == Some(true) { "yes" } else { "no" },
+            if r["transfer"].as_bool() == Some(true) {
+                "yes"
+            } else {
+                "no"
+            },
             fmt(&r["converted"]),
             fmt(&r["after_transfer"]),
             fmt(&r["final"]),

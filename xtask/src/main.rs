@@ -385,7 +385,11 @@ enum BenchCommand {
         device: DeviceKind,
         #[arg(long, value_delimiter = ',', default_value = "128,256,512,1024,2048,4096")]
         lengths: Vec<usize>,
-        #[arg(long, value_delimiter = ',', default_value = "softmax,window64,elu,t2r,performer,hedgehog")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "softmax,window64,elu,t2r,performer,hedgehog"
+        )]
         variants: Vec<String>,
         #[arg(long, default_value_t = 8)]
         heads: usize,
@@ -766,9 +770,7 @@ fn main() -> Result<()> {
                 },
         } => {
             let text = text
-                .or_else(|| {
-                    kiln::model::hub::shared_dir().map(|s| s.join("data/lm/tinyshakespeare/input.txt"))
-                })
+                .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data/lm/tinyshakespeare/input.txt")))
                 .context("no --text given and shared/data/lm not found")?;
             let mut model = lm::default_model();
             model.n_embd = n_embd;
@@ -859,11 +861,17 @@ fn main() -> Result<()> {
                 });
                 crossover.insert(name.to_string(), serde_json::json!(first));
             }
-            let text = format!("{speed}\n{state}\n{rss}\nFirst measured length at which RNN mode is faster than the KV cache: {}\n", serde_json::Value::Object(crossover.clone()));
+            let text = format!(
+                "{speed}\n{state}\n{rss}\nFirst measured length at which RNN mode is faster than the KV cache: {}\n",
+                serde_json::Value::Object(crossover.clone())
+            );
             println!("{text}");
             kiln::tune::checkpoint::write_atomic(&out.join("generate.md"), text.as_bytes())?;
             let json = serde_json::json!({"rows": rows, "crossover": crossover, "model": lm::default_model()});
-            kiln::tune::checkpoint::write_atomic(&out.join("generate.json"), serde_json::to_string_pretty(&json)?.as_bytes())?;
+            kiln::tune::checkpoint::write_atomic(
+                &out.join("generate.json"),
+                serde_json::to_string_pretty(&json)?.as_bytes(),
+            )?;
             let series = |f: &dyn Fn(&bench_attention::GenerateRow) -> f64| {
                 let mut s: Vec<kiln::viz::plots::Series> = Vec::new();
                 for r in &rows {
@@ -875,8 +883,20 @@ fn main() -> Result<()> {
                 s
             };
             let dir = out.join("plots");
-            let mut written = kiln::viz::plots::lines(&dir, "ms_per_token", "decoding time per token (ms)", "tokens generated", &series(&|r| r.ms_per_token))?;
-            written.extend(kiln::viz::plots::lines(&dir, "state_mb", "attention state (MiB)", "tokens generated", &series(&|r| r.state_mb))?);
+            let mut written = kiln::viz::plots::lines(
+                &dir,
+                "ms_per_token",
+                "decoding time per token (ms)",
+                "tokens generated",
+                &series(&|r| r.ms_per_token),
+            )?;
+            written.extend(kiln::viz::plots::lines(
+                &dir,
+                "state_mb",
+                "attention state (MiB)",
+                "tokens generated",
+                &series(&|r| r.state_mb),
+            )?);
             for f in written {
                 println!("Written: {}", f.display());
             }
@@ -915,7 +935,10 @@ fn main() -> Result<()> {
             );
             println!("{text}");
             kiln::tune::checkpoint::write_atomic(&out.join("attention.md"), text.as_bytes())?;
-            kiln::tune::checkpoint::write_atomic(&out.join("attention.json"), serde_json::to_string_pretty(&rows)?.as_bytes())?;
+            kiln::tune::checkpoint::write_atomic(
+                &out.join("attention.json"),
+                serde_json::to_string_pretty(&rows)?.as_bytes(),
+            )?;
             println!("Written: {}", out.join("attention.md").display());
         }
         Command::Bench {

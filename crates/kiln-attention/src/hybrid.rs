@@ -75,7 +75,14 @@ impl<B: Backend> HybridAttention<B> {
     }
 
     /// An empty state.
-    pub fn initial_state(&self, batch: usize, heads: usize, head_dim: usize, d_v: usize, device: &B::Device) -> HybridState<B> {
+    pub fn initial_state(
+        &self,
+        batch: usize,
+        heads: usize,
+        head_dim: usize,
+        d_v: usize,
+        device: &B::Device,
+    ) -> HybridState<B> {
         HybridState {
             k: Tensor::zeros([batch, heads, 0, head_dim], device),
             v: Tensor::zeros([batch, heads, 0, d_v], device),
@@ -110,7 +117,10 @@ impl<B: Backend> HybridAttention<B> {
             wk = wk.slice([0..b, 0..h, gone..len, 0..d]);
             wv = wv.slice([0..b, 0..h, gone..len, 0..d_v]);
         }
-        let scores = q.clone().matmul(wk.clone().swap_dims(2, 3)).mul_scalar((d as f64).powf(-0.5));
+        let scores = q
+            .clone()
+            .matmul(wk.clone().swap_dims(2, 3))
+            .mul_scalar((d as f64).powf(-0.5));
         let a = (scores.clone() - scores.max_dim(3)).exp(); // [b, h, 1, w]
         let fq = self.linear.query_features(q);
         let num = a.clone().matmul(wv.clone()) + fq.clone().matmul(older.s.clone());
@@ -146,7 +156,9 @@ impl<B: Backend> Attention<B> for HybridAttention<B> {
             });
         }
         // Window part (a query whose whole window is invisible — a padded row — gets none).
-        let outside = band.band_fill_mask::<B>(n_q, n_k, mask.causal, &device).expand(shape.clone());
+        let outside = band
+            .band_fill_mask::<B>(n_q, n_k, mask.causal, &device)
+            .expand(shape.clone());
         let not_window = match &invisible {
             Some(m) => outside.clone().bool_or(m.clone()),
             None => outside.clone(),

@@ -3,7 +3,8 @@
 use burn::prelude::*;
 
 use crate::{
-    Attention, AttentionMask, AttentionOutput, HybridAttention, LinearAttention, SlidingWindowAttention, SoftmaxAttention,
+    Attention, AttentionMask, AttentionOutput, HybridAttention, LinearAttention, SlidingWindowAttention,
+    SoftmaxAttention,
 };
 
 /// One of kiln's attention mechanisms, as stored in a model layer. Model blocks hold this

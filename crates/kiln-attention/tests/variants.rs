@@ -355,7 +355,14 @@ fn performer_features_are_blockwise_orthogonal_and_approximate_softmax() {
 
 /// LoLCATs hybrid, direct: window keys weigh `exp(s_ij − m_i)` (m_i = max over visible window
 /// keys), older visible keys `φq_i·φk_j`, one normaliser.
-fn naive_hybrid(m: &HybridAttention<B>, q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &Tensor<B, 4>, keep: &[bool], causal: bool) -> Vec<f64> {
+fn naive_hybrid(
+    m: &HybridAttention<B>,
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    keep: &[bool],
+    causal: bool,
+) -> Vec<f64> {
     let (q, k, v) = (data(q), data(k), data(v));
     let map = &m.linear.feature_map;
     let mut out = vec![0.0; BATCH * HEADS * N * D];
@@ -367,7 +374,9 @@ fn naive_hybrid(m: &HybridAttention<B>, q: &Tensor<B, 4>, k: &Tensor<B, 4>, v: &
                 let score = |j: usize| -> f64 {
                     qi.iter().zip(row(&k, b, h, j)).map(|(x, y)| x * y).sum::<f64>() / (D as f64).sqrt()
                 };
-                let window: Vec<usize> = (0..N).filter(|&j| visible(j) && in_band(causal, m.window, i, j)).collect();
+                let window: Vec<usize> = (0..N)
+                    .filter(|&j| visible(j) && in_band(causal, m.window, i, j))
+                    .collect();
                 let max = window.iter().map(|&j| score(j)).fold(f64::NEG_INFINITY, f64::max);
                 let fq = phi(map, h, &qi);
                 let mut num = [0.0; D];
@@ -404,7 +413,13 @@ fn lolcats_hybrid_matches_the_direct_formula_and_decodes_in_bounded_memory() {
             LinearAttention::new(FeatureMap::learned(FeatureKind::Hedgehog, HEADS, D, 6, &device), 1e-6),
         );
         for causal in [false, true] {
-            let got = m.attend(q.clone(), k.clone(), v.clone(), &mask.clone().with_causal(causal), false);
+            let got = m.attend(
+                q.clone(),
+                k.clone(),
+                v.clone(),
+                &mask.clone().with_causal(causal),
+                false,
+            );
             let want = naive_hybrid(&m, &q, &k, &v, &keep, causal);
             assert_close(&got.context, &want, 1e-4, &format!("hybrid w={w} causal={causal}"));
             let weighted = m.attend(q.clone(), k.clone(), v.clone(), &mask.clone().with_causal(causal), true);

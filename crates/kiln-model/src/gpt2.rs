@@ -158,7 +158,11 @@ impl<B: Backend> Gpt2Block<B> {
     pub fn prefill(&self, x: Tensor<B, 3>) -> (Tensor<B, 3>, LayerState<B>) {
         let [q, k, v] = self.qkv(x.clone());
         let mask = AttentionMask::none().with_causal(true);
-        let context = self.attn.mechanism.attend(q, k.clone(), v.clone(), &mask, false).context;
+        let context = self
+            .attn
+            .mechanism
+            .attend(q, k.clone(), v.clone(), &mask, false)
+            .context;
         let state = match &self.attn.mechanism {
             AttentionKind::Linear(m) => LayerState::Recurrent(m.state_of(k, v)),
             AttentionKind::Hybrid(m) => LayerState::Hybrid(m.state_of(k, v)),
@@ -277,7 +281,9 @@ impl<B: Backend> DecodeState<B> {
     /// state on the first step).
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: (0..num_layers).map(|_| LayerState::KvCache { k: None, v: None }).collect(),
+            layers: (0..num_layers)
+                .map(|_| LayerState::KvCache { k: None, v: None })
+                .collect(),
             position: 0,
         }
     }
@@ -445,9 +451,9 @@ impl<B: Backend> Gpt2Model<B> {
         assert_eq!(one, 1, "step takes one token per sequence");
         self.check_positions(state.position + 1)?;
         let device = input_ids.device();
-        let mut x = self.drop.forward(
-            self.wte.forward(input_ids) + self.wpe.forward(position_ids(batch, 1, state.position, &device)),
-        );
+        let mut x = self
+            .drop
+            .forward(self.wte.forward(input_ids) + self.wpe.forward(position_ids(batch, 1, state.position, &device)));
         let mut layers = Vec::with_capacity(self.h.len());
         for (block, layer_state) in self.h.iter().zip(state.layers) {
             let (y, s) = block.step(x, layer_state);
@@ -526,7 +532,10 @@ fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
         logits
             .iter()
             .enumerate()
-            .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |best, (i, &x)| if x > best.1 { (i, x) } else { best },
+            )
             .0
     };
     let index = match sampling {

@@ -43,7 +43,10 @@ fn variants() -> Vec<AttentionVariant> {
         AttentionVariant::Softmax,
         AttentionVariant::SlidingWindow { window: 5 },
         AttentionVariant::EluLinear,
-        AttentionVariant::T2r { features: 16, eps: 1e-2 },
+        AttentionVariant::T2r {
+            features: 16,
+            eps: 1e-2,
+        },
         AttentionVariant::Performer { features: 32, seed: 3 },
         AttentionVariant::Hedgehog { features: 8 },
         AttentionVariant::Hybrid { window: 5, features: 8 },
@@ -55,7 +58,9 @@ fn ids(tokens: &[i64]) -> Tensor<B, 2, Int> {
 }
 
 fn tokens(n: usize, salt: i64) -> Vec<i64> {
-    (0..n as i64).map(|i| (i * 7 + salt * 3 + i * i) % VOCAB as i64).collect()
+    (0..n as i64)
+        .map(|i| (i * 7 + salt * 3 + i * i) % VOCAB as i64)
+        .collect()
 }
 
 fn rows(t: Tensor<B, 2>) -> Vec<Vec<f32>> {
@@ -95,7 +100,10 @@ fn prefill_then_steps_equal_the_parallel_forward_for_every_variant() {
         }
         let diff = max_diff(&got, &reference);
         eprintln!("{variant:?}: logit scale {scale:.2}, decode vs parallel {diff:.2e}");
-        assert!(diff <= 1e-5 * scale.max(1.0), "{variant:?}: decode vs parallel {diff} (scale {scale})");
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "{variant:?}: decode vs parallel {diff} (scale {scale})"
+        );
         // From an empty state, step by step from the first token.
         let mut state = DecodeState::new(m.num_layers());
         let mut got = Vec::new();
@@ -105,7 +113,10 @@ fn prefill_then_steps_equal_the_parallel_forward_for_every_variant() {
             state = next;
         }
         let diff = max_diff(&got, &reference);
-        assert!(diff <= 1e-5 * scale.max(1.0), "{variant:?}: steps from empty vs parallel {diff}");
+        assert!(
+            diff <= 1e-5 * scale.max(1.0),
+            "{variant:?}: steps from empty vs parallel {diff}"
+        );
     }
 }
 
@@ -147,8 +158,15 @@ fn converted_decoder_never_looks_ahead() {
         let mut changed = toks.clone();
         changed[17] = (changed[17] + 11) % VOCAB as i64;
         let other = parallel_logits(&m, &changed);
-        assert_eq!(max_diff(&base[..17], &other[..17]), 0.0, "{variant:?}: a past logit moved");
-        assert!(max_diff(&base[17..], &other[17..]) > 1e-3, "{variant:?}: the change had no effect");
+        assert_eq!(
+            max_diff(&base[..17], &other[..17]),
+            0.0,
+            "{variant:?}: a past logit moved"
+        );
+        assert!(
+            max_diff(&base[17..], &other[17..]) > 1e-3,
+            "{variant:?}: the change had no effect"
+        );
     }
 }
 
@@ -157,7 +175,8 @@ struct Collect(HashMap<ParamId, Vec<f32>>);
 
 impl ModuleVisitor<B> for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.insert(param.id, param.val().into_data().to_vec::<f32>().unwrap());
+        self.0
+            .insert(param.id, param.val().into_data().to_vec::<f32>().unwrap());
     }
 }
 
@@ -184,12 +203,16 @@ fn conversion_keeps_every_other_weight_bit_identical() {
 
 #[test]
 fn greedy_generation_equals_rerunning_the_model() {
-    for variant in [AttentionVariant::Softmax, AttentionVariant::T2r { features: 16, eps: 1e-2 }] {
+    for variant in [
+        AttentionVariant::Softmax,
+        AttentionVariant::T2r {
+            features: 16,
+            eps: 1e-2,
+        },
+    ] {
         let m = model(&variant);
         let prompt: Vec<u32> = [5u32, 9, 2, 17].to_vec();
-        let generated = m
-            .generate(&prompt, 12, Sampling::Greedy, &Default::default())
-            .unwrap();
+        let generated = m.generate(&prompt, 12, Sampling::Greedy, &Default::default()).unwrap();
         let mut seq: Vec<i64> = prompt.iter().map(|&t| i64::from(t)).collect();
         for _ in 0..12 {
             let last = parallel_logits(&m, &seq).pop().unwrap();
@@ -231,15 +254,17 @@ fn saved_gpt2_weights_load_back_with_hf_names() {
         .into_iter()
         .map(str::to_string)
         .collect();
-    assert!(names.contains(&"transformer.h.1.attn.c_attn.weight".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"transformer.h.1.attn.c_attn.weight".to_string()),
+        "{names:?}"
+    );
     assert!(names.contains(&"transformer.ln_f.bias".to_string()), "{names:?}");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     std::fs::write(&path, &bytes).unwrap();
-    let config: GptConfig = serde_json::from_str(
-        r#"{"vocab_size": 40, "n_positions": 48, "n_embd": 32, "n_layer": 2, "n_head": 4}"#,
-    )
-    .unwrap();
+    let config: GptConfig =
+        serde_json::from_str(r#"{"vocab_size": 40, "n_positions": 48, "n_embd": 32, "n_layer": 2, "n_head": 4}"#)
+            .unwrap();
     let mut loaded = Gpt2Model::<B>::new(&config, &Default::default());
     kiln_model::load_gpt2_weights(&mut loaded, &path).unwrap();
     let toks = tokens(12, 4);

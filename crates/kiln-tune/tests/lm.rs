@@ -103,7 +103,11 @@ fn training_learns_a_periodic_stream_and_leaves_frozen_weights_alone() {
             assert_ne!(a, b, "{path} trains but did not change");
         }
     }
-    let expected: usize = param_infos(&m).iter().filter(|i| trains(&i.path)).map(|i| i.numel()).sum();
+    let expected: usize = param_infos(&m)
+        .iter()
+        .filter(|i| trains(&i.path))
+        .map(|i| i.numel())
+        .sum();
     assert_eq!(history.trainable, expected);
 }
 
@@ -139,14 +143,30 @@ fn bad_settings_are_typed_errors() {
     let device = Default::default();
     let short = train_lm(model::<B>(4), &stream(10), &stream(40), &cfg, |_| true, |_| {}, &device);
     assert!(matches!(short, Err(LmError::TooShort { tokens: 10, window: 17 })));
-    let none = train_lm(model::<B>(4), &stream(100), &stream(40), &cfg, |_| false, |_| {}, &device);
+    let none = train_lm(
+        model::<B>(4),
+        &stream(100),
+        &stream(40),
+        &cfg,
+        |_| false,
+        |_| {},
+        &device,
+    );
     assert!(matches!(none, Err(LmError::NothingTrains)));
-    let long = LmTrainConfig {
-        block_len: 64,
-        ..cfg
-    };
-    let too_long = train_lm(model::<B>(4), &stream(100), &stream(40), &long, |_| true, |_| {}, &device);
-    assert!(matches!(too_long, Err(LmError::BlockTooLong { block_len: 64, max: 32 })));
+    let long = LmTrainConfig { block_len: 64, ..cfg };
+    let too_long = train_lm(
+        model::<B>(4),
+        &stream(100),
+        &stream(40),
+        &long,
+        |_| true,
+        |_| {},
+        &device,
+    );
+    assert!(matches!(
+        too_long,
+        Err(LmError::BlockTooLong { block_len: 64, max: 32 })
+    ));
 }
 
 #[test]
@@ -192,7 +212,16 @@ fn performer_projection_never_trains() {
         eval_every: 0,
         ..LmTrainConfig::default()
     };
-    let (m, history) = train_lm(m, &stream(200), &stream(40), &cfg, |_| true, |_| {}, &Default::default()).unwrap();
+    let (m, history) = train_lm(
+        m,
+        &stream(200),
+        &stream(40),
+        &cfg,
+        |_| true,
+        |_| {},
+        &Default::default(),
+    )
+    .unwrap();
     let after = weights(&m.valid());
     let mut projections = 0;
     for ((path, a), (_, b)) in before.iter().zip(&after) {

@@ -17,13 +17,17 @@ use serde_json::Value;
 use crate::ReportError;
 
 const SIZE: (u32, u32) = (720, 440);
-const COLOURS: [RGBColor; 6] = [
+const COLOURS: [RGBColor; 10] = [
     RGBColor(47, 111, 222),
     RGBColor(217, 72, 15),
     RGBColor(43, 138, 62),
     RGBColor(134, 46, 156),
     RGBColor(230, 119, 0),
     RGBColor(11, 114, 133),
+    RGBColor(196, 30, 90),
+    RGBColor(120, 120, 120),
+    RGBColor(140, 86, 35),
+    RGBColor(20, 20, 20),
 ];
 
 const FONT_CANDIDATES: [&str; 6] = [
@@ -188,7 +192,13 @@ fn write_svg_png(
 ///
 /// # Errors
 /// [`ReportError`] for a missing font or a failed write.
-pub fn lines(dir: &Path, name: &str, title: &str, x_label: &str, series: &[Series]) -> Result<Vec<PathBuf>, ReportError> {
+pub fn lines(
+    dir: &Path,
+    name: &str,
+    title: &str,
+    x_label: &str,
+    series: &[Series],
+) -> Result<Vec<PathBuf>, ReportError> {
     register_font()?;
     std::fs::create_dir_all(dir).map_err(|err| ReportError::Io {
         path: dir.to_path_buf(),

@@ -75,7 +75,11 @@ fn training_parity<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device
     let cfg = TrainParityConfig {
         tol_loss: base.tol_loss * slack,
         tol_grad_norm_rel: base.tol_grad_norm_rel * slack,
-        tol_param: if not_flex { 3.0 * base.lr } else { base.tol_param * slack },
+        tol_param: if not_flex {
+            3.0 * base.lr
+        } else {
+            base.tol_param * slack
+        },
         ..base
     };
     let rows = train_step_parity::<B>(&model_dir, &reference, cfg, device).unwrap();
