@@ -448,3 +448,35 @@ fn lolcats_hybrid_matches_the_direct_formula_and_decodes_in_bounded_memory() {
         assert!(worst <= 1e-5, "hybrid w={w}: decode vs parallel {worst:e}");
     }
 }
+
+#[test]
+fn identity_feature_map_on_tiny_inputs_equals_the_explicit_formula() {
+    // φ = identity: a T2R map with W = I, b = 0 on non-negative inputs (ReLU(x) = x); its
+    // query scaling d^-½ cancels between numerator and normaliser.
+    let device = Default::default();
+    let mut map = FeatureMap::<B>::learned(FeatureKind::T2r, 1, 2, 2, &device);
+    map.weight = Some(burn::module::Param::from_tensor(Tensor::from_data(
+        TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [1, 2, 2]),
+        &device,
+    )));
+    map.bias = Some(burn::module::Param::from_tensor(Tensor::zeros([1, 2], &device)));
+    let m = LinearAttention::new(map, 1e-6);
+    let t = |v: Vec<f32>| Tensor::<B, 4>::from_data(TensorData::new(v, [1, 1, 3, 2]), &device);
+    let (q, k, v) = (
+        t(vec![1.0, 0.0, 1.0, 1.0, 0.0, 2.0]),
+        t(vec![1.0, 2.0, 3.0, 0.0, 1.0, 1.0]),
+        t(vec![1.0, 0.0, 0.0, 1.0, 2.0, 2.0]),
+    );
+    // Scores q_i·k_j: row 0 = [1, 3, 1], row 1 = [3, 3, 2], row 2 = [4, 0, 2].
+    // Bidirectional: out_i = Σ_j s_ij v_j / Σ_j s_ij.
+    let bi = [[3.0 / 5.0, 5.0 / 5.0], [7.0 / 8.0, 7.0 / 8.0], [8.0 / 6.0, 4.0 / 6.0]];
+    // Causal: row 0 = v_0; row 1 = (3 v_0 + 3 v_1) / 6; row 2 = (4 v_0 + 0 v_1 + 2 v_2) / 6.
+    let causal = [[1.0, 0.0], [0.5, 0.5], [8.0 / 6.0, 4.0 / 6.0]];
+    for (is_causal, want) in [(false, bi), (true, causal)] {
+        let mask = AttentionMask::none().with_causal(is_causal);
+        let got = data(&m.attend(q.clone(), k.clone(), v.clone(), &mask, false).context);
+        let want: Vec<f64> = want.iter().flatten().copied().collect();
+        let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(worst < 1e-6, "causal={is_causal}: {got:?} vs {want:?}");
+    }
+}

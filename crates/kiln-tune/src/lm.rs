@@ -208,7 +208,7 @@ pub fn train_lm<B: AutodiffBackend>(
     if trainable == 0 {
         return Err(LmError::NothingTrains);
     }
-    let mut model = set_trainable(model, &trains);
+    let mut model = set_trainable(model, trains);
     let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &infos, |info| ParamGroup {
         trainable: trains(&info.path),
         lr_scale: 1.0,
