@@ -2,7 +2,8 @@
 //!
 //! The transformer core of kiln: model configurations read from Hugging Face `config.json`,
 //! a BERT-style post-LN encoder ([`BertModel`]) and a GPT-2 pre-LN causal decoder
-//! ([`Gpt2Model`]) whose parameter trees mirror HF's so checkpoints load by name, mean
+//! ([`Gpt2Model`], with incremental decoding: KV cache or RNN-mode state, [`DecodeState`])
+//! whose parameter trees mirror HF's so checkpoints load by name, mean
 //! pooling for sentence embeddings, and opt-in [`Capture`] of intermediate tensors for
 //! analysis. Every model is generic over `B: Backend`.
 //!
