@@ -140,16 +140,13 @@ impl BackendJob for DecoderJob {
         let dir = self.pretrained.clone().unwrap_or_else(|| self.out.join("pretrained"));
         let stamp = json!({"model": self.model, "pretrain": self.pretrain, "text": self.text, "tail": self.tail});
         let weights = dir.join("model.safetensors");
-        let reuse = std::fs::read_to_string(dir.join("kiln_pretrain.json"))
+        let recorded = std::fs::read_to_string(dir.join("kiln_pretrain.json"))
             .ok()
             .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .is_some_and(|s| s["stamp"] == stamp)
-            && weights.exists();
-        let (pretrained, pretrain_seconds) = if reuse {
+            .filter(|r| r["stamp"] == stamp && weights.exists());
+        let (pretrained, pretrain_seconds) = if let Some(recorded) = recorded {
             let mut m = Gpt2Model::<B>::new(&self.model, &device);
             load_gpt2_weights(&mut m, &weights)?;
-            let recorded: serde_json::Value =
-                serde_json::from_str(&std::fs::read_to_string(dir.join("kiln_pretrain.json"))?)?;
             println!("Reusing the pretrained model in {}", dir.display());
             (m, recorded["train_seconds"].as_f64().unwrap_or(f64::NAN))
         } else {
@@ -199,11 +196,19 @@ impl BackendJob for DecoderJob {
 
         let mut rows = Vec::new();
         let mut curves = String::new();
+        let mut losses: Vec<kiln::viz::plots::Series> = Vec::new();
+        let loss_series = |label: &str, h: &LmHistory| -> kiln::viz::plots::Series {
+            (
+                label.to_string(),
+                h.steps.iter().map(|s| (s.step as f64, s.loss)).collect(),
+            )
+        };
         // Control: the softmax model trained for the same extra budget.
         if self.control {
             let t = fit(pretrained.clone(), train, held_out, &self.finetune, "softmax", &device)?;
             let last = t.history.evals.last().expect("final eval").1;
             curves.push_str(&history_lines("softmax", &t.history));
+            losses.push(loss_series("softmax", &t.history));
             rows.push(
                 json!({"variant": "softmax", "transfer": false, "converted": base.perplexity,
                              "after_transfer": null, "final": last.perplexity, "nats": last.nats_per_token,
@@ -254,6 +259,7 @@ impl BackendJob for DecoderJob {
                 let t = fit(student, train, held_out, &self.finetune, &label, &device)?;
                 let last = t.history.evals.last().expect("final eval").1;
                 curves.push_str(&history_lines(&label, &t.history));
+                losses.push(loss_series(&label, &t.history));
                 for (step, loss) in transfer_losses.iter().enumerate() {
                     curves.push_str(&format!(
                         "{}\n",
@@ -292,7 +298,7 @@ impl BackendJob for DecoderJob {
             serde_json::to_string_pretty(&result)?.as_bytes(),
         )?;
         write_tables(&self.out, &result)?;
-        write_charts(&self.out, &curves)?;
+        write_charts(&self.out, losses)?;
         Ok(result)
     }
 }
@@ -336,21 +342,7 @@ fn write_tables(out: &std::path::Path, result: &serde_json::Value) -> Result<()>
 }
 
 /// Fine-tuning loss curves of every row (smoothed over 10 steps) → `plots/finetune_loss.*`.
-fn write_charts(out: &std::path::Path, curves: &str) -> Result<()> {
-    let mut series: Vec<kiln::viz::plots::Series> = Vec::new();
-    for line in curves.lines() {
-        let v: serde_json::Value = serde_json::from_str(line)?;
-        let (Some(kind), Some(step), Some(loss)) = (v["kind"].as_str(), v["step"].as_f64(), v["loss"].as_f64()) else {
-            continue;
-        };
-        if kind.ends_with("/transfer") {
-            continue;
-        }
-        match series.iter_mut().find(|s| s.0 == kind) {
-            Some(s) => s.1.push((step, loss)),
-            None => series.push((kind.to_string(), vec![(step, loss)])),
-        }
-    }
+fn write_charts(out: &std::path::Path, mut series: Vec<kiln::viz::plots::Series>) -> Result<()> {
     for s in &mut series {
         let raw: Vec<f64> = s.1.iter().map(|p| p.1).collect();
         for (i, p) in s.1.iter_mut().enumerate() {

@@ -840,66 +840,7 @@ fn main() -> Result<()> {
                     window,
                 },
             )??;
-            std::fs::create_dir_all(&out)?;
-            let speed = bench_attention::markdown(&rows, |r| format!("{:.2}", r.ms_per_token), "length (ms/token)");
-            let state = bench_attention::markdown(&rows, |r| format!("{:.2}", r.state_mb), "length (state MiB)");
-            let rss = bench_attention::markdown(
-                &rows,
-                |r| r.rss_mb.map_or("–".into(), |m| format!("{m:.0}")),
-                "length (RSS MiB)",
-            );
-            let softmax: Vec<&bench_attention::GenerateRow> = rows.iter().filter(|r| r.variant == "softmax").collect();
-            let mut crossover = serde_json::Map::new();
-            for name in rows.iter().map(|r| r.variant.as_str()).filter(|v| *v != "softmax") {
-                if crossover.contains_key(name) {
-                    continue;
-                }
-                let first = softmax.iter().find_map(|s| {
-                    rows.iter()
-                        .find(|r| r.variant == name && r.length == s.length && r.ms_per_token < s.ms_per_token)
-                        .map(|r| r.length)
-                });
-                crossover.insert(name.to_string(), serde_json::json!(first));
-            }
-            let text = format!(
-                "{speed}\n{state}\n{rss}\nFirst measured length at which RNN mode is faster than the KV cache: {}\n",
-                serde_json::Value::Object(crossover.clone())
-            );
-            println!("{text}");
-            kiln::tune::checkpoint::write_atomic(&out.join("generate.md"), text.as_bytes())?;
-            let json = serde_json::json!({"rows": rows, "crossover": crossover, "model": lm::default_model()});
-            kiln::tune::checkpoint::write_atomic(
-                &out.join("generate.json"),
-                serde_json::to_string_pretty(&json)?.as_bytes(),
-            )?;
-            let series = |f: &dyn Fn(&bench_attention::GenerateRow) -> f64| {
-                let mut s: Vec<kiln::viz::plots::Series> = Vec::new();
-                for r in &rows {
-                    match s.iter_mut().find(|x| x.0 == r.variant) {
-                        Some(x) => x.1.push((r.length as f64, f(r))),
-                        None => s.push((r.variant.clone(), vec![(r.length as f64, f(r))])),
-                    }
-                }
-                s
-            };
-            let dir = out.join("plots");
-            let mut written = kiln::viz::plots::lines(
-                &dir,
-                "ms_per_token",
-                "decoding time per token (ms)",
-                "tokens generated",
-                &series(&|r| r.ms_per_token),
-            )?;
-            written.extend(kiln::viz::plots::lines(
-                &dir,
-                "state_mb",
-                "attention state (MiB)",
-                "tokens generated",
-                &series(&|r| r.state_mb),
-            )?);
-            for f in written {
-                println!("Written: {}", f.display());
-            }
+            bench_attention::write_generate_report(&rows, &lm::default_model(), &out)?;
         }
         Command::Bench {
             what:

@@ -82,6 +82,31 @@ fn phi(map: &FeatureMap<B>, h: usize, x: &[f64]) -> Vec<f64> {
     }
 }
 
+/// `out_i = Σ_j a_ij v_j / max(Σ_j a_ij, eps)` over the `j` for which `weight(b, h, i, j)`
+/// gives a weight.
+fn weighted_average(v: &[f64], eps: f64, weight: impl Fn(usize, usize, usize, usize) -> Option<f64>) -> Vec<f64> {
+    let mut out = vec![0.0; BATCH * HEADS * N * D];
+    for b in 0..BATCH {
+        for h in 0..HEADS {
+            for i in 0..N {
+                let mut num = [0.0; D];
+                let mut den = 0.0;
+                for j in 0..N {
+                    let Some(a) = weight(b, h, i, j) else { continue };
+                    den += a;
+                    for (n, vj) in num.iter_mut().zip(row(v, b, h, j)) {
+                        *n += a * vj;
+                    }
+                }
+                for x in 0..D {
+                    out[((b * HEADS + h) * N + i) * D + x] = num[x] / den.max(eps);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Direct loop: out_i = Σ_j φq_i·φk_j v_j / max(Σ_j φq_i·φk_j, eps) over visible j.
 fn naive_linear(
     m: &LinearAttention<B>,
@@ -97,33 +122,15 @@ fn naive_linear(
     } else {
         1.0
     };
-    let mut out = vec![0.0; BATCH * HEADS * N * D];
-    for b in 0..BATCH {
-        for h in 0..HEADS {
-            for i in 0..N {
-                let qi: Vec<f64> = row(&q, b, h, i).iter().map(|x| x * q_scale).collect();
-                let fq = phi(&m.feature_map, h, &qi);
-                let mut num = [0.0; D];
-                let mut den = 0.0;
-                for j in 0..N {
-                    if !keep[b * N + j] || (causal && j > i) {
-                        continue;
-                    }
-                    let fk = phi(&m.feature_map, h, &row(&k, b, h, j));
-                    let a: f64 = fq.iter().zip(&fk).map(|(x, y)| x * y).sum();
-                    den += a;
-                    for (n, vj) in num.iter_mut().zip(row(&v, b, h, j)) {
-                        *n += a * vj;
-                    }
-                }
-                let den = den.max(m.eps);
-                for x in 0..D {
-                    out[((b * HEADS + h) * N + i) * D + x] = num[x] / den;
-                }
-            }
+    weighted_average(&v, m.eps, |b, h, i, j| {
+        if !keep[b * N + j] || (causal && j > i) {
+            return None;
         }
-    }
-    out
+        let qi: Vec<f64> = row(&q, b, h, i).iter().map(|x| x * q_scale).collect();
+        let fq = phi(&m.feature_map, h, &qi);
+        let fk = phi(&m.feature_map, h, &row(&k, b, h, j));
+        Some(fq.iter().zip(&fk).map(|(x, y)| x * y).sum())
+    })
 }
 
 fn mechanisms() -> Vec<LinearAttention<B>> {
@@ -365,40 +372,30 @@ fn naive_hybrid(
 ) -> Vec<f64> {
     let (q, k, v) = (data(q), data(k), data(v));
     let map = &m.linear.feature_map;
-    let mut out = vec![0.0; BATCH * HEADS * N * D];
-    for b in 0..BATCH {
-        for h in 0..HEADS {
-            for i in 0..N {
-                let qi = row(&q, b, h, i);
-                let visible = |j: usize| keep[b * N + j] && !(causal && j > i);
-                let score = |j: usize| -> f64 {
-                    qi.iter().zip(row(&k, b, h, j)).map(|(x, y)| x * y).sum::<f64>() / (D as f64).sqrt()
-                };
-                let window: Vec<usize> = (0..N)
-                    .filter(|&j| visible(j) && in_band(causal, m.window, i, j))
-                    .collect();
-                let max = window.iter().map(|&j| score(j)).fold(f64::NEG_INFINITY, f64::max);
-                let fq = phi(map, h, &qi);
-                let mut num = [0.0; D];
-                let mut den = 0.0;
-                for j in (0..N).filter(|&j| visible(j)) {
-                    let a = if in_band(causal, m.window, i, j) {
-                        (score(j) - max).exp()
-                    } else {
-                        fq.iter().zip(phi(map, h, &row(&k, b, h, j))).map(|(x, y)| x * y).sum()
-                    };
-                    den += a;
-                    for (n, vj) in num.iter_mut().zip(row(&v, b, h, j)) {
-                        *n += a * vj;
-                    }
-                }
-                for x in 0..D {
-                    out[((b * HEADS + h) * N + i) * D + x] = num[x] / den.max(m.linear.eps);
-                }
-            }
+    let visible = |b: usize, i: usize, j: usize| keep[b * N + j] && !(causal && j > i);
+    let score = |b: usize, h: usize, i: usize, j: usize| -> f64 {
+        row(&q, b, h, i)
+            .iter()
+            .zip(row(&k, b, h, j))
+            .map(|(x, y)| x * y)
+            .sum::<f64>()
+            / (D as f64).sqrt()
+    };
+    weighted_average(&v, m.linear.eps, |b, h, i, j| {
+        if !visible(b, i, j) {
+            return None;
         }
-    }
-    out
+        if in_band(causal, m.window, i, j) {
+            let max = (0..N)
+                .filter(|&l| visible(b, i, l) && in_band(causal, m.window, i, l))
+                .map(|l| score(b, h, i, l))
+                .fold(f64::NEG_INFINITY, f64::max);
+            Some((score(b, h, i, j) - max).exp())
+        } else {
+            let fq = phi(map, h, &row(&q, b, h, i));
+            Some(fq.iter().zip(phi(map, h, &row(&k, b, h, j))).map(|(x, y)| x * y).sum())
+        }
+    })
 }
 
 #[test]

@@ -181,24 +181,25 @@ impl<B: Backend> Gpt2Block<B> {
     /// recurrent state in O(1).
     pub fn step(&self, x: Tensor<B, 3>, state: LayerState<B>) -> (Tensor<B, 3>, LayerState<B>) {
         let [q, k, v] = self.qkv(x.clone());
+        // A fresh state (`DecodeState::new` does not know the mechanisms) becomes the
+        // mechanism's own empty state on the first step.
+        let state = match (&self.attn.mechanism, state) {
+            (AttentionKind::Linear(m), LayerState::KvCache { k: None, .. }) => {
+                let [batch, heads, _, d] = k.dims();
+                LayerState::Recurrent(m.initial_state(batch, heads, d, v.dims()[3], &k.device()))
+            }
+            (AttentionKind::Hybrid(m), LayerState::KvCache { k: None, .. }) => {
+                let [batch, heads, _, d] = k.dims();
+                LayerState::Hybrid(m.initial_state(batch, heads, d, v.dims()[3], &k.device()))
+            }
+            (_, state) => state,
+        };
         let (context, state) = match (&self.attn.mechanism, state) {
             (AttentionKind::Linear(m), LayerState::Recurrent(s)) => {
                 let (context, s) = m.step(s, q, k, v);
                 (context, LayerState::Recurrent(s))
             }
-            (AttentionKind::Linear(m), LayerState::KvCache { k: None, .. }) => {
-                let [batch, heads, _, d] = k.dims();
-                let s = m.initial_state(batch, heads, d, v.dims()[3], &k.device());
-                let (context, s) = m.step(s, q, k, v);
-                (context, LayerState::Recurrent(s))
-            }
             (AttentionKind::Hybrid(m), LayerState::Hybrid(s)) => {
-                let (context, s) = m.step(s, q, k, v);
-                (context, LayerState::Hybrid(s))
-            }
-            (AttentionKind::Hybrid(m), LayerState::KvCache { k: None, .. }) => {
-                let [batch, heads, _, d] = k.dims();
-                let s = m.initial_state(batch, heads, d, v.dims()[3], &k.device());
                 let (context, s) = m.step(s, q, k, v);
                 (context, LayerState::Hybrid(s))
             }

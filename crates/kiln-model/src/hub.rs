@@ -93,7 +93,7 @@ pub fn hf_cache_snapshots(model_id: &str) -> Vec<PathBuf> {
         .flatten()
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     dirs.into_iter().map(|(_, p)| p).collect()
 }
 
