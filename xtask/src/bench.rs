@@ -39,60 +39,6 @@ impl BackendJob for MatmulJob {
     }
 }
 
-/// MiniLM forward throughput at one batch shape (`cargo xtask bench minilm`).
-pub struct MinilmForwardJob {
-    pub model: Option<std::path::PathBuf>,
-    /// Also run the backward pass of `mean(last_hidden_state²)` (a training step's cost
-    /// without the optimizer).
-    pub backward: bool,
-    pub batch: usize,
-    pub seq: usize,
-    pub iters: usize,
-}
-
-/// Seconds per forward pass: median of `iters` runs after one warm-up.
-impl BackendJob for MinilmForwardJob {
-    type Output = anyhow::Result<f64>;
-
-    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
-        type I<B> = <B as AutodiffBackend>::InnerBackend;
-        use kiln::model::{BertModel, Capture};
-        if self.backward {
-            let model = match &self.model {
-                Some(dir) => BertModel::<B>::from_pretrained(dir, false, &device)?.0,
-                None => BertModel::<B>::new(&minilm_shaped_config(), false, &device),
-            };
-            let ids =
-                Tensor::<B, 2>::random([self.batch, self.seq], Distribution::Uniform(1000.0, 29000.0), &device).int();
-            let mask = Tensor::<B, 2, Int>::ones([self.batch, self.seq], &device);
-            let run = || {
-                let h = model
-                    .forward(ids.clone(), None, Some(mask.clone()), Capture::none())
-                    .last_hidden_state;
-                let grads = h.powi_scalar(2).mean().backward();
-                drop(grads);
-            };
-            return Ok(median_time(run, self.iters));
-        }
-        let model = match &self.model {
-            Some(dir) => BertModel::<I<B>>::from_pretrained(dir, false, &device)?.0,
-            None => BertModel::<I<B>>::new(&minilm_shaped_config(), false, &device),
-        };
-        let ids =
-            Tensor::<I<B>, 2>::random([self.batch, self.seq], Distribution::Uniform(1000.0, 29000.0), &device).int();
-        let mask = Tensor::<I<B>, 2, Int>::ones([self.batch, self.seq], &device);
-        let run = || {
-            drop(
-                model
-                    .forward(ids.clone(), None, Some(mask.clone()), Capture::none())
-                    .last_hidden_state
-                    .into_data(),
-            )
-        };
-        Ok(median_time(run, self.iters))
-    }
-}
-
 /// Median wall time of `iters` calls after one warm-up.
 pub(crate) fn median_time(run: impl Fn(), iters: usize) -> f64 {
     run();
@@ -170,6 +116,7 @@ impl BackendJob for OpsJob {
                 time(&|| drop(gelu_exact(inner.clone()).into_data())),
             ),
             ("erf [b,s,4h]", time(&|| drop(inner.clone().erf().into_data()))),
+            ("exp [b,s,4h]", time(&|| drop(inner.clone().exp().into_data()))),
             (
                 "layer_norm [b,s,h] (x2)",
                 time(&|| drop(ln.forward(x.clone()).into_data())),

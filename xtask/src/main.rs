@@ -3,6 +3,8 @@
 mod analyse;
 mod bench;
 mod bench_attention;
+mod bench_minilm;
+mod bench_report;
 mod demo;
 mod embed;
 mod experiment;
@@ -403,25 +405,15 @@ enum BenchCommand {
         #[arg(long, default_value = "docs/bench/attention")]
         out: PathBuf,
     },
-    /// MiniLM forward throughput; one JSON object per line with --json.
-    Minilm {
-        #[arg(long, default_value = "cpu")]
-        device: DeviceKind,
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        #[arg(long, default_value_t = 128)]
-        seq: usize,
-        #[arg(long, default_value_t = 5)]
-        iters: usize,
-        /// Model directory (random weights of MiniLM's shape when absent and not found).
-        #[arg(long)]
-        model: Option<PathBuf>,
-        #[arg(long)]
-        json: bool,
-        /// Time forward + backward instead of forward only.
-        #[arg(long)]
-        backward: bool,
-    },
+    /// MiniLM inference and fine-tuning step throughput and peak RSS (each in its own
+    /// process), against PyTorch with --baseline-python; one JSON object per line with --json.
+    Minilm(bench_minilm::MinilmArgs),
+    /// Peak RSS of a fine-tuning step against batch size and sequence length.
+    Memory(bench_minilm::MemoryArgs),
+    /// RSS across many fine-tuning steps (default 1,000); fails when it keeps growing.
+    Leak(bench_minilm::LeakArgs),
+    /// The HTML report at 10k points: filter and redraw times in headless Chromium.
+    Report(bench_report::ReportArgs),
 }
 
 /// `softmax` or an [`lm::variant`] name, each with its name.
@@ -920,55 +912,17 @@ fn main() -> Result<()> {
             }
         }
         Command::Bench {
-            what:
-                BenchCommand::Minilm {
-                    device,
-                    batch,
-                    seq,
-                    iters,
-                    model,
-                    json,
-                    backward,
-                },
-        } => {
-            let model = model.or_else(|| {
-                kiln::model::hub::locate_model(DEFAULT_MODEL_ID, None)
-                    .ok()
-                    .map(|(d, _)| d)
-            });
-            let secs = run_on(
-                device,
-                bench::MinilmForwardJob {
-                    model,
-                    backward,
-                    batch,
-                    seq,
-                    iters,
-                },
-            )??;
-            let name = if backward {
-                "minilm_forward_backward"
-            } else {
-                "minilm_forward"
-            };
-            let seq_per_s = batch as f64 / secs;
-            let rss = kiln::tune::trainer::peak_rss_mb();
-            if json {
-                let line = serde_json::json!({
-                    "name": name, "device": device.to_string(), "backend": backend_name(device),
-                    "batch": batch, "seq": seq, "seq_per_s": seq_per_s, "tokens_per_s": seq_per_s * seq as f64,
-                    "peak_rss_mb": rss,
-                });
-                println!("{line}");
-            } else {
-                println!(
-                    "{name} {} b{batch} s{seq}: {:.1} ms/batch, {seq_per_s:.1} seq/s, peak RSS {:.0} MiB",
-                    backend_name(device),
-                    secs * 1e3,
-                    rss.unwrap_or(f64::NAN)
-                );
-            }
-        }
+            what: BenchCommand::Minilm(args),
+        } => bench_minilm::minilm(args)?,
+        Command::Bench {
+            what: BenchCommand::Memory(args),
+        } => bench_minilm::memory(args)?,
+        Command::Bench {
+            what: BenchCommand::Leak(args),
+        } => bench_minilm::leak(args)?,
+        Command::Bench {
+            what: BenchCommand::Report(args),
+        } => bench_report::report(args)?,
     }
     Ok(())
 }
@@ -996,7 +950,7 @@ impl kiln::backend::BackendJob for TrainParityJob {
     }
 }
 
-fn backend_name(kind: DeviceKind) -> &'static str {
+pub(crate) fn backend_name(kind: DeviceKind) -> &'static str {
     match kind {
         DeviceKind::Cpu => kiln::backend::CPU_NAME,
         DeviceKind::Flex => "flex",

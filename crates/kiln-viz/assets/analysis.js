@@ -23,13 +23,6 @@
     const a = Math.abs(t);
     return t >= 0 ? "rgba(47,111,222," + a + ")" : "rgba(217,72,15," + a + ")";
   }
-  function params() {
-    const out = {};
-    location.hash.replace(/^#/, "").split("&").filter(Boolean).forEach(kv => {
-      const [k, v] = kv.split("="); out[decodeURIComponent(k)] = decodeURIComponent(v || "");
-    });
-    return out;
-  }
   if (!A || !A.examples) { document.body.dataset.ready = "1"; return; }
 
   const ex = A.examples.map((e, i) => Object.assign({ index: i }, e));
@@ -51,18 +44,50 @@
   }
   function visible(e) { return passes(e) && (state.selected == null || state.selected.has(e.index)); }
 
-  // ---------- projection ----------
+  // ---------- projection (main checkpoint, and optionally a second one beside it) ----------
   const proj = document.getElementById("projection");
   const layerSel = document.getElementById("proj-layer");
   const methodSel = document.getElementById("proj-method");
   const colourSel = document.getElementById("proj-colour");
+  const compareSel = document.getElementById("proj-compare");
   const layers = A.projection.layers;
   layers.forEach((p, k) => option(layerSel, k, "layer " + p.layer));
   layerSel.value = String(layers.length - 1);
   if (regression) { colourSel.querySelector('option[value="correct"]').remove(); colourSel.querySelector('option[value="p_gold"]').remove(); }
-  function coords() {
-    const p = layers[+layerSel.value][methodSel.value];
-    return p ? p.coords : [];
+  // Coordinates arrive as little-endian f32 in base64 (kiln_viz::pack_projection) or as a
+  // plain array (older files); decoded once into a Float32Array.
+  function floats(c) {
+    if (!c || Array.isArray(c)) return c || [];
+    if (!c.decoded) {
+      const bin = atob(c.base64), bytes = new Uint8Array(bin.length);
+      for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+      c.decoded = new Float32Array(bytes.buffer);
+    }
+    return c.decoded;
+  }
+  // Another checkpoint's analysis of the same examples: its projection, colours from its own
+  // predictions and losses; filters and selection stay those of the main checkpoint.
+  const snapshots = (data.snapshots || []).filter(sn => sn.examples.length === ex.length && sn.projection && sn.projection.layers);
+  snapshots.forEach((sn, k) => option(compareSel, k, sn.name));
+  const panels = [{ canvas: proj, name: "best", layers: layers, ex: ex, view: null, drawnKey: "drawn" }];
+  function setCompare(k) {
+    panels.length = 1;
+    const box = document.getElementById("proj-compare-box");
+    if (k === "" || !snapshots[+k]) { box.hidden = true; return; }
+    const sn = snapshots[+k];
+    const sex = ex.map((e, i) => {
+      const o = Object.assign({}, e, sn.examples[i]);
+      o.correct = regression ? null : o.prediction === o.label;
+      return o;
+    });
+    panels.push({ canvas: document.getElementById("projection-b"), name: sn.name, layers: sn.projection.layers, ex: sex, view: null });
+    text(document.getElementById("proj-b-caption"), "checkpoint \"" + sn.name + "\"");
+    text(document.getElementById("proj-a-caption"), "checkpoint \"best\"");
+    box.hidden = false;
+  }
+  function coordsOf(panel) {
+    const l = panel.layers[+layerSel.value], p = l && l[methodSel.value];
+    return p ? floats(p.coords) : [];
   }
   function bounds(c) {
     let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
@@ -78,65 +103,85 @@
     if (c === "p_gold") return ramp(e.p_gold);
     return ramp(e.loss / (range.maxLoss || 1));
   }
-  const toScreen = (v, x, y) => [(x - v.x0) / (v.x1 - v.x0) * proj.width, proj.height - (y - v.y0) / (v.y1 - v.y0) * proj.height];
-  const toData = (v, sx, sy) => [v.x0 + sx / proj.width * (v.x1 - v.x0), v.y0 + (proj.height - sy) / proj.height * (v.y1 - v.y0)];
+  const toScreen = (cv, v, x, y) => [(x - v.x0) / (v.x1 - v.x0) * cv.width, cv.height - (y - v.y0) / (v.y1 - v.y0) * cv.height];
+  const toData = (cv, v, sx, sy) => [v.x0 + sx / cv.width * (v.x1 - v.x0), v.y0 + (cv.height - sy) / cv.height * (v.y1 - v.y0)];
   let drag = null;
-  function drawProjection() {
-    const c = coords();
-    if (!state.view) state.view = bounds(c);
-    const v = state.view, ctx = proj.getContext("2d");
-    ctx.clearRect(0, 0, proj.width, proj.height);
-    const range = {
-      maxLoss: Math.max(...ex.map(e => e.loss)),
-      lmin: Math.min(...ex.map(e => +e.label)), lmax: Math.max(...ex.map(e => +e.label)),
-    };
+  function drawPanel(panel) {
+    const cv = panel.canvas, c = coordsOf(panel), pex = panel.ex;
+    if (!panel.view) panel.view = bounds(c);
+    const v = panel.view, ctx = cv.getContext("2d");
+    ctx.clearRect(0, 0, cv.width, cv.height);
+    let maxLoss = 0, lmin = Infinity, lmax = -Infinity;
+    for (const e of pex) { maxLoss = Math.max(maxLoss, e.loss); lmin = Math.min(lmin, +e.label); lmax = Math.max(lmax, +e.label); }
+    const range = { maxLoss, lmin, lmax };
     let drawn = 0;
     for (const dim of [true, false]) { // unselected first, dimmed; then the visible ones
-      for (const e of ex) {
-        if (!passes(e)) continue;
+      ctx.globalAlpha = dim ? 0.15 : 0.85;
+      for (const e of pex) {
+        if (!passes(ex[e.index])) continue;
         const sel = state.selected == null || state.selected.has(e.index);
         if (sel === dim) continue;
-        const [x, y] = toScreen(v, c[2 * e.index], c[2 * e.index + 1]);
-        if (x < 0 || y < 0 || x > proj.width || y > proj.height) continue;
-        ctx.globalAlpha = dim ? 0.15 : 0.85;
+        const [x, y] = toScreen(cv, v, c[2 * e.index], c[2 * e.index + 1]);
+        if (x < 0 || y < 0 || x > cv.width || y > cv.height) continue;
         ctx.fillStyle = colourOf(e, range);
         ctx.fillRect(x - 2.5, y - 2.5, 5, 5);
         if (!dim) drawn++;
       }
     }
     ctx.globalAlpha = 1;
-    if (drag && drag.end) {
+    if (drag && drag.end && drag.panel === panel) {
       ctx.strokeStyle = "#1d2330"; ctx.setLineDash([4, 3]);
       ctx.strokeRect(drag.start[0], drag.start[1], drag.end[0] - drag.start[0], drag.end[1] - drag.start[1]);
       ctx.setLineDash([]);
     }
-    proj.dataset.drawn = String(drawn);
-    const p = layers[+layerSel.value][methodSel.value];
-    const s = p && p.scores;
-    text(document.getElementById("proj-scores"), s ? ("Distortion at k = " + A.projection.k + ": neighbourhood preservation " + fmt(s.neighbourhood_preservation) +
-      ", trustworthiness " + fmt(s.trustworthiness) + (p.explained_variance_ratio ? "; explained variance " + p.explained_variance_ratio.map(x => fmt(100 * x, 1) + "%").join(" + ") : "") +
-      ". Points: " + A.projection.of + ".") : "");
+    cv.dataset.drawn = String(drawn);
   }
-  function mouse(ev) { const r = proj.getBoundingClientRect(); return [(ev.clientX - r.left) * proj.width / r.width, (ev.clientY - r.top) * proj.height / r.height]; }
-  proj.addEventListener("mousedown", ev => { drag = { start: mouse(ev), end: null }; });
-  proj.addEventListener("mousemove", ev => {
-    const m = mouse(ev);
-    if (drag) { drag.end = m; drawProjection(); return; }
-    const c = coords(); let best = null, bd = 36;
-    for (const e of ex) {
-      if (!visible(e)) continue;
-      const [x, y] = toScreen(state.view, c[2 * e.index], c[2 * e.index + 1]);
-      const d = (x - m[0]) ** 2 + (y - m[1]) ** 2;
-      if (d < bd) { bd = d; best = e; }
-    }
-    text(document.getElementById("proj-hover"), best ? "#" + best.index + "  label " + best.label + "  prediction " + best.prediction + "  loss " + fmt(best.loss) + "\n" + best.textShown : "");
-  });
+  function scoresText(panel) {
+    const l = panel.layers[+layerSel.value], p = l && l[methodSel.value], s = p && p.scores;
+    return s ? ("neighbourhood preservation " + fmt(s.neighbourhood_preservation) + ", trustworthiness " + fmt(s.trustworthiness) +
+      (p.explained_variance_ratio ? "; explained variance " + p.explained_variance_ratio.map(x => fmt(100 * x, 1) + "%").join(" + ") : "")) : "";
+  }
+  function drawProjection() {
+    panels.forEach(drawPanel);
+    const main = scoresText(panels[0]);
+    text(document.getElementById("proj-scores"), main ? "Distortion at k = " + A.projection.k + ": " + main +
+      (panels[1] ? "; \"" + panels[1].name + "\": " + scoresText(panels[1]) : "") + ". Points: " + A.projection.of + "." : "");
+  }
+  function mouse(cv, ev) { const r = cv.getBoundingClientRect(); return [(ev.clientX - r.left) * cv.width / r.width, (ev.clientY - r.top) * cv.height / r.height]; }
+  function listen(panel) {
+    const cv = panel.canvas;
+    cv.addEventListener("mousedown", ev => { const p = panels.find(q => q.canvas === cv); if (p) drag = { panel: p, start: mouse(cv, ev), end: null }; });
+    cv.addEventListener("mousemove", ev => {
+      const p = panels.find(q => q.canvas === cv); if (!p) return;
+      const m = mouse(cv, ev);
+      if (drag) { if (drag.panel === p) { drag.end = m; drawPanel(p); } return; }
+      const c = coordsOf(p); let best = null, bd = 36;
+      for (const e of p.ex) {
+        if (!visible(ex[e.index])) continue;
+        const [x, y] = toScreen(cv, p.view, c[2 * e.index], c[2 * e.index + 1]);
+        const d = (x - m[0]) ** 2 + (y - m[1]) ** 2;
+        if (d < bd) { bd = d; best = e; }
+      }
+      text(document.getElementById("proj-hover"), best ? "#" + best.index + " (" + p.name + ")  label " + best.label + "  prediction " + best.prediction + "  loss " + fmt(best.loss) + "\n" + best.textShown : "");
+    });
+    cv.addEventListener("wheel", ev => {
+      const p = panels.find(q => q.canvas === cv); if (!p) return;
+      ev.preventDefault();
+      const v = p.view, [mx, my] = toData(cv, v, ...mouse(cv, ev)), f = ev.deltaY > 0 ? 1.2 : 1 / 1.2;
+      p.view = { x0: mx + (v.x0 - mx) * f, x1: mx + (v.x1 - mx) * f, y0: my + (v.y0 - my) * f, y1: my + (v.y1 - my) * f };
+      drawPanel(p);
+    }, { passive: false });
+    cv.addEventListener("dblclick", () => { const p = panels.find(q => q.canvas === cv); if (p) { p.view = null; drawPanel(p); } });
+  }
+  listen(panels[0]);
+  listen({ canvas: document.getElementById("projection-b") });
   window.addEventListener("mouseup", () => {
     if (!drag) return;
     const d = drag; drag = null;
     if (d.end && Math.abs(d.end[0] - d.start[0]) > 3 && Math.abs(d.end[1] - d.start[1]) > 3) {
-      const [ax, ay] = toData(state.view, d.start[0], d.start[1]), [bx, by] = toData(state.view, d.end[0], d.end[1]);
-      const c = coords(), sel = new Set();
+      const cv = d.panel.canvas, v = d.panel.view;
+      const [ax, ay] = toData(cv, v, d.start[0], d.start[1]), [bx, by] = toData(cv, v, d.end[0], d.end[1]);
+      const c = coordsOf(d.panel), sel = new Set();
       for (const e of ex) {
         const x = c[2 * e.index], y = c[2 * e.index + 1];
         if (x >= Math.min(ax, bx) && x <= Math.max(ax, bx) && y >= Math.min(ay, by) && y <= Math.max(ay, by)) sel.add(e.index);
@@ -145,15 +190,9 @@
     }
     update();
   });
-  proj.addEventListener("wheel", ev => {
-    ev.preventDefault();
-    const v = state.view, [mx, my] = toData(v, ...mouse(ev)), f = ev.deltaY > 0 ? 1.2 : 1 / 1.2;
-    state.view = { x0: mx + (v.x0 - mx) * f, x1: mx + (v.x1 - mx) * f, y0: my + (v.y0 - my) * f, y1: my + (v.y1 - my) * f };
-    drawProjection();
-  }, { passive: false });
-  proj.addEventListener("dblclick", () => { state.view = null; drawProjection(); });
-  [layerSel, methodSel].forEach(s => s.addEventListener("change", () => { state.view = null; drawProjection(); }));
+  [layerSel, methodSel].forEach(s => s.addEventListener("change", () => { panels.forEach(p => { p.view = null; }); drawProjection(); }));
   colourSel.addEventListener("change", drawProjection);
+  compareSel.addEventListener("change", () => { setCompare(compareSel.value); drawProjection(); });
   [filterSel, minLoss].forEach(s => s.addEventListener("input", update));
   document.getElementById("proj-clear").addEventListener("click", () => { state.selected = null; update(); });
 
@@ -327,15 +366,33 @@
   }
 
   // ---------- start ----------
-  const p = params();
+  const p = window.kilnParams();
   if (p.filter) filterSel.value = p.filter;
   if (p.minloss) minLoss.value = p.minloss;
   if (p.method) methodSel.value = p.method;
   if (p.heads && H && (p.heads !== "masked" || H.masked_metric)) scoreSel.value = p.heads;
   if (p.select) state.selected = new Set(p.select.split(",").map(Number));
+  if (p.compare != null) {
+    const k = snapshots.findIndex(sn => sn.name === p.compare);
+    if (k >= 0) { compareSel.value = String(k); setCompare(String(k)); }
+  }
   ["projection", "table"].forEach(id => { document.getElementById(id + "-section").hidden = false; });
   document.getElementById("heads-section").hidden = !H;
   document.getElementById("instance-section").hidden = !I.length;
+  document.getElementById("proj-compare-label").hidden = !snapshots.length;
   update(); drawHeads(); drawInstance();
+  const readyAt = performance.now(); // since navigation start: parse, decode, first draw
+  // #bench=N: mean milliseconds of N filter changes (projection + table redrawn) and of N
+  // projection redraws (as when panning), for `cargo xtask bench report`.
+  if (p.bench) {
+    const n = +p.bench || 10;
+    let t = performance.now();
+    for (let i = 0; i < n; i++) { filterSel.value = i % 2 ? "all" : "wrong"; update(); }
+    document.body.dataset.benchFilterMs = ((performance.now() - t) / n).toFixed(2);
+    t = performance.now();
+    for (let i = 0; i < n; i++) drawProjection();
+    document.body.dataset.benchDrawMs = ((performance.now() - t) / n).toFixed(2);
+    document.body.dataset.readyMs = readyAt.toFixed(0);
+  }
   document.body.dataset.ready = "1";
 })();

@@ -6,6 +6,14 @@
   const palette = ["#2f6fde", "#d9480f", "#2b8a3e", "#862e9c", "#e67700", "#0b7285"];
 
   function text(el, s) { el.textContent = s == null ? "" : String(s); }
+  // The URL fragment's state (`#filter=wrong&select=1,2`), shared with analysis.js.
+  window.kilnParams = function () {
+    const out = {};
+    location.hash.replace(/^#/, "").split("&").filter(Boolean).forEach(kv => {
+      const [k, v] = kv.split("="); out[decodeURIComponent(k)] = decodeURIComponent(v || "");
+    });
+    return out;
+  };
   function row(table, cells, numeric) {
     const tr = document.createElement("tr");
     cells.forEach((c, i) => {
@@ -98,23 +106,96 @@
     const W = canvas.width, H = canvas.height, L = 50, B = 36, T = 10, R = 10;
     const vmax = Math.max(0.5, ...points.map(p => p.vari));
     const sx = v => L + v / vmax * (W - L - R), sy = c => H - B - c * (H - T - B);
-    ctx.strokeStyle = "#c5ccd8"; ctx.beginPath(); ctx.moveTo(L, T); ctx.lineTo(L, H - B); ctx.lineTo(W - R, H - B); ctx.stroke();
-    ctx.fillStyle = "#5b6475"; ctx.font = "11px sans-serif";
-    ctx.fillText("variability →", W - 90, H - 8); ctx.fillText("confidence", 2, T + 10);
-    for (const p of points) {
-      const hue = 10 + 110 * p.corr;
-      ctx.fillStyle = "hsla(" + hue + ",70%,45%,0.6)";
-      ctx.fillRect(sx(p.vari) - 2, sy(p.conf) - 2, 4, 4);
+    const fromScreen = (x, y) => [(x - L) / (W - L - R) * vmax, (H - B - y) / (H - T - B)];
+    // Box selection in data coordinates: {v0, v1, c0, c1} (variability and confidence ranges).
+    let box = null, drag = null;
+    const inBox = p => box && p.vari >= box.v0 && p.vari <= box.v1 && p.conf >= box.c0 && p.conf <= box.c1;
+    const textOf = i => data.texts && data.texts[i] != null ? data.texts[i] : "example " + i;
+    let sortKey = "conf", sortDir = 1;
+    function drawMap() {
+      ctx.clearRect(0, 0, W, H);
+      ctx.strokeStyle = "#c5ccd8"; ctx.beginPath(); ctx.moveTo(L, T); ctx.lineTo(L, H - B); ctx.lineTo(W - R, H - B); ctx.stroke();
+      ctx.fillStyle = "#5b6475"; ctx.font = "11px sans-serif";
+      ctx.fillText("variability →", W - 90, H - 8); ctx.fillText("confidence", 2, T + 10);
+      for (const p of points) {
+        ctx.globalAlpha = box && !inBox(p) ? 0.15 : 0.6;
+        ctx.fillStyle = "hsl(" + (10 + 110 * p.corr) + ",70%,45%)";
+        ctx.fillRect(sx(p.vari) - 2, sy(p.conf) - 2, 4, 4);
+      }
+      ctx.globalAlpha = 1;
+      const r = drag && drag.end ? drag : box && { start: [sx(box.v0), sy(box.c1)], end: [sx(box.v1), sy(box.c0)] };
+      if (r) {
+        ctx.strokeStyle = "#1d2330"; ctx.setLineDash([4, 3]);
+        ctx.strokeRect(r.start[0], r.start[1], r.end[0] - r.start[0], r.end[1] - r.start[1]); ctx.setLineDash([]);
+      }
+      const chosen = box ? points.filter(inBox) : [];
+      const tbody = document.querySelector("#datamap-table tbody");
+      tbody.replaceChildren();
+      chosen.sort((a, b) => {
+        const x = sortKey === "text" ? textOf(a.i) : a[sortKey], y = sortKey === "text" ? textOf(b.i) : b[sortKey];
+        return (x < y ? -1 : x > y ? 1 : 0) * sortDir;
+      });
+      for (const p of chosen.slice(0, 500)) {
+        const tr = document.createElement("tr");
+        [p.i, textOf(p.i), p.conf.toFixed(3), p.vari.toFixed(3), p.corr.toFixed(2)].forEach((v, k) => {
+          const td = document.createElement("td"); text(td, v); td.className = k === 1 ? "text" : "num"; tr.appendChild(td);
+        });
+        tbody.appendChild(tr);
+      }
+      document.getElementById("datamap-table").dataset.rows = String(chosen.length);
+      canvas.dataset.selected = String(chosen.length);
+      text(document.getElementById("datamap-count"), box ? chosen.length + " of " + points.length + " training examples in the box" +
+        (chosen.length > 500 ? " (first 500 shown)" : "") + " (variability " + box.v0.toFixed(3) + "–" + box.v1.toFixed(3) +
+        ", confidence " + box.c0.toFixed(3) + "–" + box.c1.toFixed(3) + "). Click a header to sort." : "");
     }
+    document.querySelectorAll("#datamap-table th[data-key]").forEach(th => th.addEventListener("click", () => {
+      const k = th.dataset.key; sortDir = sortKey === k ? -sortDir : 1; sortKey = k; drawMap();
+    }));
+    const pos = e => { const b = canvas.getBoundingClientRect(); return [(e.clientX - b.left) * W / b.width, (e.clientY - b.top) * H / b.height]; };
     const hover = document.getElementById("datamap-hover");
+    canvas.addEventListener("mousedown", e => { drag = { start: pos(e), end: null }; });
     canvas.addEventListener("mousemove", e => {
-      const b = canvas.getBoundingClientRect(), x = e.clientX - b.left, y = e.clientY - b.top;
+      const [x, y] = pos(e);
+      if (drag) { drag.end = [x, y]; drawMap(); return; }
       let best = null, bd = 64;
       for (const p of points) { const d = (sx(p.vari) - x) ** 2 + (sy(p.conf) - y) ** 2; if (d < bd) { bd = d; best = p; } }
       if (!best) { text(hover, ""); return; }
-      const t = data.texts && data.texts[best.i] != null ? data.texts[best.i] : "example " + best.i;
-      text(hover, "#" + best.i + "  confidence " + best.conf.toFixed(3) + "  variability " + best.vari.toFixed(3) + "  correct " + best.corr.toFixed(2) + "\n" + t);
+      text(hover, "#" + best.i + "  confidence " + best.conf.toFixed(3) + "  variability " + best.vari.toFixed(3) + "  correct " + best.corr.toFixed(2) + "\n" + textOf(best.i));
     });
+    window.addEventListener("mouseup", () => {
+      if (!drag) return;
+      const d = drag; drag = null;
+      if (d.end && Math.abs(d.end[0] - d.start[0]) > 3 && Math.abs(d.end[1] - d.start[1]) > 3) {
+        const [a0, b0] = fromScreen(...d.start), [a1, b1] = fromScreen(...d.end);
+        box = { v0: Math.min(a0, a1), v1: Math.max(a0, a1), c0: Math.min(b0, b1), c1: Math.max(b0, b1) };
+      }
+      drawMap();
+    });
+    canvas.addEventListener("dblclick", () => { box = null; drawMap(); });
+    const dm = window.kilnParams().dmbox; // #dmbox=v0,v1,c0,c1
+    if (dm) { const [v0, v1, c0, c1] = dm.split(",").map(Number); box = { v0, v1, c0, c1 }; }
+    drawMap();
+  }
+
+  // Converted models: which layers run which attention, with what settings and parameters.
+  if (cfg.attention) {
+    document.getElementById("variants-section").hidden = false;
+    const t = document.getElementById("variants");
+    const settings = Object.entries(cfg.attention).filter(([k]) => k !== "kind").map(([k, v]) => k + " " + v).join(", ");
+    const converted = cfg.attention_layers;
+    const per = ((data.trainable && data.trainable.per_module) || []).filter(m => /^layer\.\d+\.attention$/.test(m[0]));
+    row(t, ["layer", "attention", "settings", "parameters", "trainable"]);
+    per.forEach(m => {
+      const l = +m[0].split(".")[1];
+      const isConverted = converted == null || converted.indexOf(l) >= 0;
+      row(t, [String(l), isConverted ? cfg.attention.kind : "softmax", isConverted ? settings : "", m[2], m[1]], true);
+    });
+    t.dataset.rows = String(per.length);
+    const tr = cfg.attention_transfer, tl = data.transfer || [];
+    text(document.getElementById("variants-note"), "Softmax attention of the pretrained model replaced by " + cfg.attention.kind +
+      (converted == null ? " in every layer" : " in layers " + converted.join(", ")) + "; " +
+      (tr ? "attention transfer before fine-tuning (" + tl.length + " steps, loss " + fmt(tl.length ? tl[0].loss : null) + " → " + fmt(tl.length ? tl[tl.length - 1].loss : null) + ")" : "no attention transfer") +
+      "; dev " + (r.final_metrics ? r.final_metrics.primary + " " + fmt(r.final_metrics.values[r.final_metrics.primary]) : "—") + ".");
   }
 
   if (data.trainable) {

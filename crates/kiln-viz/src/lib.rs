@@ -102,6 +102,8 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
     let metrics = json_lines(&run.join("metrics.jsonl"))?;
     let (train, eval): (Vec<Value>, Vec<Value>) = metrics.into_iter().partition(|v| v["kind"] == "train");
     let dynamics = json_lines(&run.join("dynamics.jsonl"))?;
+    let mut analysis = json_file(&run.join("analysis").join("analysis.json"))?;
+    pack_projection(&mut analysis);
     Ok(json!({
         "run": run.display().to_string(),
         "config": json_file(&run.join("config.json"))?,
@@ -112,8 +114,77 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
         "dynamics": dynamics,
         "transfer": json_lines(&run.join("transfer.jsonl"))?,
         "texts": texts,
-        "analysis": json_file(&run.join("analysis").join("analysis.json"))?,
+        "analysis": analysis,
+        "snapshots": snapshots(run)?,
     }))
+}
+
+/// Replaces each projection's `coords` (a JSON array `[x0, y0, x1, y1, …]`) by
+/// `{"dtype": "f32", "base64": …}`: the same numbers as little-endian f32 bytes, base64 — a
+/// quarter of the text of printed floats for 10k points, decoded by the page into a
+/// `Float32Array` without parsing numbers.
+pub fn pack_projection(analysis: &mut Value) {
+    use base64::Engine;
+    let Some(layers) = analysis.pointer_mut("/projection/layers").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for method in layers
+        .iter_mut()
+        .filter_map(Value::as_object_mut)
+        .flat_map(|l| l.values_mut())
+    {
+        let Some(coords) = method.get_mut("coords") else {
+            continue;
+        };
+        let Some(values) = coords.as_array() else { continue };
+        let bytes: Vec<u8> = values
+            .iter()
+            .flat_map(|v| (v.as_f64().unwrap_or(f64::NAN) as f32).to_le_bytes())
+            .collect();
+        *coords = json!({"dtype": "f32", "base64": base64::engine::general_purpose::STANDARD.encode(bytes)});
+    }
+}
+
+/// Analyses of other checkpoints (`RUN/analysis/analysis-<name>.json`, from `lens analyse
+/// --checkpoint <name>`), by name: their projection and per-example prediction, gold
+/// probability and loss, for the side-by-side view.
+fn snapshots(run: &Path) -> Result<Vec<Value>, ReportError> {
+    let dir = run.join("analysis");
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ReportError::Io {
+                path: dir,
+                message: e.to_string(),
+            })
+        }
+    };
+    let mut named: Vec<(String, PathBuf)> = entries
+        .filter_map(Result::ok)
+        .filter_map(|e| {
+            let file = e.file_name().to_string_lossy().into_owned();
+            let name = file.strip_prefix("analysis-")?.strip_suffix(".json")?.to_string();
+            Some((name, e.path()))
+        })
+        .collect();
+    named.sort();
+    named
+        .into_iter()
+        .map(|(name, path)| {
+            let mut a = json_file(&path)?;
+            pack_projection(&mut a);
+            let examples: Vec<Value> = a["examples"]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .map(|e| json!({"prediction": e["prediction"], "p_gold": e["p_gold"], "loss": e["loss"]}))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Ok(json!({"name": name, "projection": a["projection"].take(), "examples": examples}))
+        })
+        .collect()
 }
 
 /// JSON for embedding inside `<script type="application/json">`: `<`, `>`, `&` and the JS
@@ -205,5 +276,38 @@ mod tests {
         std::fs::write(dir.path().join("metrics.jsonl"), "{\"kind\":\"train\"}\nnot json\n").unwrap();
         let err = report_data(dir.path(), None).unwrap_err().to_string();
         assert!(err.contains("metrics.jsonl:2"), "{err}");
+    }
+
+    #[test]
+    fn projections_are_embedded_as_little_endian_f32_and_snapshots_by_name() {
+        use base64::Engine;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
+        let coords = [0.5, -1.25, 3.0e-3, 1.0e6];
+        let analysis = json!({"examples": [{"prediction": 1, "p_gold": 0.9, "loss": 0.1, "text": "a"}],
+            "projection": {"layers": [{"layer": 6, "pca": {"coords": coords, "scores": {}}}]}});
+        std::fs::write(dir.path().join("analysis/analysis.json"), analysis.to_string()).unwrap();
+        std::fs::write(dir.path().join("analysis/analysis-last.json"), analysis.to_string()).unwrap();
+        std::fs::write(dir.path().join("analysis/notes.txt"), "not an analysis").unwrap();
+        let data = report_data(dir.path(), None).unwrap();
+        for packed in [&data["analysis"], &data["snapshots"][0]] {
+            let c = &packed["projection"]["layers"][0]["pca"]["coords"];
+            assert_eq!(c["dtype"], "f32");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(c["base64"].as_str().unwrap())
+                .unwrap();
+            let back: Vec<f32> = bytes
+                .chunks(4)
+                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+                .collect();
+            assert_eq!(back, coords.map(|x| x as f32));
+        }
+        let snapshots = data["snapshots"].as_array().unwrap();
+        assert_eq!(snapshots.len(), 1);
+        assert_eq!(snapshots[0]["name"], "last");
+        assert_eq!(
+            snapshots[0]["examples"][0],
+            json!({"prediction": 1, "p_gold": 0.9, "loss": 0.1})
+        );
     }
 }

@@ -81,7 +81,38 @@ fn body_attr(dom: &str, name: &str) -> Option<String> {
 /// A run directory with training logs and an analysis of 300 examples (2 classes, 3
 /// layers × 4 heads, 2 instances), one of them the hostile sentence.
 fn fixture_run(dir: &Path) -> Vec<Value> {
-    std::fs::write(dir.join("config.json"), r#"{"task":"sst2","train":{"epochs":1}}"#).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        r#"{"task":"sst2","train":{"epochs":1,"attention":{"kind":"t2r","features":32,"eps":0.01},"attention_layers":[0,2],"attention_transfer":null}}"#,
+    )
+    .unwrap();
+    let per_module: Vec<Value> = (0..3)
+        .flat_map(|l| {
+            [
+                json!([format!("layer.{l}.attention"), 604_800, 604_800]),
+                json!([format!("layer.{l}.output"), 0, 590_976]),
+            ]
+        })
+        .collect();
+    std::fs::write(
+        dir.join("trainable.json"),
+        json!({"strategy": "full", "trainable": 1_814_400, "total": 3_587_328, "percent": 50.6, "per_module": per_module}).to_string(),
+    )
+    .unwrap();
+    // Training dynamics of 50 training examples over 3 epochs (the data map).
+    std::fs::write(
+        dir.join("dynamics.jsonl"),
+        (0..3)
+            .map(|epoch| {
+                let p: Vec<f64> = (0..50).map(|i| dynamics_p(i, epoch)).collect();
+                format!(
+                    "{}\n",
+                    json!({"epoch": epoch, "p_gold": p, "correct": p.iter().map(|&x| x > 0.5).collect::<Vec<_>>()})
+                )
+            })
+            .collect::<String>(),
+    )
+    .unwrap();
     std::fs::write(
         dir.join("metrics.jsonl"),
         (1..=5)
@@ -159,7 +190,28 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
     });
     std::fs::create_dir_all(dir.join("analysis")).unwrap();
     std::fs::write(dir.join("analysis/analysis.json"), analysis.to_string()).unwrap();
+    // A second checkpoint's analysis of the same examples: other coordinates, other predictions.
+    let mut last = analysis.clone();
+    for (i, e) in last["examples"].as_array_mut().unwrap().iter_mut().enumerate() {
+        e["prediction"] = json!(if i % 3 == 0 { 1 } else { 0 });
+    }
+    for layer in last["projection"]["layers"].as_array_mut().unwrap() {
+        layer["pca"]["coords"] = json!(coords(-3.0));
+    }
+    std::fs::write(dir.join("analysis/analysis-last.json"), last.to_string()).unwrap();
     examples
+}
+
+/// Gold probability of training example `i` at `epoch` (the fixture's data map).
+fn dynamics_p(i: usize, epoch: usize) -> f64 {
+    ((i * 37 + epoch * 11) % 100) as f64 / 100.0
+}
+
+/// Confidence (mean) and variability (population std) of example `i` over the 3 epochs.
+fn confidence_variability(i: usize) -> (f64, f64) {
+    let p: Vec<f64> = (0..3).map(|e| dynamics_p(i, e)).collect();
+    let m = p.iter().sum::<f64>() / 3.0;
+    (m, (p.iter().map(|x| (x - m).powi(2)).sum::<f64>() / 3.0).sqrt())
 }
 
 #[test]
@@ -216,9 +268,44 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
     assert!(dom.contains("<option value=\"masked\">drop of dev accuracy when masked alone</option>"));
 
+    // The attention-variant table: one row per layer (+ header), converted layers named.
+    let dom = dump(&page, "", profile.path());
+    assert_eq!(attr(&dom, "variants", "data-rows").as_deref(), Some("3"));
+    assert!(dom.contains("<td class=\"num\">t2r</td>") && dom.contains("<td class=\"num\">softmax</td>"));
+    assert_eq!(
+        attr(&dom, "proj-compare-box", "hidden").as_deref(),
+        Some(""),
+        "no comparison unless asked"
+    );
+
+    // Two checkpoints side by side: the second panel follows the first's filter.
+    let dom = dump(&page, "#compare=last&filter=wrong", profile.path());
+    assert_eq!(body_attr(&dom, "data-errors"), None, "script errors: {dom:.2000}");
+    let wrong = count(&|e| e["prediction"] != e["label"]);
+    assert_eq!(attr(&dom, "projection", "data-drawn"), Some(wrong.clone()));
+    assert_eq!(attr(&dom, "projection-b", "data-drawn"), Some(wrong));
+    assert_eq!(attr(&dom, "proj-compare-box", "hidden"), None);
+    assert!(dom.contains("checkpoint \"last\""));
+
+    // A box on the data map lists exactly the training examples inside it.
+    let inside = (0..50)
+        .filter(|&i| {
+            let (c, v) = confidence_variability(i);
+            (0.05..=0.3).contains(&v) && (0.4..=0.9).contains(&c)
+        })
+        .count();
+    assert!(inside > 0 && inside < 50, "the box should cut the fixture: {inside}");
+    let dom = dump(&page, "#dmbox=0.05,0.3,0.4,0.9", profile.path());
+    assert_eq!(attr(&dom, "datamap-table", "data-rows"), Some(inside.to_string()));
+    assert_eq!(attr(&dom, "datamap", "data-selected"), Some(inside.to_string()));
+
     // Screenshots as artifacts.
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    for (name, fragment) in [("report-all.png", ""), ("report-wrong.png", "#filter=wrong")] {
+    for (name, fragment) in [
+        ("report-all.png", ""),
+        ("report-wrong.png", "#filter=wrong"),
+        ("report-compare.png", "#compare=last&dmbox=0.05,0.3,0.4,0.9"),
+    ] {
         let out = Command::new(chromium())
             .args(flags(profile.path()))
             .arg("--window-size=1400,3600")

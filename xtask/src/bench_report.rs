@@ -1,0 +1,142 @@
+//! `cargo xtask bench report`: how the HTML report copes with many points. Writes a synthetic
+//! run with N analysed examples (6 layers × PCA and t-SNE coordinates), opens its report in
+//! headless Chromium with `#bench=R`, and reads back what the page measured with
+//! `performance.now()`: the mean time of a filter change (projection and table redrawn) and
+//! of a projection redraw (what panning and zooming cost), plus the time until the page was
+//! ready and the file's size.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+use serde_json::json;
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Analysed examples (points in the projection).
+    #[arg(long, default_value_t = 10_000)]
+    pub points: usize,
+    /// Repetitions of each timed interaction.
+    #[arg(long, default_value_t = 20)]
+    pub repeats: usize,
+    #[arg(long, default_value = "docs/bench/report")]
+    pub out: PathBuf,
+}
+
+/// A run directory whose analysis has `n` examples of two classes (1 in 7 misclassified).
+fn synthetic_run(dir: &Path, n: usize) -> Result<()> {
+    std::fs::write(dir.join("config.json"), r#"{"task":"sst2","train":{"epochs":1}}"#)?;
+    std::fs::write(
+        dir.join("metrics.jsonl"),
+        "{\"kind\":\"train\",\"step\":1,\"loss\":0.7,\"lr\":1e-5,\"grad_norm\":1.0}\n",
+    )?;
+    // A fixed linear-congruential stream: the same points every run.
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut uniform = move || {
+        state = state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (state >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let examples: Vec<_> = (0..n)
+        .map(|i| {
+            let label = i % 2;
+            let prediction = if i % 7 == 0 { 1 - label } else { label };
+            let p_gold = if prediction == label {
+                0.6 + 0.4 * uniform()
+            } else {
+                0.4 * uniform()
+            };
+            json!({"text": format!("synthetic example sentence number {i} with a few more words"),
+                   "label": label, "prediction": prediction, "p_gold": p_gold, "loss": -f64::ln(p_gold.max(1e-6))})
+        })
+        .collect();
+    let mut coords = |label_shift: f64| -> Vec<f64> {
+        (0..n)
+            .flat_map(|i| [uniform() + label_shift * (i % 2) as f64, uniform()])
+            .collect::<Vec<_>>()
+    };
+    let layers: Vec<_> = (1..=6)
+        .map(|l| {
+            let scores = json!({"neighbourhood_preservation": 0.5, "trustworthiness": 0.9});
+            json!({"layer": l, "pca": {"coords": coords(l as f64 * 0.2), "explained_variance_ratio": [0.3, 0.1], "scores": scores},
+                   "tsne": {"coords": coords(1.0), "scores": scores}})
+        })
+        .collect();
+    let analysis = json!({"format": "kiln.analysis.v1", "task": "sst2", "regression": false, "num_labels": 2,
+        "examples": examples, "projection": {"of": "[CLS] hidden state", "k": 10, "layers": layers},
+        "heads": null, "instances": []});
+    std::fs::create_dir_all(dir.join("analysis"))?;
+    std::fs::write(dir.join("analysis/analysis.json"), analysis.to_string())?;
+    Ok(())
+}
+
+fn chromium() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_CHROMIUM") {
+        return Ok(PathBuf::from(p));
+    }
+    for name in ["chromium", "chromium-browser", "google-chrome"] {
+        let out = Command::new("which").arg(name).output()?;
+        if out.status.success() {
+            return Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+        }
+    }
+    bail!("no headless browser: install chromium or set KILN_CHROMIUM")
+}
+
+fn body_attr(dom: &str, name: &str) -> Option<f64> {
+    let body = &dom[dom.find("<body")?..];
+    let tag = &body[..body.find('>')?];
+    let key = format!(" {name}=\"");
+    let v = tag.find(&key)? + key.len();
+    tag[v..v + tag[v..].find('"')?].parse().ok()
+}
+
+/// `cargo xtask bench report`.
+pub fn report(args: ReportArgs) -> Result<()> {
+    let run = tempfile::tempdir()?;
+    synthetic_run(run.path(), args.points)?;
+    let page = kiln::viz::write_report(run.path(), None)?;
+    let bytes = std::fs::metadata(&page)?.len();
+    let profile = tempfile::tempdir()?;
+    let out = Command::new(chromium()?)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(format!("file://{}#bench={}", page.display(), args.repeats))
+        .output()
+        .context("running chromium")?;
+    let dom = String::from_utf8_lossy(&out.stdout);
+    let (Some(filter), Some(draw), Some(ready)) = (
+        body_attr(&dom, "data-bench-filter-ms"),
+        body_attr(&dom, "data-bench-draw-ms"),
+        body_attr(&dom, "data-ready-ms"),
+    ) else {
+        bail!(
+            "the page reported no timings (script error?): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let result = json!({"points": args.points, "repeats": args.repeats, "report_bytes": bytes,
+        "ready_ms": ready, "filter_change_ms": filter, "projection_redraw_ms": draw,
+        "browser": "headless Chromium, software canvas (--disable-gpu)"});
+    println!(
+        "{} points: report {:.1} MiB, ready after {ready:.0} ms; filter change (projection + table) {filter:.1} ms; \
+         projection redraw {draw:.1} ms",
+        args.points,
+        bytes as f64 / (1 << 20) as f64
+    );
+    std::fs::create_dir_all(&args.out)?;
+    kiln::tune::checkpoint::write_atomic(
+        &args.out.join(format!("report-{}.json", args.points)),
+        serde_json::to_string_pretty(&result)?.as_bytes(),
+    )?;
+    Ok(())
+}
