@@ -4,7 +4,7 @@
 //!
 //! - per example: text, gold label, prediction, gold-class probability, loss;
 //! - projections of the `[CLS]` hidden state of every layer: PCA (explained variance) and
-//!   t-SNE, each with neighbourhood preservation and trustworthiness at k = 10;
+//!   t-SNE and UMAP, each with neighbourhood preservation and trustworthiness at k = 10;
 //! - head importance (gate gradients, Michel et al.; first-order Taylor, T3-Vis) and the
 //!   pruning curve (dev metric with the least important heads masked);
 //! - instances: tokens with gradient × input, integrated gradients (PAD baseline, completeness
@@ -24,8 +24,8 @@ use kiln::data::batching::encode_indices;
 use kiln::data::{Example, Label, TextInput, TextTokenizer};
 use kiln::lens::attribution::{gradient_x_input, integrated_gradients, repeat_rows, rollout, rollout_matrices};
 use kiln::lens::heads::{head_importance, prune_least_important, set_head_gates, taylor_importance};
-use kiln::lens::norm::{analyse_layer, capture, mean_over_real};
-use kiln::lens::projection::{pca, projection_scores, tsne, TsneConfig};
+use kiln::lens::norm::{analyse_layer, capture, mean_over_real, mixing_rollout};
+use kiln::lens::projection::{pca, projection_scores, tsne, umap, TsneConfig, UmapConfig};
 use kiln::lens::value_zeroing::value_zeroing_layer;
 use kiln::model::{BertConfig, Capture, CheckpointDir};
 use kiln::tune::trainer::{targets, tensors};
@@ -206,7 +206,8 @@ impl BackendJob for AnalyseJob {
                     theta: 0.5,
                 },
             );
-            let both = projection_scores(points, hidden, &[(&coords, 2), (&t, 2)], K);
+            let u = umap(points, n, hidden, UmapConfig::default());
+            let both = projection_scores(points, hidden, &[(&coords, 2), (&t, 2), (&u, 2)], K);
             let scores = |m: usize| {
                 json!({
                     "neighbourhood_preservation": round(both[m].neighbourhood_preservation, 4),
@@ -223,6 +224,10 @@ impl BackendJob for AnalyseJob {
                 "tsne": {
                     "coords": t.iter().map(|&v| round(v as f64, 3)).collect::<Vec<_>>(),
                     "scores": scores(1),
+                },
+                "umap": {
+                    "coords": u.iter().map(|&v| round(v as f64, 3)).collect::<Vec<_>>(),
+                    "scores": scores(2),
                 },
             }));
             bar.inc(1);
@@ -334,9 +339,17 @@ impl BackendJob for AnalyseJob {
                 .map(|l| value_zeroing_layer(&inner.bert, l, out.hidden_states[l].clone(), mask.clone(), 16))
                 .collect();
             let vz_roll = floats(rollout_matrices(&vz, mask.clone(), false).slice([0..1, 0..1, 0..s]));
+            let norms: Vec<_> = inner
+                .bert
+                .encoder
+                .layer
+                .iter()
+                .enumerate()
+                .map(|(l, layer)| analyse_layer(layer, &out.layers[l], mask.clone(), layer_norm_eps))
+                .collect();
+            let mix_roll = floats(mixing_rollout(&norms, mask.clone()).slice([0..1, 0..1, 0..s]));
             let mut mixing = Vec::new();
-            for (l, layer) in inner.bert.encoder.layer.iter().enumerate() {
-                let r = analyse_layer(layer, &out.layers[l], mask.clone(), layer_norm_eps);
+            for r in norms {
                 let mean = |t| round(mean_over_real(t, mask.clone()), 4);
                 mixing.push(json!({
                     "attn_w": mean(r.attn_w),
@@ -400,6 +413,7 @@ impl BackendJob for AnalyseJob {
                 },
                 "rollout": roll.iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
                 "value_zeroing_rollout": vz_roll.iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
+                "mixing_rollout": mix_roll.iter().map(|&v| round(v as f64, 5)).collect::<Vec<_>>(),
                 "mixing": mixing,
                 "saliency": saliency,
             }));

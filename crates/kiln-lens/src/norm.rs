@@ -108,6 +108,31 @@ pub fn analyse_layer<B: Backend>(
     }
 }
 
+/// Mixing-ratio rollout through a stack of layers (rows = receiving token): in each
+/// layer token `i` keeps `1 − r_i` of itself and takes its measured context share `r_i`
+/// (AttnResLn-N: after the residual and LayerNorm, Kobayashi et al. 2021) from the other
+/// tokens in proportion to `‖Σ_h α^h_ij f^h(x_j)‖`, `j ≠ i`; the layers are then multiplied
+/// bottom-up ([`crate::attribution::rollout_matrices`]). Where attention rollout (Abnar &
+/// Zuidema 2020) assumes the residual keeps half, this uses the ratio the norms measure.
+/// Returns `[N, S, S]`; row `i` says how much each input token reaches token `i`'s output.
+pub fn mixing_rollout<B: Backend>(layers: &[LayerNorms<B>], attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    let real = attention_mask.clone().float();
+    let matrices: Vec<Tensor<B, 3>> = layers
+        .iter()
+        .map(|l| {
+            let [n, s, _] = l.norm_afx.dims();
+            let eye = Tensor::<B, 2>::eye(s, &l.norm_afx.device()).reshape([1, s, s]);
+            // Only real tokens give context (norm_afx from analyse_layer is already 0 there).
+            let pair = real.clone().reshape([n, s, 1]) * real.clone().reshape([n, 1, s]);
+            let others = l.norm_afx.clone() * pair * eye.clone().neg().add_scalar(1.0);
+            let total = others.clone().sum_dim(2).clamp_min(1e-30); // [N, S, 1]
+            let r = l.attnresln_n.clone().reshape([n, s, 1]);
+            others / total * r.clone() + eye * r.neg().add_scalar(1.0)
+        })
+        .collect();
+    crate::attribution::rollout_matrices(&matrices, attention_mask, false)
+}
+
 /// `α^h_ii`, `[N, H, S]`.
 fn diagonal<B: Backend>(alpha: Tensor<B, 4>) -> Tensor<B, 3> {
     let [n, h, s, _] = alpha.dims();

@@ -7,6 +7,13 @@
 //! - [`tsne`]: Barnes–Hut t-SNE from the `bhtsne` crate, started from the PCA coordinates
 //!   scaled to standard deviation 1e-4 (the deterministic initialisation recommended by
 //!   Kobak & Berens 2019) instead of the crate's unseeded random start.
+//! - [`umap`]: UMAP (McInnes, Healy & Melville 2018) written here, as umap-learn computes it:
+//!   exact `k`-nearest neighbours, per-point `ρ` and `σ` by bisection to `log₂ k`, fuzzy union
+//!   of the directed memberships, the low-dimensional curve `1/(1 + a d^{2b})` fitted to
+//!   `min_dist` ([`umap_curve`]), edges sampled in proportion to their weight with 5 negative
+//!   samples each, gradients clipped to ±4 and a learning rate decaying linearly from 1; seeded
+//!   and started from the PCA coordinates scaled to a spread of 10 (umap-learn starts from a
+//!   spectral embedding; PCA is its documented deterministic alternative). No crate offers it.
 //! - [`neighbourhood_preservation`]: the mean share of each point's `k` nearest neighbours in
 //!   the original space that are also among its `k` nearest in the projection (1 = perfect),
 //!   and [`trustworthiness`] (Venna & Kaski 2001), which penalises projected neighbours by how
@@ -245,6 +252,212 @@ pub fn tsne(points: &[f32], n: usize, d: usize, config: TsneConfig) -> Vec<f32> 
     fit.embedding()
 }
 
+/// UMAP settings (umap-learn's defaults).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct UmapConfig {
+    /// Size of each point's neighbourhood in the fuzzy graph, the point itself included (as
+    /// umap-learn's `n_neighbors`); at most `n`.
+    pub neighbours: usize,
+    /// Smallest distance between embedded points.
+    pub min_dist: f64,
+    /// Scale of the embedded points.
+    pub spread: f64,
+    /// Optimisation epochs.
+    pub epochs: usize,
+    /// Negative samples per positive sample.
+    pub negative_samples: usize,
+    /// Seed of the negative sampling.
+    pub seed: u64,
+}
+
+impl Default for UmapConfig {
+    fn default() -> Self {
+        Self {
+            neighbours: 15,
+            min_dist: 0.1,
+            spread: 1.0,
+            epochs: 500,
+            negative_samples: 5,
+            seed: 42,
+        }
+    }
+}
+
+/// `(a, b)` of the embedding's similarity curve `1/(1 + a·x^{2b})`, least-squares fitted to
+/// `1` below `min_dist` and `exp(−(x − min_dist)/spread)` above, on 300 points of
+/// `[0, 3·spread]` (as umap-learn's `find_ab_params`): Gauss–Newton from `(1, 1)`.
+pub fn umap_curve(min_dist: f64, spread: f64) -> (f64, f64) {
+    let xs: Vec<f64> = (0..300).map(|i| 3.0 * spread * i as f64 / 299.0).collect();
+    let target = |x: f64| {
+        if x < min_dist {
+            1.0
+        } else {
+            (-(x - min_dist) / spread).exp()
+        }
+    };
+    let (mut a, mut b) = (1.0f64, 1.0f64);
+    for _ in 0..200 {
+        // Residuals r = f(x) − t and the Jacobian of f = 1/(1 + a x^{2b}).
+        let (mut jtj, mut jtr) = ([[0.0f64; 2]; 2], [0.0f64; 2]);
+        for &x in xs.iter().filter(|&&x| x > 0.0) {
+            let p = x.powf(2.0 * b);
+            let f = 1.0 / (1.0 + a * p);
+            let r = f - target(x);
+            let da = -p * f * f;
+            let db = -a * p * 2.0 * x.ln() * f * f;
+            let j = [da, db];
+            for u in 0..2 {
+                jtr[u] += j[u] * r;
+                for v in 0..2 {
+                    jtj[u][v] += j[u] * j[v];
+                }
+            }
+        }
+        let det = jtj[0][0] * jtj[1][1] - jtj[0][1] * jtj[1][0];
+        if det.abs() < 1e-300 {
+            break;
+        }
+        let step_a = (jtj[1][1] * jtr[0] - jtj[0][1] * jtr[1]) / det;
+        let step_b = (jtj[0][0] * jtr[1] - jtj[1][0] * jtr[0]) / det;
+        a = (a - step_a).max(1e-6);
+        b = (b - step_b).max(1e-6);
+        if step_a.abs() < 1e-12 && step_b.abs() < 1e-12 {
+            break;
+        }
+    }
+    (a, b)
+}
+
+/// UMAP of `points` `[n, d]` to `[n, 2]`. `O(n²·d)` for the exact neighbours (a few thousand
+/// points take seconds), then `epochs × edges`.
+///
+/// # Panics
+/// If `n < 4` or `points.len() != n·d`.
+pub fn umap(points: &[f32], n: usize, d: usize, config: UmapConfig) -> Vec<f32> {
+    assert!(n >= 4 && points.len() == n * d, "UMAP needs ≥ 4 points of [n, d]");
+    // `neighbours` counts the point itself, as umap-learn's n_neighbors does.
+    let k = config.neighbours.clamp(3, n);
+    // Fuzzy simplicial set: directed memberships exp(−(d_ij − ρ_i)/σ_i) over the k − 1
+    // nearest others, Σ_j = log₂ k.
+    let mut weights = std::collections::BTreeMap::<(usize, usize), f64>::new();
+    for i in 0..n {
+        let dist = squared_distances(points, n, d, i);
+        let mut order: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+        order.sort_by(|&a, &b| dist[a].total_cmp(&dist[b]).then(a.cmp(&b)));
+        let near: Vec<(usize, f64)> = order[..k - 1].iter().map(|&j| (j, dist[j].sqrt())).collect();
+        let rho = near.iter().map(|&(_, x)| x).find(|&x| x > 0.0).unwrap_or(0.0);
+        let target = (k as f64).log2();
+        let mass = |sigma: f64| -> f64 { near.iter().map(|&(_, x)| (-(x - rho).max(0.0) / sigma).exp()).sum() };
+        let (mut lo, mut hi, mut sigma) = (0.0f64, f64::INFINITY, 1.0f64);
+        for _ in 0..64 {
+            if (mass(sigma) - target).abs() < 1e-5 {
+                break;
+            }
+            if mass(sigma) > target {
+                hi = sigma;
+                sigma = (lo + hi) / 2.0;
+            } else {
+                lo = sigma;
+                sigma = if hi.is_finite() { (lo + hi) / 2.0 } else { sigma * 2.0 };
+            }
+        }
+        // umap-learn's floor on σ: 1e-3 of the mean neighbour distance.
+        let mean = near.iter().map(|&(_, x)| x).sum::<f64>() / (k - 1) as f64;
+        let sigma = sigma.max(1e-3 * mean).max(1e-12);
+        for &(j, x) in &near {
+            weights.insert((i, j), (-(x - rho).max(0.0) / sigma).exp());
+        }
+    }
+    // Fuzzy union: w = a + b − a·b, one undirected edge per pair.
+    let mut edges: Vec<(usize, usize, f64)> = Vec::new();
+    for (&(i, j), &w) in &weights {
+        let back = weights.get(&(j, i)).copied().unwrap_or(0.0);
+        if i < j || back == 0.0 {
+            let w = w + back - w * back;
+            if w > 0.0 {
+                edges.push((i.min(j), i.max(j), w));
+            }
+        }
+    }
+    edges.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    edges.dedup_by(|x, y| x.0 == y.0 && x.1 == y.1);
+    let max_w = edges.iter().map(|e| e.2).fold(0.0, f64::max);
+    // umap-learn drops edges that would be sampled fewer than once over the run.
+    edges.retain(|e| e.2 >= max_w / config.epochs as f64);
+    // Both directions, as the symmetric graph's two triangles: each end is pulled in turn.
+    let reversed: Vec<_> = edges.iter().map(|&(i, j, w)| (j, i, w)).collect();
+    edges.extend(reversed);
+    // PCA start, scaled to [0, 10].
+    let (_, init) = pca(points, n, d, 2);
+    let mut y: Vec<f64> = init.iter().map(|&v| v as f64).collect();
+    for c in 0..2 {
+        let (lo, hi) = y
+            .iter()
+            .skip(c)
+            .step_by(2)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        let span = (hi - lo).max(1e-12);
+        for v in y.iter_mut().skip(c).step_by(2) {
+            *v = 10.0 * (*v - lo) / span;
+        }
+    }
+    let (a, b) = umap_curve(config.min_dist, config.spread);
+    let per_sample: Vec<f64> = edges.iter().map(|e| max_w / e.2).collect();
+    let mut next = per_sample.clone();
+    let per_negative: Vec<f64> = per_sample
+        .iter()
+        .map(|p| p / config.negative_samples.max(1) as f64)
+        .collect();
+    let mut next_negative = per_negative.clone();
+    let mut rng = config.seed ^ 0x9e37_79b9_7f4a_7c15;
+    let mut draw = move || {
+        // xorshift64*
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    };
+    let clip = |g: f64| g.clamp(-4.0, 4.0);
+    for epoch in 0..config.epochs {
+        let alpha = 1.0 - epoch as f64 / config.epochs as f64;
+        let e = epoch as f64;
+        for (m, &(i, j, _)) in edges.iter().enumerate() {
+            if next[m] > e {
+                continue;
+            }
+            let (dx, dy) = (y[2 * i] - y[2 * j], y[2 * i + 1] - y[2 * j + 1]);
+            let d2 = dx * dx + dy * dy;
+            let coeff = if d2 > 0.0 {
+                -2.0 * a * b * d2.powf(b - 1.0) / (1.0 + a * d2.powf(b))
+            } else {
+                0.0
+            };
+            for (c, delta) in [(0, dx), (1, dy)] {
+                let g = clip(coeff * delta) * alpha;
+                y[2 * i + c] += g;
+                y[2 * j + c] -= g;
+            }
+            next[m] += per_sample[m];
+            // Negative samples owed since the last visit.
+            let owed = ((e - next_negative[m]) / per_negative[m]).floor().max(0.0) as usize;
+            for _ in 0..owed {
+                let o = (draw() % n as u64) as usize;
+                if o == i {
+                    continue;
+                }
+                let (dx, dy) = (y[2 * i] - y[2 * o], y[2 * i + 1] - y[2 * o + 1]);
+                let d2 = dx * dx + dy * dy;
+                let coeff = 2.0 * b / ((0.001 + d2) * (1.0 + a * d2.powf(b)));
+                for (c, delta) in [(0, dx), (1, dy)] {
+                    y[2 * i + c] += clip(coeff * delta) * alpha;
+                }
+            }
+            next_negative[m] += owed as f64 * per_negative[m];
+        }
+    }
+    y.into_iter().map(|v| v as f32).collect()
+}
+
 fn squared_distances(points: &[f32], n: usize, dim: usize, i: usize) -> Vec<f64> {
     let p = &points[i * dim..(i + 1) * dim];
     (0..n)
@@ -437,6 +650,43 @@ mod tests {
         let r = noise(99, n * 2);
         assert!(neighbourhood_preservation(&p, 2, &r, 2, 5) < 0.3);
         assert!(trustworthiness(&p, 2, &r, 2, 5) < 0.75);
+    }
+
+    #[test]
+    fn umap_curve_matches_umap_learns_parameters() {
+        // umap-learn's find_ab_params(spread=1, min_dist=0.1) gives a ≈ 1.577, b ≈ 0.8951
+        // (the values its documentation and source quote for the defaults).
+        let (a, b) = umap_curve(0.1, 1.0);
+        assert!((a - 1.577).abs() < 0.01, "a = {a}");
+        assert!((b - 0.8951).abs() < 0.005, "b = {b}");
+        // Larger min_dist flattens the curve's head: b grows, a shrinks (umap-learn: 0.5 →
+        // a ≈ 0.583, b ≈ 1.334).
+        let (a, b) = umap_curve(0.5, 1.0);
+        assert!((a - 0.583).abs() < 0.01 && (b - 1.334).abs() < 0.01, "a = {a}, b = {b}");
+    }
+
+    #[test]
+    fn umap_separates_three_clusters_and_is_reproducible() {
+        let (n, d) = (120, 12);
+        let e = noise(8, n * d);
+        let centre = |i: usize, c: usize| [6.0, -6.0, 0.0][i / 40] * if (c + i / 40) % 2 == 0 { 1.0 } else { -0.5 };
+        let points: Vec<f32> = (0..n * d).map(|t| e[t] + centre(t / d, t % d) as f32).collect();
+        let config = UmapConfig {
+            epochs: 200,
+            ..UmapConfig::default()
+        };
+        let y = umap(&points, n, d, config);
+        assert_eq!(y.len(), n * 2);
+        assert!(y.iter().all(|v| v.is_finite()));
+        assert_eq!(y, umap(&points, n, d, config), "same seed, same embedding");
+        // Every point's nearest embedded neighbour is from its own cluster, and local
+        // neighbourhoods survive much better than chance (k/(n−1) ≈ 0.08).
+        for i in 0..n {
+            let nearest = ranking(&y, n, 2, i)[0];
+            assert_eq!(i / 40, nearest / 40, "point {i}");
+        }
+        let kept = neighbourhood_preservation(&points, d, &y, 2, 10);
+        assert!(kept > 0.3, "neighbourhood preservation {kept}");
     }
 
     #[test]

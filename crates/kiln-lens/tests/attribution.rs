@@ -153,3 +153,71 @@ fn rollout_of_residual_matrices_is_the_product_of_row_normalised_layers() {
         }
     }
 }
+
+#[test]
+fn mixing_rollout_gives_each_token_its_measured_context_share() {
+    use kiln_lens::norm::{mixing_rollout, LayerNorms};
+    let device = Default::default();
+    let (n, s, len) = (1, 4, 3);
+    let layer = |seed| {
+        Flex::seed(&device, seed);
+        let norm_afx = Tensor::<Flex, 3>::random([n, s, s], Distribution::Uniform(0.1, 2.0), &device);
+        let ratio = Tensor::<Flex, 2>::random([n, s], Distribution::Uniform(0.05, 0.4), &device);
+        let zeros = Tensor::<Flex, 2>::zeros([n, s], &device);
+        LayerNorms {
+            norm_afx,
+            attn_w: zeros.clone(),
+            attnres_w: zeros.clone(),
+            attn_n: zeros.clone(),
+            attnres_n: zeros,
+            attnresln_n: ratio,
+        }
+    };
+    let layers = vec![layer(11), layer(12)];
+    let mask = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 0], [n, s]), &device);
+    let got: Vec<f32> = mixing_rollout(&layers, mask).into_data().to_vec().unwrap();
+    // float64: M_ij = r_i·N_ij/Σ_{k≠i} N_ik (j ≠ i, real), M_ii = 1 − r_i; R = M_L ⋯ M_1.
+    let mut r: Vec<Vec<f64>> = (0..len)
+        .map(|i| (0..len).map(|j| f64::from(i == j)).collect())
+        .collect();
+    for l in &layers {
+        let nm: Vec<f32> = l.norm_afx.clone().into_data().to_vec().unwrap();
+        let ratio: Vec<f32> = l.attnresln_n.clone().into_data().to_vec().unwrap();
+        let m: Vec<Vec<f64>> = (0..len)
+            .map(|i| {
+                let others: f64 = (0..len).filter(|&j| j != i).map(|j| nm[i * s + j] as f64).sum();
+                (0..len)
+                    .map(|j| {
+                        if i == j {
+                            1.0 - ratio[i] as f64
+                        } else {
+                            ratio[i] as f64 * nm[i * s + j] as f64 / others
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        r = (0..len)
+            .map(|i| (0..len).map(|j| (0..len).map(|k| m[i][k] * r[k][j]).sum()).collect())
+            .collect();
+    }
+    for i in 0..s {
+        for j in 0..s {
+            let want = if i < len && j < len { r[i][j] } else { 0.0 };
+            assert!(
+                (got[i * s + j] as f64 - want).abs() < 1e-5,
+                "[{i},{j}] {} vs {want}",
+                got[i * s + j]
+            );
+        }
+    }
+    // One layer: token i keeps exactly 1 − r_i of itself.
+    let one: Vec<f32> = mixing_rollout(&layers[..1], Tensor::ones([n, s], &device))
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let ratio: Vec<f32> = layers[0].attnresln_n.clone().into_data().to_vec().unwrap();
+    for i in 0..s {
+        assert!((one[i * s + i] - (1.0 - ratio[i])).abs() < 1e-6);
+    }
+}

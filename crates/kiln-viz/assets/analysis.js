@@ -36,8 +36,10 @@
   // ---------- filters and selection ----------
   const filterSel = document.getElementById("proj-filter");
   const minLoss = document.getElementById("proj-minloss");
+  const labelSel = document.getElementById("proj-label");
   function passes(e) {
     const f = filterSel.value;
+    if (labelSel.value !== "" && String(e.label) !== labelSel.value) return false;
     if (f === "correct" && e.correct !== true) return false;
     if (f === "wrong" && e.correct !== false) return false;
     return e.loss >= (+minLoss.value || 0);
@@ -53,7 +55,12 @@
   const layers = A.projection.layers;
   layers.forEach((p, k) => option(layerSel, k, "layer " + p.layer));
   layerSel.value = String(layers.length - 1);
+  // Methods the analysis holds (older analyses have no UMAP).
+  methodSel.querySelectorAll("option").forEach(o => { if (!layers.some(l => l[o.value])) o.remove(); });
   if (regression) { colourSel.querySelector('option[value="correct"]').remove(); colourSel.querySelector('option[value="p_gold"]').remove(); }
+  // Category filter: one entry per gold label (classification only).
+  if (regression) document.getElementById("proj-label-box").hidden = true;
+  else [...new Set(ex.map(e => e.label))].sort((a, b) => a - b).forEach(l => option(labelSel, l, String(l)));
   // Coordinates arrive as little-endian f32 in base64 (kiln_viz::pack_projection) or as a
   // plain array (older files); decoded once into a Float32Array.
   function floats(c) {
@@ -193,7 +200,7 @@
   [layerSel, methodSel].forEach(s => s.addEventListener("change", () => { panels.forEach(p => { p.view = null; }); drawProjection(); }));
   colourSel.addEventListener("change", drawProjection);
   compareSel.addEventListener("change", () => { setCompare(compareSel.value); drawProjection(); });
-  [filterSel, minLoss].forEach(s => s.addEventListener("input", update));
+  [filterSel, minLoss, labelSel].forEach(s => s.addEventListener("input", update));
   document.getElementById("proj-clear").addEventListener("click", () => { state.selected = null; update(); });
 
   // ---------- table ----------
@@ -369,6 +376,7 @@
   const p = window.kilnParams();
   if (p.filter) filterSel.value = p.filter;
   if (p.minloss) minLoss.value = p.minloss;
+  if (p.label != null) labelSel.value = p.label;
   if (p.method) methodSel.value = p.method;
   if (p.heads && H && (p.heads !== "masked" || H.masked_metric)) scoreSel.value = p.heads;
   if (p.select) state.selected = new Set(p.select.split(",").map(Number));

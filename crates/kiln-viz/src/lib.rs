@@ -8,13 +8,16 @@
 //! the page inserts every string with `textContent`, never `innerHTML`.
 //!
 //! Views: training curves (loss, learning rate, gradient norm, dev metrics), the data map
-//! (confidence vs variability, from `dynamics.jsonl`), the strategy and trainable-parameter
-//! summary, final results; and, when `RUN/analysis/analysis.json` exists (`cargo xtask lens
+//! (confidence vs variability, from `dynamics.jsonl`, with box selection listing its examples),
+//! the strategy and trainable-parameter summary, the attention-variant table of converted
+//! models, final results; and, when `RUN/analysis/analysis.json` exists (`cargo xtask lens
 //! analyse`), the projection of per-example hidden states (layer, PCA/t-SNE, colour, filters,
-//! box selection, zoom, with the projection's distortion scores) linked to a sortable example
-//! table, the head-importance grid with the pruning curve, and the instance view (tokens shaded
-//! by IG, gradient × input or rollout; a head's attention map; mixing ratios per layer). Drawn
-//! on `<canvas>`, so thousands of points stay cheap.
+//! box selection, zoom, with the projection's distortion scores; another checkpoint's
+//! projection beside it from `analysis-<name>.json`) linked to a sortable example table, the
+//! head-importance grid with the pruning curve, and the instance view (tokens shaded by IG,
+//! gradient × input or rollout; a head's attention map; mixing ratios per layer). Drawn on
+//! `<canvas>` from coordinates embedded as base64 f32 ([`pack_projection`]), so 10k points
+//! redraw in ≈ 14 ms (docs/benchmarks.md).
 //!
 //! Static SVG/PNG plots of the same data for papers: [`plots`] (plotters).
 //!

@@ -156,7 +156,8 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
             let scores = json!({"neighbourhood_preservation": 0.5, "trustworthiness": 0.9});
             json!({"layer": l,
                    "pca": {"coords": coords(0.0), "explained_variance_ratio": [0.4, 0.2], "scores": scores},
-                   "tsne": {"coords": coords(5.0), "scores": scores}})
+                   "tsne": {"coords": coords(5.0), "scores": scores},
+                   "umap": {"coords": coords(-5.0), "scores": scores}})
         })
         .collect();
     let instance = |example: usize, s: usize| {
@@ -167,6 +168,7 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
             "attention": {"layers": 3, "heads": 4, "seq": s, "data": base64::engine::general_purpose::STANDARD.encode(bytes)},
             "rollout": (0..s).map(|t| 1.0 / (t + 1) as f64).collect::<Vec<_>>(),
             "value_zeroing_rollout": (0..s).map(|_| 1.0 / s as f64).collect::<Vec<_>>(),
+            "mixing_rollout": (0..s).map(|t| if t == 0 { 0.8 } else { 0.2 / (s - 1) as f64 }).collect::<Vec<_>>(),
             "mixing": (0..3).map(|_| json!({"attn_w": 0.9, "attn_n": 0.8, "attnres_n": 0.3, "attnresln_n": 0.25})).collect::<Vec<_>>(),
             "saliency": {"class": 1, "grad_x_input": (0..s).map(|t| t as f64 - 2.0).collect::<Vec<_>>(),
                          "integrated_gradients": (0..s).map(|t| 0.1 * t as f64).collect::<Vec<_>>(),
@@ -267,6 +269,17 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     assert_eq!(body_attr(&dom, "data-errors"), None);
     assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
     assert!(dom.contains("<option value=\"masked\">drop of dev accuracy when masked alone</option>"));
+
+    // UMAP coordinates draw like the others.
+    let dom = dump(&page, "#method=umap", profile.path());
+    assert_eq!(attr(&dom, "projection", "data-drawn").as_deref(), Some("300"));
+    assert!(dom.contains("<option value=\"umap\">UMAP</option>"));
+
+    // The category filter: one gold label, in both views.
+    let ones = count(&|e| e["label"] == 1 && e["prediction"] != e["label"]);
+    let dom = dump(&page, "#label=1&filter=wrong", profile.path());
+    assert_eq!(attr(&dom, "examples", "data-rows"), Some(ones.clone()));
+    assert_eq!(attr(&dom, "projection", "data-drawn"), Some(ones));
 
     // The attention-variant table: one row per layer (+ header), converted layers named.
     let dom = dump(&page, "", profile.path());
