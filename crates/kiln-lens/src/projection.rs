@@ -379,7 +379,7 @@ pub fn umap(points: &[f32], n: usize, d: usize, config: UmapConfig) -> Vec<f32> 
             }
         }
     }
-    edges.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+    edges.sort_by_key(|e| (e.0, e.1));
     edges.dedup_by(|x, y| x.0 == y.0 && x.1 == y.1);
     let max_w = edges.iter().map(|e| e.2).fold(0.0, f64::max);
     // umap-learn drops edges that would be sampled fewer than once over the run.
@@ -669,7 +669,8 @@ mod tests {
     fn umap_separates_three_clusters_and_is_reproducible() {
         let (n, d) = (120, 12);
         let e = noise(8, n * d);
-        let centre = |i: usize, c: usize| [6.0, -6.0, 0.0][i / 40] * if (c + i / 40) % 2 == 0 { 1.0 } else { -0.5 };
+        let centre =
+            |i: usize, c: usize| [6.0, -6.0, 0.0][i / 40] * if (c + i / 40).is_multiple_of(2) { 1.0 } else { -0.5 };
         let points: Vec<f32> = (0..n * d).map(|t| e[t] + centre(t / d, t % d) as f32).collect();
         let config = UmapConfig {
             epochs: 200,

@@ -76,7 +76,7 @@
   // predictions and losses; filters and selection stay those of the main checkpoint.
   const snapshots = (data.snapshots || []).filter(sn => sn.examples.length === ex.length && sn.projection && sn.projection.layers);
   snapshots.forEach((sn, k) => option(compareSel, k, sn.name));
-  const panels = [{ canvas: proj, name: "best", layers: layers, ex: ex, view: null, drawnKey: "drawn" }];
+  const panels = [{ canvas: proj, name: "best", layers: layers, ex: ex, view: null }];
   function setCompare(k) {
     panels.length = 1;
     const box = document.getElementById("proj-compare-box");
