@@ -244,7 +244,8 @@
     if (!H) return;
     const base = H.pruning && H.pruning.length ? H.pruning[0].metric : 0;
     // "masked": the drop of the dev metric when the head alone is masked (negative = helps).
-    const m = scoreSel.value === "masked" ? H.masked_metric.map(r => r.map(v => base - v)) : H[scoreSel.value];
+    const m = scoreSel.value === "masked" ? H.masked_metric.map(r => r.map(v => base - v))
+      : scoreSel.value === "patterns" ? H.gate : H[scoreSel.value]; // patterns: only the shape of m is used
     const L = m.length, N = m[0].length, ctx = grid.getContext("2d");
     const max = Math.max(...m.flat().map(Math.abs)) || 1, left = 56, top = 20;
     const cw = (grid.width - left - 10) / N, ch = (grid.height - top - 10) / L;
@@ -254,13 +255,28 @@
     for (let l = 0; l < L; l++) {
       ctx.fillStyle = "#5b6475"; ctx.fillText("layer " + l, 4, top + l * ch + ch / 2 + 4);
       for (let h = 0; h < N; h++) {
-        ctx.fillStyle = scoreSel.value === "masked" ? diverging(m[l][h] / max) : ramp(m[l][h] / max);
-        ctx.fillRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2);
+        if (scoreSel.value === "patterns") {
+          // Thumbnail of this head's attention on the instance view's example.
+          // One pixel per screen pixel (nearest query/key), whatever the sequence length.
+          const inst = I[+instPick.value], s = inst.attention.seq, att = attention(+instPick.value);
+          const base = (l * inst.attention.heads + h) * s * s;
+          const w = Math.max(1, Math.floor(cw - 2)), hh = Math.max(1, Math.floor(ch - 2));
+          const img = ctx.createImageData(w, hh);
+          for (let y = 0; y < hh; y++) for (let x = 0; x < w; x++) {
+            const v = att[base + Math.floor(y * s / hh) * s + Math.floor(x * s / w)] / 255, o = 4 * (y * w + x);
+            img.data[o] = 240 - 200 * v; img.data[o + 1] = 244 - 150 * v; img.data[o + 2] = 250 - 60 * v; img.data[o + 3] = 255;
+          }
+          ctx.putImageData(img, Math.round(left + h * cw + 1), Math.round(top + l * ch + 1));
+        } else {
+          ctx.fillStyle = scoreSel.value === "masked" ? diverging(m[l][h] / max) : ramp(m[l][h] / max);
+          ctx.fillRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2);
+        }
         if (scoreSel.value === "masked") { ctx.fillStyle = "#1d2330"; ctx.fillText(fmt(-m[l][h], 3), left + h * cw + 3, top + l * ch + ch / 2 + 4); }
         if (l === state.focusHead[0] && h === state.focusHead[1]) { ctx.strokeStyle = "#d9480f"; ctx.lineWidth = 2; ctx.strokeRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2); }
       }
     }
     grid.dataset.cells = String(L * N);
+    grid.dataset.mode = scoreSel.value;
     grid.onclick = ev => {
       const r = grid.getBoundingClientRect();
       const x = (ev.clientX - r.left) * grid.width / r.width, y = (ev.clientY - r.top) * grid.height / r.height;
@@ -283,6 +299,7 @@
   if (H && H.masked_metric) {
     option(scoreSel, "masked", "drop of dev " + H.metric + " when masked alone");
   }
+  if (H && (A.instances || []).length) option(scoreSel, "patterns", "attention patterns of the instance's example");
   scoreSel.addEventListener("change", drawHeads);
 
   // ---------- instance ----------
@@ -378,7 +395,7 @@
   if (p.minloss) minLoss.value = p.minloss;
   if (p.label != null) labelSel.value = p.label;
   if (p.method) methodSel.value = p.method;
-  if (p.heads && H && (p.heads !== "masked" || H.masked_metric)) scoreSel.value = p.heads;
+  if (p.heads && H && (p.heads !== "masked" || H.masked_metric) && (p.heads !== "patterns" || I.length)) scoreSel.value = p.heads;
   if (p.select) state.selected = new Set(p.select.split(",").map(Number));
   if (p.compare != null) {
     const k = snapshots.findIndex(sn => sn.name === p.compare);

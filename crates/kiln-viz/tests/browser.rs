@@ -270,6 +270,12 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
     assert!(dom.contains("<option value=\"masked\">drop of dev accuracy when masked alone</option>"));
 
+    // Attention patterns of the instance's example in every cell of the grid.
+    let dom = dump(&page, "#heads=patterns", profile.path());
+    assert_eq!(body_attr(&dom, "data-errors"), None, "script errors: {dom:.2000}");
+    assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
+    assert_eq!(attr(&dom, "head-grid", "data-mode").as_deref(), Some("patterns"));
+
     // UMAP coordinates draw like the others.
     let dom = dump(&page, "#method=umap", profile.path());
     assert_eq!(attr(&dom, "projection", "data-drawn").as_deref(), Some("300"));
