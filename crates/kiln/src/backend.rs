@@ -87,6 +87,8 @@ pub enum BackendError {
     Unknown(String),
     /// The backend exists but this binary was built without its feature.
     NotCompiled(DeviceKind, &'static str),
+    /// The backend is compiled in but its device could not be started (no driver, no adapter).
+    Unavailable(DeviceKind, String),
 }
 
 impl std::fmt::Display for BackendError {
@@ -95,6 +97,7 @@ impl std::fmt::Display for BackendError {
             Self::Unknown(s) => {
                 write!(f, "unknown device {s:?} (expected cpu, flex, ndarray, wgpu or cuda)")
             }
+            Self::Unavailable(kind, why) => write!(f, "device {kind} could not be started: {why}"),
             Self::NotCompiled(kind, feature) => {
                 write!(f, "device {kind} needs kiln built with `--features {feature}`")
             }
@@ -115,6 +118,42 @@ pub trait BackendJob {
 /// Runs `job` on the backend named by `kind`.
 ///
 /// # Errors
+/// Starts a GPU backend's default device with one tiny operation. Their runtimes report a
+/// missing driver or adapter by panicking (cudarc, on a device thread, when `libcuda.so` is not
+/// found), so the probe turns that panic into [`BackendError::Unavailable`] before any work
+/// starts.
+#[allow(dead_code)]
+fn probe<B: burn::tensor::backend::Backend>(kind: DeviceKind) -> Result<(), BackendError> {
+    catch_device_panic(kind, || {
+        let device = Default::default();
+        drop(burn::tensor::Tensor::<B, 1>::zeros([1], &device).into_data());
+    })
+}
+
+/// Runs `start`; a panic on any thread meanwhile becomes [`BackendError::Unavailable`] with
+/// the first panic's message (the default hook is silenced meanwhile and restored after).
+pub fn catch_device_panic(kind: DeviceKind, start: impl FnOnce()) -> Result<(), BackendError> {
+    use std::sync::{Arc, Mutex};
+    let first: Arc<Mutex<Option<String>>> = Arc::default();
+    let seen = first.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| info.payload().downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        seen.lock().map(|mut m| m.get_or_insert(message).clone()).ok();
+    }));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(start));
+    std::panic::set_hook(previous);
+    outcome.map_err(|_| {
+        let why = first.lock().ok().and_then(|m| m.clone()).unwrap_or_default();
+        BackendError::Unavailable(kind, why)
+    })
+}
+
 /// [`BackendError::NotCompiled`] when the backend's feature is off.
 #[allow(unreachable_code, unused_variables)]
 pub fn run_on<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output, BackendError> {
@@ -137,13 +176,43 @@ pub fn run_on<J: BackendJob>(kind: DeviceKind, job: J) -> Result<J::Output, Back
         }
         DeviceKind::Wgpu => {
             #[cfg(feature = "wgpu")]
-            return Ok(job.run::<Autodiff<Wgpu>>(Default::default(), kind));
+            {
+                probe::<Wgpu>(kind)?;
+                return Ok(job.run::<Autodiff<Wgpu>>(Default::default(), kind));
+            }
             Err(BackendError::NotCompiled(kind, "wgpu"))
         }
         DeviceKind::Cuda => {
             #[cfg(feature = "cuda")]
-            return Ok(job.run::<Autodiff<Cuda>>(Default::default(), kind));
+            {
+                probe::<Cuda>(kind)?;
+                return Ok(job.run::<Autodiff<Cuda>>(Default::default(), kind));
+            }
             Err(BackendError::NotCompiled(kind, "cuda"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_that_panics_while_starting_is_a_typed_error_with_the_first_message() {
+        // As cudarc does without libcuda.so: a device thread panics, then the caller's
+        // channel read fails.
+        let err = catch_device_panic(DeviceKind::Cuda, || {
+            let worker = std::thread::spawn(|| panic!("Unable to dynamically load the \"cuda\" shared library"));
+            assert!(worker.join().is_ok(), "RecvError");
+        })
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("device cuda could not be started: Unable to dynamically load"),
+            "{text}"
+        );
+        assert!(catch_device_panic(DeviceKind::Cuda, || {}).is_ok());
+        // The previous hook is back: a later panic is still caught by catch_unwind as usual.
+        assert!(std::panic::catch_unwind(|| panic!("after")).is_err());
     }
 }
