@@ -135,19 +135,6 @@ pub struct LeakArgs {
     pub out: PathBuf,
 }
 
-/// Resident set size now, in MiB (Linux `VmRSS`).
-pub fn rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024.0)
-}
-
 fn locate_model(model: Option<PathBuf>) -> Option<PathBuf> {
     model.or_else(|| {
         kiln::model::hub::locate_model(kiln::model::hub::DEFAULT_MODEL_ID, None)
@@ -571,7 +558,7 @@ impl BackendJob for LeakJob {
         for step in 1..=self.steps {
             bench = bench.train_step(&mut opt);
             if step % self.every.max(1) == 0 || step == 1 {
-                samples.push((step, rss_mb().context("no /proc/self/status")?));
+                samples.push((step, kiln::tune::trainer::rss_mb().context("no /proc/self/status")?));
             }
             bar.inc(1);
         }

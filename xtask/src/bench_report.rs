@@ -6,7 +6,6 @@
 //! ready and the file's size.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
@@ -71,25 +70,9 @@ fn synthetic_run(dir: &Path, n: usize) -> Result<()> {
     Ok(())
 }
 
-fn chromium() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("KILN_CHROMIUM") {
-        return Ok(PathBuf::from(p));
-    }
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        let out = Command::new("which").arg(name).output()?;
-        if out.status.success() {
-            return Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-        }
-    }
-    bail!("no headless browser: install chromium or set KILN_CHROMIUM")
-}
-
-fn body_attr(dom: &str, name: &str) -> Option<f64> {
-    let body = &dom[dom.find("<body")?..];
-    let tag = &body[..body.find('>')?];
-    let key = format!(" {name}=\"");
-    let v = tag.find(&key)? + key.len();
-    tag[v..v + tag[v..].find('"')?].parse().ok()
+/// A number-valued attribute of the dumped page's `<body>`.
+fn body_number(dom: &str, name: &str) -> Option<f64> {
+    kiln::viz::headless::body_attr(dom, name)?.parse().ok()
 }
 
 /// `cargo xtask bench report`.
@@ -99,25 +82,18 @@ pub fn report(args: ReportArgs) -> Result<()> {
     let page = kiln::viz::write_report(run.path(), None)?;
     let bytes = std::fs::metadata(&page)?.len();
     let profile = tempfile::tempdir()?;
-    let out = Command::new(chromium()?)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
+    let browser =
+        kiln::viz::headless::chromium().context("no headless browser: install chromium or set KILN_CHROMIUM")?;
+    let out = kiln::viz::headless::command(&browser, profile.path())
+        .arg("--dump-dom")
         .arg(format!("file://{}#bench={}", page.display(), args.repeats))
         .output()
         .context("running chromium")?;
     let dom = String::from_utf8_lossy(&out.stdout);
     let (Some(filter), Some(draw), Some(ready)) = (
-        body_attr(&dom, "data-bench-filter-ms"),
-        body_attr(&dom, "data-bench-draw-ms"),
-        body_attr(&dom, "data-ready-ms"),
+        body_number(&dom, "data-bench-filter-ms"),
+        body_number(&dom, "data-bench-draw-ms"),
+        body_number(&dom, "data-ready-ms"),
     ) else {
         bail!(
             "the page reported no timings (script error?): {}",

@@ -350,10 +350,11 @@ pub fn umap(points: &[f32], n: usize, d: usize, config: UmapConfig) -> Vec<f32> 
         let mass = |sigma: f64| -> f64 { near.iter().map(|&(_, x)| (-(x - rho).max(0.0) / sigma).exp()).sum() };
         let (mut lo, mut hi, mut sigma) = (0.0f64, f64::INFINITY, 1.0f64);
         for _ in 0..64 {
-            if (mass(sigma) - target).abs() < 1e-5 {
+            let current = mass(sigma);
+            if (current - target).abs() < 1e-5 {
                 break;
             }
-            if mass(sigma) > target {
+            if current > target {
                 hi = sigma;
                 sigma = (lo + hi) / 2.0;
             } else {
@@ -380,7 +381,6 @@ pub fn umap(points: &[f32], n: usize, d: usize, config: UmapConfig) -> Vec<f32> 
         }
     }
     edges.sort_by_key(|e| (e.0, e.1));
-    edges.dedup_by(|x, y| x.0 == y.0 && x.1 == y.1);
     let max_w = edges.iter().map(|e| e.2).fold(0.0, f64::max);
     // umap-learn drops edges that would be sampled fewer than once over the run.
     edges.retain(|e| e.2 >= max_w / config.epochs as f64);

@@ -22,6 +22,19 @@ fn target(model: &BertModel<A>, e: Tensor<A, 3>) -> Tensor<A, 1> {
     (h * w).sum_dim(2).sum_dim(1).reshape([n]).div_scalar(s as f64)
 }
 
+/// `M_L ⋯ M_1` of square float64 matrices, applied bottom-up from the identity.
+fn product_f64(layers: &[Vec<Vec<f64>>]) -> Vec<Vec<f64>> {
+    let len = layers[0].len();
+    let identity: Vec<Vec<f64>> = (0..len)
+        .map(|i| (0..len).map(|j| f64::from(i == j)).collect())
+        .collect();
+    layers.iter().fold(identity, |r, m| {
+        (0..len)
+            .map(|i| (0..len).map(|j| (0..len).map(|k| m[i][k] * r[k][j]).sum()).collect())
+            .collect()
+    })
+}
+
 #[test]
 fn rollout_is_the_renormalised_product_of_half_identity_mixtures() {
     let device = Default::default();
@@ -40,9 +53,7 @@ fn rollout_is_the_renormalised_product_of_half_identity_mixtures() {
     let got: Vec<f32> = rollout(&atts, mask).into_data().to_vec().unwrap();
     for b in 0..n {
         let len = if b == 0 { s } else { 3 };
-        let mut r: Vec<Vec<f64>> = (0..len)
-            .map(|i| (0..len).map(|j| f64::from(i == j)).collect())
-            .collect();
+        let mut layers = Vec::new();
         for a in &atts {
             let a: Vec<f32> = a.clone().into_data().to_vec().unwrap();
             let mut m = vec![vec![0.0; len]; len];
@@ -54,10 +65,9 @@ fn rollout_is_the_renormalised_product_of_half_identity_mixtures() {
                 let z: f64 = m[i].iter().sum();
                 m[i].iter_mut().for_each(|x| *x /= z);
             }
-            r = (0..len)
-                .map(|i| (0..len).map(|j| (0..len).map(|k| m[i][k] * r[k][j]).sum()).collect())
-                .collect();
+            layers.push(m);
         }
+        let r = product_f64(&layers);
         for i in 0..s {
             for j in 0..s {
                 let want = if i < len && j < len { r[i][j] } else { 0.0 };
@@ -126,9 +136,7 @@ fn rollout_of_residual_matrices_is_the_product_of_row_normalised_layers() {
     let mask = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 0], [n, s]), &device);
     let got: Vec<f32> = rollout_matrices(&mats, mask, false).into_data().to_vec().unwrap();
     let len = 3;
-    let mut r: Vec<Vec<f64>> = (0..len)
-        .map(|i| (0..len).map(|j| f64::from(i == j)).collect())
-        .collect();
+    let mut layers = Vec::new();
     for m in &mats {
         let m: Vec<f32> = m.clone().into_data().to_vec().unwrap();
         let rows: Vec<Vec<f64>> = (0..len)
@@ -137,10 +145,9 @@ fn rollout_of_residual_matrices_is_the_product_of_row_normalised_layers() {
                 (0..len).map(|j| m[i * s + j] as f64 / z).collect()
             })
             .collect();
-        r = (0..len)
-            .map(|i| (0..len).map(|j| (0..len).map(|k| rows[i][k] * r[k][j]).sum()).collect())
-            .collect();
+        layers.push(rows);
     }
+    let r = product_f64(&layers);
     for i in 0..s {
         let sum: f32 = got[i * s..(i + 1) * s].iter().sum();
         assert!(
@@ -177,9 +184,7 @@ fn mixing_rollout_gives_each_token_its_measured_context_share() {
     let mask = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i64, 1, 1, 0], [n, s]), &device);
     let got: Vec<f32> = mixing_rollout(&layers, mask).into_data().to_vec().unwrap();
     // float64: M_ij = r_i·N_ij/Σ_{k≠i} N_ik (j ≠ i, real), M_ii = 1 − r_i; R = M_L ⋯ M_1.
-    let mut r: Vec<Vec<f64>> = (0..len)
-        .map(|i| (0..len).map(|j| f64::from(i == j)).collect())
-        .collect();
+    let mut matrices = Vec::new();
     for l in &layers {
         let nm: Vec<f32> = l.norm_afx.clone().into_data().to_vec().unwrap();
         let ratio: Vec<f32> = l.attnresln_n.clone().into_data().to_vec().unwrap();
@@ -197,10 +202,9 @@ fn mixing_rollout_gives_each_token_its_measured_context_share() {
                     .collect()
             })
             .collect();
-        r = (0..len)
-            .map(|i| (0..len).map(|j| (0..len).map(|k| m[i][k] * r[k][j]).sum()).collect())
-            .collect();
+        matrices.push(m);
     }
+    let r = product_f64(&matrices);
     for i in 0..s {
         for j in 0..s {
             let want = if i < len && j < len { r[i][j] } else { 0.0 };

@@ -25,6 +25,7 @@
 //! arithmetic (it only displays what `kiln-tune` and `kiln-lens` wrote).
 #![warn(missing_docs)]
 
+pub mod headless;
 pub mod plots;
 
 use std::path::{Path, PathBuf};

@@ -10,44 +10,27 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine;
+use kiln_viz::headless::{body_attr, tag_attr};
 use serde_json::{json, Value};
 
 const XSS: &str = "</script><script>document.body.dataset.pwned='1'</script><img src=x onerror=\"document.body.dataset.pwned='2'\"> &amp; \"quoted\"";
 
 fn chromium() -> PathBuf {
-    if let Some(p) = std::env::var_os("KILN_CHROMIUM") {
-        return PathBuf::from(p);
-    }
-    for name in ["chromium", "chromium-browser", "google-chrome"] {
-        if let Ok(out) = Command::new("which").arg(name).output() {
-            if out.status.success() {
-                return PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            }
-        }
-    }
-    panic!("no headless browser: install Debian's chromium (`apt-get install chromium`, as .ci/run does) or set KILN_CHROMIUM");
+    kiln_viz::headless::chromium().unwrap_or_else(|| {
+        panic!("no headless browser: install Debian's chromium (`apt-get install chromium`, as .ci/run does) or set KILN_CHROMIUM")
+    })
 }
 
-fn flags(profile: &Path) -> Vec<String> {
-    [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--no-first-run",
-        "--virtual-time-budget=5000",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([format!("--user-data-dir={}", profile.display())])
-    .collect()
+/// A headless browser with the flags of the issue, a fresh profile and a fixed time budget.
+fn browser(profile: &Path) -> Command {
+    let mut cmd = kiln_viz::headless::command(&chromium(), profile);
+    cmd.arg("--virtual-time-budget=5000");
+    cmd
 }
 
 /// The DOM after the scripts ran.
 fn dump(page: &Path, fragment: &str, profile: &Path) -> String {
-    let out = Command::new(chromium())
-        .args(flags(profile))
+    let out = browser(profile)
         .arg("--dump-dom")
         .arg(format!("file://{}{fragment}", page.display()))
         .output()
@@ -60,22 +43,11 @@ fn dump(page: &Path, fragment: &str, profile: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-fn tag_attr(tag: &str, name: &str) -> Option<String> {
-    let key = format!(" {name}=\"");
-    let v = tag.find(&key)? + key.len();
-    Some(tag[v..v + tag[v..].find('"')?].to_string())
-}
-
 /// Attribute `name` of the element with id `id`.
 fn attr(dom: &str, id: &str, name: &str) -> Option<String> {
     let at = dom.find(&format!("id=\"{id}\""))?;
     let start = dom[..at].rfind('<')?;
     tag_attr(&dom[start..start + dom[start..].find('>')?], name)
-}
-
-fn body_attr(dom: &str, name: &str) -> Option<String> {
-    let at = dom.find("<body")?;
-    tag_attr(&dom[at..at + dom[at..].find('>')?], name)
 }
 
 /// A run directory with training logs and an analysis of 300 examples (2 classes, 3
@@ -325,8 +297,7 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
         ("report-wrong.png", "#filter=wrong"),
         ("report-compare.png", "#compare=last&dmbox=0.05,0.3,0.4,0.9"),
     ] {
-        let out = Command::new(chromium())
-            .args(flags(profile.path()))
+        let out = browser(profile.path())
             .arg("--window-size=1400,3600")
             .arg(format!("--screenshot={}", shots.join(name).display()))
             .arg(format!("file://{}{fragment}", page.display()))

@@ -122,7 +122,7 @@ pub trait BackendJob {
 /// missing driver or adapter by panicking (cudarc, on a device thread, when `libcuda.so` is not
 /// found), so the probe turns that panic into [`BackendError::Unavailable`] before any work
 /// starts.
-#[allow(dead_code)]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 fn probe<B: burn::tensor::backend::Backend>(kind: DeviceKind) -> Result<(), BackendError> {
     catch_device_panic(kind, || {
         let device = Default::default();
