@@ -147,9 +147,152 @@ impl BackendJob for OpsJob {
             ),
             ("add [b,s,h]", time(&|| drop((x.clone() + x.clone()).into_data()))),
             (
+                "train: gelu_exact fwd+bwd [b,s,4h]",
+                time(&|| {
+                    let xi = Tensor::<B, 3>::from_inner(inner.clone()).require_grad();
+                    let g = gelu_exact(xi.clone()).sum().backward();
+                    drop(xi.grad(&g).map(|t| t.into_data()));
+                }),
+            ),
+            (
+                "train: attention fwd+bwd, dropout 0.1",
+                time(&|| {
+                    let mech = AttentionKind::Softmax(kiln::attention::SoftmaxAttention::new(0.1));
+                    let qi = Tensor::<B, 4>::from_inner(q.clone()).require_grad();
+                    let maskd = AttentionMask::<B>::from_attention_mask(Tensor::ones([b, s], &device));
+                    let out = mech.attend(qi.clone(), qi.clone(), qi.clone(), &maskd, false).context;
+                    let g = out.sum().backward();
+                    drop(qi.grad(&g).map(|t| t.into_data()));
+                }),
+            ),
+            (
+                "train: dropout 0.1 [b,s,h]",
+                time(&|| {
+                    let d = kiln::burn::nn::DropoutConfig::new(0.1).init();
+                    drop(d.forward(Tensor::<B, 3>::from_inner(x.clone())).into_data());
+                }),
+            ),
+            (
+                "train: layer_norm fwd+bwd [b,s,h]",
+                time(&|| {
+                    let lnb = layer_norm::<B>(h, 1e-12, &device);
+                    let xi = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+                    let g = lnb.forward(xi.clone()).sum().backward();
+                    drop(xi.grad(&g).map(|t| t.into_data()));
+                }),
+            ),
+            (
+                "train: linear h->4h fwd+bwd",
+                time(&|| {
+                    let lin = linear::<B>(h, ff, 0.02, &device);
+                    let xi = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+                    let g = linear_tokens(&lin, xi.clone()).sum().backward();
+                    drop(xi.grad(&g).map(|t| t.into_data()));
+                }),
+            ),
+            (
                 "swap_dims+reshape [b,s,h]",
                 time(&|| drop(x.clone().reshape([b, s, heads, h / heads]).swap_dims(1, 2).into_data())),
             ),
         ]
     }
+}
+
+/// PyTorch's time (ms) per row name of `bench ops`, from benches/python/bench_ops.py.
+pub fn python_ops(
+    python: &std::path::Path,
+    batch: usize,
+    seq: usize,
+    iters: usize,
+    threads: usize,
+) -> anyhow::Result<std::collections::HashMap<String, f64>> {
+    let out = std::process::Command::new(python)
+        .arg(python_ops_script())
+        .args(["--batch", &batch.to_string(), "--seq", &seq.to_string()])
+        .args(["--iters", &iters.to_string(), "--threads", &threads.to_string()])
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "bench_ops.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split('\t');
+            let name = parts.next()?.to_string();
+            let ms = parts.next()?.parse().ok()?;
+            Some((name, ms))
+        })
+        .collect())
+}
+
+fn python_ops_script() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../benches/python/bench_ops.py")
+}
+
+/// `bench gemm`: the Linear GEMMs of a MiniLM layer (forward `x·W`, `dX = dY·Wᵀ`,
+/// `dW = Xᵀ·dY`) at `batch × seq` tokens through kiln-kernels and through burn-flex's matmul
+/// (forward only), median of `iters`, beside torch.mm when `python` is given.
+pub fn gemm_table(
+    shapes: &[String],
+    iters: usize,
+    python: Option<&std::path::Path>,
+    threads: usize,
+) -> anyhow::Result<()> {
+    use kiln::burn::backend::Flex;
+    use kiln::kernels::linear::{backward_w, backward_x, forward, View2};
+    println!("| tokens | GEMM (m×k·k×n) | kiln GFLOP/s | burn-flex matmul GFLOP/s | torch.mm GFLOP/s | kiln / torch |");
+    println!("|---|---|---|---|---|---|");
+    for shape in shapes {
+        let (b, s) = shape
+            .split_once('x')
+            .and_then(|(b, s)| Some((b.parse::<usize>().ok()?, s.parse::<usize>().ok()?)))
+            .ok_or_else(|| anyhow::anyhow!("shape {shape:?} is not BATCHxSEQ"))?;
+        let m = b * s;
+        let torch = match python {
+            Some(py) => python_ops(py, b, s, iters, threads)?,
+            None => Default::default(),
+        };
+        for (din, dout) in [(384usize, 384usize), (384, 1536), (1536, 384)] {
+            let x: Vec<f32> = (0..m * din).map(|i| ((i % 13) as f32 - 6.0) * 0.1).collect();
+            let w: Vec<f32> = (0..din * dout).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+            let dy: Vec<f32> = (0..m * dout).map(|i| ((i % 11) as f32 - 5.0) * 0.1).collect();
+            let xv = View2::contiguous(&x, [m, din]).expect("sized");
+            let wv = View2::contiguous(&w, [din, dout]).expect("sized");
+            let dyv = View2::contiguous(&dy, [m, dout]).expect("sized");
+            let flop = 2.0 * (m * din * dout) as f64 / 1e9;
+            let device = Default::default();
+            let xt = Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [m, din]), &device);
+            let wt = Tensor::<Flex, 2>::from_data(TensorData::new(w.clone(), [din, dout]), &device);
+            let rows = [
+                (
+                    format!("fwd {m}x{din}·{din}x{dout}"),
+                    median_time(|| drop(forward(xv, wv, None)), iters),
+                    Some(median_time(|| drop(xt.clone().matmul(wt.clone())), iters)),
+                ),
+                (
+                    format!("dX {m}x{dout}·{dout}x{din}"),
+                    median_time(|| drop(backward_x(dyv, wv)), iters),
+                    None,
+                ),
+                (
+                    format!("dW {din}x{m}·{m}x{dout}"),
+                    median_time(|| drop(backward_w(xv, dyv)), iters),
+                    None,
+                ),
+            ];
+            for (name, kiln, flex) in rows {
+                let t = torch.get(&format!("gemm {name}")).map(|ms| flop / (ms / 1e3));
+                println!(
+                    "| {m} | {name} | {:.0} | {} | {} | {} |",
+                    flop / kiln,
+                    flex.map_or("–".into(), |f| format!("{:.0}", flop / f)),
+                    t.map_or("–".into(), |t| format!("{t:.0}")),
+                    t.map_or("–".into(), |t| format!("{:.2}×", flop / kiln / t)),
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -91,6 +91,37 @@ pub struct AttentionJob {
     pub head_dim: usize,
     pub causal: bool,
     pub iters: usize,
+    /// Also measure each training step's peak memory in a child process.
+    pub memory: bool,
+    /// This process is such a child: run one forward + backward per (variant, length) and
+    /// print its peak-RSS growth.
+    pub peak_child: bool,
+}
+
+/// Peak resident set size (VmHWM) of this process in MiB (Linux).
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Peak memory (MiB above the inputs) of one forward + backward of `variant` at `n`, measured
+/// in a fresh child process with glibc's default allocator settings, so that nothing retained
+/// from other lengths hides the growth.
+fn train_peak_in_child(name: &str, n: usize, heads: usize, head_dim: usize, causal: bool) -> Option<f64> {
+    let mut cmd = std::process::Command::new(std::env::current_exe().ok()?);
+    cmd.args(["bench", "attention", "--peak-child", "--iters", "1"])
+        .args(["--lengths", &n.to_string(), "--variants", name])
+        .args(["--heads", &heads.to_string(), "--head-dim", &head_dim.to_string()])
+        .env("KILN_MALLOC_DEFAULTS", "1");
+    if !causal {
+        cmd.arg("--bidirectional");
+    }
+    let out = cmd.output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("PEAK ")?.trim().parse().ok())
 }
 
 /// One mechanism at one length.
@@ -100,6 +131,8 @@ pub struct AttentionRow {
     pub length: usize,
     pub forward_ms: f64,
     pub backward_ms: f64,
+    /// Peak memory of one forward + backward above its inputs, MiB (with `--memory`).
+    pub train_peak_mb: Option<f64>,
 }
 
 impl BackendJob for AttentionJob {
@@ -118,6 +151,13 @@ impl BackendJob for AttentionJob {
                 let inner_mask = AttentionMask::none().with_causal(self.causal);
                 let qkv = || Tensor::<B, 4>::random([1, h, n, d], Distribution::Normal(0.0, 1.0), &device);
                 let (q, k, v) = (qkv(), qkv(), qkv());
+                if self.peak_child {
+                    let before = rss_mb().unwrap_or(0.0);
+                    let out = mechanism.attend(q.require_grad(), k.require_grad(), v.require_grad(), &mask, false);
+                    drop(out.context.powi_scalar(2).mean().backward());
+                    println!("PEAK {:.1}", peak_rss_mb().unwrap_or(0.0) - before);
+                    continue;
+                }
                 let forward = crate::bench::median_time(
                     || {
                         let out = inner.attend(
@@ -144,11 +184,16 @@ impl BackendJob for AttentionJob {
                     forward * 1e3,
                     backward * 1e3
                 );
+                let train_peak_mb = self
+                    .memory
+                    .then(|| train_peak_in_child(name, n, h, d, self.causal))
+                    .flatten();
                 rows.push(AttentionRow {
                     variant: name.clone(),
                     length: n,
                     forward_ms: forward * 1e3,
                     backward_ms: backward * 1e3,
+                    train_peak_mb,
                 });
             }
         }

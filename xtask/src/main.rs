@@ -364,6 +364,25 @@ enum BenchCommand {
         seq: usize,
         #[arg(long, default_value_t = 5)]
         iters: usize,
+        /// Python with torch: runs benches/python/bench_ops.py in the same command and prints
+        /// PyTorch's time and the ratio beside each row.
+        #[arg(long)]
+        baseline_python: Option<PathBuf>,
+        /// Threads for PyTorch (kiln uses rayon's default, the machine's cores).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
+    /// GFLOP/s of every GEMM a MiniLM layer runs (forward, dX, dW) through kiln's kernels and
+    /// through burn-flex's matmul, at each token count, beside torch.mm with --baseline-python.
+    Gemm {
+        #[arg(long, value_delimiter = ',', default_value = "32x128,32x32")]
+        shapes: Vec<String>,
+        #[arg(long, default_value_t = 7)]
+        iters: usize,
+        #[arg(long)]
+        baseline_python: Option<PathBuf>,
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
     },
     /// Decoding speed and memory: softmax + KV cache vs RNN-mode linear attention, per token
     /// at growing lengths (random weights of the decoder experiment's shape).
@@ -404,6 +423,13 @@ enum BenchCommand {
         iters: usize,
         #[arg(long, default_value = "docs/bench/attention")]
         out: PathBuf,
+        /// Also measure the peak memory of one training step (forward + backward) at each
+        /// length, each in a fresh child process.
+        #[arg(long)]
+        memory: bool,
+        /// Internal: run as the child of --memory.
+        #[arg(long, hide = true)]
+        peak_child: bool,
     },
     /// MiniLM inference and fine-tuning step throughput and peak RSS (each in its own
     /// process), against PyTorch with --baseline-python; one JSON object per line with --json.
@@ -444,6 +470,12 @@ fn train_texts(data: &kiln::tune::trainer::TaskData, limit: Option<usize>) -> Ve
 }
 
 fn main() -> Result<()> {
+    // Tensor buffers reuse freed heap pages instead of faulting in fresh mmaps every step
+    // (a third of the GEMM time otherwise; kiln_kernels::alloc).
+    // KILN_MALLOC_DEFAULTS=1 keeps glibc's defaults (bench attention --memory's children).
+    if std::env::var_os("KILN_MALLOC_DEFAULTS").is_none() {
+        kiln::kernels::alloc::retain_freed_memory();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -845,6 +877,8 @@ fn main() -> Result<()> {
                     bidirectional,
                     iters,
                     out,
+                    memory,
+                    peak_child,
                 },
         } => {
             let variants = named_variants(&variants)?;
@@ -857,13 +891,27 @@ fn main() -> Result<()> {
                     head_dim,
                     causal: !bidirectional,
                     iters,
+                    memory,
+                    peak_child,
                 },
             )??;
+            if peak_child {
+                return Ok(());
+            }
             std::fs::create_dir_all(&out)?;
             let fwd = bench_attention::markdown(&rows, |r| format!("{:.1}", r.forward_ms), "length (forward ms)");
             let bwd = bench_attention::markdown(&rows, |r| format!("{:.1}", r.backward_ms), "length (fwd+bwd ms)");
+            let mem = if memory {
+                bench_attention::markdown(
+                    &rows,
+                    |r| r.train_peak_mb.map_or("–".into(), |m| format!("{m:.1}")),
+                    "length (fwd+bwd peak MiB)",
+                )
+            } else {
+                String::new()
+            };
             let text = format!(
-                "{} attention, batch 1, {heads} heads × {head_dim}, {device:?}\n\n{fwd}\n{bwd}",
+                "{} attention, batch 1, {heads} heads × {head_dim}, {device:?}\n\n{fwd}\n{bwd}\n{mem}",
                 if bidirectional { "bidirectional" } else { "causal" }
             );
             println!("{text}");
@@ -904,13 +952,37 @@ fn main() -> Result<()> {
                     batch,
                     seq,
                     iters,
+                    baseline_python,
+                    threads,
                 },
         } => {
-            println!("{} b{batch} s{seq}: ms per call", backend_name(device));
-            for (name, secs) in run_on(device, bench::OpsJob { batch, seq, iters })? {
-                println!("  {name:<28} {:>9.2}", secs * 1e3);
+            let rows = run_on(device, bench::OpsJob { batch, seq, iters })?;
+            let torch = match &baseline_python {
+                Some(py) => bench::python_ops(py, batch, seq, iters, threads)?,
+                None => Default::default(),
+            };
+            println!(
+                "{} b{batch} s{seq}: ms per call (mean of {iters} after a warm-up)",
+                backend_name(device)
+            );
+            println!("| op | kiln ms | PyTorch ms | PyTorch / kiln |\n|---|---|---|---|");
+            for (name, secs) in rows {
+                let (t, r) = match torch.get(name) {
+                    Some(t) => (format!("{t:.2}"), format!("{:.2}×", t / (secs * 1e3))),
+                    None => ("–".into(), "–".into()),
+                };
+                println!("| {name} | {:.2} | {t} | {r} |", secs * 1e3);
             }
         }
+        Command::Bench {
+            what:
+                BenchCommand::Gemm {
+                    shapes,
+                    iters,
+                    baseline_python,
+                    threads,
+                },
+        } => bench::gemm_table(&shapes, iters, baseline_python.as_deref(), threads)?,
         Command::Bench {
             what: BenchCommand::Minilm(args),
         } => bench_minilm::minilm(args)?,

@@ -11,8 +11,10 @@ use crate::{Attention, AttentionMask, AttentionOutput};
 /// `softmax(q kᵀ / √d + mask) v`. Masked scores are filled with the most negative finite
 /// float (as Hugging Face does), so a fully masked row yields a uniform row, never NaN.
 ///
-/// Without `need_weights`, and when dropout is inactive, burn's fused attention op is used;
-/// otherwise the explicit form. Returned weights are the probabilities *before* dropout.
+/// Without `need_weights`, Flex and `Autodiff<Flex>` run kiln-kernels' fused attention
+/// (dropout included, custom backward); other backends use burn's fused attention op when
+/// dropout is inactive and the explicit form otherwise. With `need_weights` the explicit form
+/// runs everywhere. Returned weights are the probabilities *before* dropout.
 #[derive(Module, Debug, Clone)]
 pub struct SoftmaxAttention {
     /// Dropout on the attention probabilities (active only on autodiff backends).
@@ -67,6 +69,15 @@ impl<B: Backend> Attention<B> for SoftmaxAttention {
         need_weights: bool,
     ) -> AttentionOutput<B> {
         let dropout_active = self.dropout.prob > 0.0 && B::ad_enabled(&q.device());
+        let (q, k, v) = if need_weights {
+            (q, k, v)
+        } else {
+            let p = if dropout_active { self.dropout.prob } else { 0.0 };
+            match kiln_kernels::ops::attention(q, k, v, mask.key_padding.as_ref(), mask.causal, p) {
+                Ok(context) => return AttentionOutput { context, weights: None },
+                Err(inputs) => inputs,
+            }
+        };
         if need_weights || dropout_active {
             let weights = Self::probabilities(q, k, mask);
             let context = self.dropout.forward(weights.clone()).matmul(v);

@@ -5,11 +5,20 @@ use burn::prelude::*;
 /// GELU with the exact erf form, `x · ½ · (1 + erf(x / √2))` (Hendrycks & Gimpel 2016),
 /// as BERT's `hidden_act = "gelu"`.
 ///
-/// Written from `erf` rather than calling `burn::tensor::activation::gelu` because burn
-/// 0.21's autodiff backward of `gelu` is the derivative of the *tanh approximation*, which
-/// would make gradients (and so fine-tuning) drift from PyTorch's. Composed this way, the
-/// autodiff backend differentiates `erf` exactly.
+/// On Flex and `Autodiff<Flex>` this is kiln-kernels' fused kernel (one vectorised pass
+/// forward, one backward, erf as PyTorch's AVX2 path computes it). Elsewhere it is composed
+/// from `erf`: burn 0.21's default `gelu_backward` (used by NdArray, WGPU and CUDA under
+/// autodiff) is the derivative of the *tanh approximation*, which would make gradients drift
+/// from PyTorch's; composed, the autodiff backend differentiates `erf` exactly.
 pub fn gelu_exact<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    match kiln_kernels::ops::gelu(x) {
+        Ok(y) => y,
+        Err(x) => gelu_composed(x),
+    }
+}
+
+/// [`gelu_exact`] composed from burn operations on every backend (the reference path).
+pub fn gelu_composed<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let cdf = x
         .clone()
         .div_scalar(std::f64::consts::SQRT_2)
@@ -74,22 +83,24 @@ mod tests {
     fn gelu_exact_and_its_gradient_match_the_closed_form() {
         let device = Default::default();
         let xs = [-3.0f32, -1.2, -0.3, 0.0, 0.4, 1.7, 2.5];
-        let x = Tensor::<Autodiff<B>, 1>::from_floats(xs, &device).require_grad();
-        let y = gelu_exact(x.clone());
-        let grads = y.clone().sum().backward();
-        let g = x.grad(&grads).unwrap().to_data().to_vec::<f32>().unwrap();
-        let y = y.into_data().to_vec::<f32>().unwrap();
-        for (i, &xi) in xs.iter().enumerate() {
-            let x = xi as f64;
-            let cdf = 0.5 * (1.0 + erf64(x / std::f64::consts::SQRT_2));
-            let pdf = (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            assert!((y[i] as f64 - x * cdf).abs() < 1e-6, "gelu({x})");
-            assert!(
-                (g[i] as f64 - (cdf + x * pdf)).abs() < 1e-6,
-                "gelu'({x}) = {} vs {}",
-                g[i],
-                cdf + x * pdf
-            );
+        for gelu in [gelu_exact::<Autodiff<B>, 1>, gelu_composed::<Autodiff<B>, 1>] {
+            let x = Tensor::<Autodiff<B>, 1>::from_floats(xs, &device).require_grad();
+            let y = gelu(x.clone());
+            let grads = y.clone().sum().backward();
+            let g = x.grad(&grads).unwrap().to_data().to_vec::<f32>().unwrap();
+            let y = y.into_data().to_vec::<f32>().unwrap();
+            for (i, &xi) in xs.iter().enumerate() {
+                let x = xi as f64;
+                let cdf = 0.5 * (1.0 + erf64(x / std::f64::consts::SQRT_2));
+                let pdf = (-x * x / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+                assert!((y[i] as f64 - x * cdf).abs() < 1e-6, "gelu({x})");
+                assert!(
+                    (g[i] as f64 - (cdf + x * pdf)).abs() < 1e-6,
+                    "gelu'({x}) = {} vs {}",
+                    g[i],
+                    cdf + x * pdf
+                );
+            }
         }
     }
 

@@ -12,7 +12,7 @@ use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
 use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
 use crate::config::BertConfig;
-use crate::layers::{embedding, layer_norm, linear, merge_heads, position_ids, split_heads};
+use crate::layers::{dropout, embedding, layer_norm, linear, linear_2d, merge_heads, position_ids, split_heads};
 use crate::peft::{Bottleneck, CompacterAdapter, LayerInserts, LoraDelta, SharedInserts, WeightMask};
 
 const INIT_STD: f64 = 0.02;
@@ -41,7 +41,7 @@ impl<B: Backend> BertEmbeddings<B> {
         let sum = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(position_ids(batch, seq, 0, &device))
             + self.token_type_embeddings.forward(token_type_ids);
-        self.dropout.forward(self.layer_norm.forward(sum))
+        dropout(&self.dropout, self.layer_norm.forward(sum))
     }
 }
 
@@ -260,12 +260,15 @@ impl<B: Backend> BertLayer<B> {
         if let Some(gate) = &self.inserts.head_gate {
             out.context = out.context * gate.val().reshape([1, heads, 1, 1]);
         }
-        let attn_out = self.attention.output.dropout.forward(project(
-            &self.attention.output.dense,
-            lora.and_then(|l| l.attention_output.as_ref()),
-            masks.and_then(|m| m.attention_output.as_ref()),
-            merge_heads(out.context),
-        ));
+        let attn_out = dropout(
+            &self.attention.output.dropout,
+            project(
+                &self.attention.output.dense,
+                lora.and_then(|l| l.attention_output.as_ref()),
+                masks.and_then(|m| m.attention_output.as_ref()),
+                merge_heads(out.context),
+            ),
+        );
         let attn_out = adapt(self.inserts.attention_adapter.as_ref(), attn_out);
         let attn_out = compact(self.inserts.attention_compacter.as_ref(), phm_rules.clone(), attn_out);
         if capture.attention_output {
@@ -287,12 +290,15 @@ impl<B: Backend> BertLayer<B> {
             Some(scale) => inner * scale.clone(),
             None => inner,
         };
-        let ffn = self.output.dropout.forward(project(
-            &self.output.dense,
-            lora.and_then(|l| l.output.as_ref()),
-            masks.and_then(|m| m.output.as_ref()),
-            inner,
-        ));
+        let ffn = dropout(
+            &self.output.dropout,
+            project(
+                &self.output.dense,
+                lora.and_then(|l| l.output.as_ref()),
+                masks.and_then(|m| m.output.as_ref()),
+                inner,
+            ),
+        );
         let ffn = adapt(self.inserts.ffn_adapter.as_ref(), ffn);
         let ffn = compact(self.inserts.ffn_compacter.as_ref(), phm_rules, ffn);
         (self.output.layer_norm.forward(ffn + a), rec)
@@ -344,7 +350,7 @@ fn project<B: Backend>(
                 None => y,
             }
         }
-        None => linear.forward(x.clone()),
+        None => linear_2d(linear, x.clone()),
     };
     let y = match lora.and_then(|l| l.forward(x)) {
         Some(delta) => base + delta,
@@ -528,7 +534,7 @@ impl<B: Backend> BertModel<B> {
                 let sum = words
                     + e.position_embeddings.forward(position_ids(batch, n + seq, 0, &device))
                     + e.token_type_embeddings.forward(types);
-                let embeddings = e.dropout.forward(e.layer_norm.forward(sum));
+                let embeddings = dropout(&e.dropout, e.layer_norm.forward(sum));
                 let mask = attention_mask.map(|m| Tensor::cat(vec![Tensor::ones([batch, n], &device), m], 1));
                 self.encode(embeddings, mask, capture)
             }

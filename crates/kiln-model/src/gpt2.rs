@@ -13,7 +13,7 @@ use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
 use crate::config::GptConfig;
 use crate::error::ModelError;
-use crate::layers::{embedding, layer_norm, linear, linear_tokens, merge_heads, position_ids, split_heads};
+use crate::layers::{dropout, embedding, layer_norm, linear, linear_tokens, merge_heads, position_ids, split_heads};
 
 const INIT_STD: f64 = 0.02;
 
@@ -111,9 +111,10 @@ impl<B: Backend> Gpt2Block<B> {
 
     /// Output projection of the per-head context (`resid_dropout` applied).
     fn attention_output(&self, context: Tensor<B, 4>) -> Tensor<B, 3> {
-        self.attn
-            .resid_dropout
-            .forward(linear_tokens(&self.attn.c_proj, merge_heads(context)))
+        dropout(
+            &self.attn.resid_dropout,
+            linear_tokens(&self.attn.c_proj, merge_heads(context)),
+        )
     }
 
     /// `a + mlp(ln_2(a))`.
@@ -122,7 +123,7 @@ impl<B: Backend> Gpt2Block<B> {
             .mlp
             .activation
             .forward(linear_tokens(&self.mlp.c_fc, self.ln_2.forward(a.clone())));
-        a + self.mlp.dropout.forward(linear_tokens(&self.mlp.c_proj, inner))
+        a + dropout(&self.mlp.dropout, linear_tokens(&self.mlp.c_proj, inner))
     }
 
     /// One block on `[batch, seq, n_embd]`.
@@ -331,8 +332,10 @@ impl<B: Backend> Gpt2Model<B> {
     pub fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, seq] = input_ids.dims();
         let device = input_ids.device();
-        self.drop
-            .forward(self.wte.forward(input_ids) + self.wpe.forward(position_ids(batch, seq, 0, &device)))
+        dropout(
+            &self.drop,
+            self.wte.forward(input_ids) + self.wpe.forward(position_ids(batch, seq, 0, &device)),
+        )
     }
 
     /// Blocks and final LayerNorm on embeddings. Hidden states follow HF: the embedding
@@ -452,9 +455,10 @@ impl<B: Backend> Gpt2Model<B> {
         assert_eq!(one, 1, "step takes one token per sequence");
         self.check_positions(state.position + 1)?;
         let device = input_ids.device();
-        let mut x = self
-            .drop
-            .forward(self.wte.forward(input_ids) + self.wpe.forward(position_ids(batch, 1, state.position, &device)));
+        let mut x = dropout(
+            &self.drop,
+            self.wte.forward(input_ids) + self.wpe.forward(position_ids(batch, 1, state.position, &device)),
+        );
         let mut layers = Vec::with_capacity(self.h.len());
         for (block, layer_state) in self.h.iter().zip(state.layers) {
             let (y, s) = block.step(x, layer_state);

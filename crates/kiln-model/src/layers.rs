@@ -2,7 +2,7 @@
 //! head split/merge of multi-head attention.
 
 use burn::module::Param;
-use burn::nn::{Embedding, LayerNorm, LayerNormConfig, Linear};
+use burn::nn::{Dropout, Embedding, LayerNorm, LayerNormConfig, Linear};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 
@@ -52,7 +52,29 @@ pub fn position_ids<B: Backend>(batch: usize, seq: usize, offset: usize, device:
 /// GEMM measured ~11% faster on NdArray and the same on Flex (`cargo xtask bench ops`).
 pub fn linear_tokens<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, d_in] = x.dims();
-    let y = linear.forward(x.reshape([batch * seq, d_in]));
+    let y = linear_2d(linear, x.reshape([batch * seq, d_in]));
     let d_out = y.dims()[1];
     y.reshape([batch, seq, d_out])
+}
+
+/// `linear` on `[rows, d_in]`: kiln-kernels' GEMM with the bias folded in (and its own
+/// backward) on Flex, burn's `Linear::forward` elsewhere.
+pub fn linear_2d<B: Backend>(linear: &Linear<B>, x: Tensor<B, 2>) -> Tensor<B, 2> {
+    match kiln_kernels::ops::linear(x, linear.weight.val(), linear.bias.as_ref().map(|b| b.val())) {
+        Ok(y) => y,
+        Err((x, _, _)) => linear.forward(x),
+    }
+}
+
+/// `dropout` on `x`: kiln-kernels' one-pass counter-based dropout (mask regenerated in the
+/// backward, never stored) on `Autodiff<Flex>`, burn's `Dropout::forward` elsewhere. Like
+/// burn's, it is the identity when autodiff is off or the probability is 0.
+pub fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -> Tensor<B, D> {
+    if dropout.prob == 0.0 || !B::ad_enabled(&x.device()) {
+        return x;
+    }
+    match kiln_kernels::ops::dropout(x, dropout.prob) {
+        Ok(y) => y,
+        Err(x) => dropout.forward(x),
+    }
 }

@@ -171,7 +171,7 @@ impl<B: Backend> SequenceClassifier<B> {
         let [batch, hidden] = pooled.dims();
         let logits = self
             .classifier
-            .forward(self.dropout.forward(pooled).reshape([batch, hidden]));
+            .forward(kiln_model::layers::dropout(&self.dropout, pooled).reshape([batch, hidden]));
         logits.reshape([batch, self.num_labels()])
     }
 

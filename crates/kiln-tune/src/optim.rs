@@ -117,7 +117,10 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for NormVisitor<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let trainable = self.groups.get(&param.id).is_some_and(|(_, g)| g.trainable);
         if let (true, Some(g)) = (trainable, self.grads.get::<B::InnerBackend, D>(param.id)) {
-            let s = g.powi_scalar(2).sum();
+            let s = match kiln_kernels::ops::sum_sq(&g) {
+                Some(s) => Tensor::from_floats([s as f32], &g.device()),
+                None => g.powi_scalar(2).sum(),
+            };
             self.sum_sq = Some(match self.sum_sq.take() {
                 Some(acc) => acc + s,
                 None => s,
@@ -142,13 +145,17 @@ impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
         let tensor = match (group, grad) {
             (Some((path, group)), Some(grad)) if group.trainable => {
                 let require_grad = tensor.is_require_grad();
-                let mut grad = grad.mul_scalar(self.grad_scale);
-                if let Some(mask) = self.mask {
-                    let shape = grad.shape();
-                    let n = shape.num_elements();
-                    grad = mask.apply(&path, grad.reshape([n])).reshape(shape);
-                }
-                let updated = self.opt.update(&path, group, tensor.inner(), grad, self.lr);
+                // the fused update scales the gradient itself; a Child-Tuning mask needs it scaled first
+                let (grad, grad_scale) = match self.mask {
+                    Some(mask) => {
+                        let grad = grad.mul_scalar(self.grad_scale);
+                        let shape = grad.shape();
+                        let n = shape.num_elements();
+                        (mask.apply(&path, grad.reshape([n])).reshape(shape), 1.0)
+                    }
+                    None => (grad, self.grad_scale),
+                };
+                let updated = self.opt.update(&path, group, tensor.inner(), grad, grad_scale, self.lr);
                 let t = Tensor::from_inner(updated);
                 if require_grad {
                     t.require_grad()
@@ -186,34 +193,72 @@ impl<B: Backend> AdamW<B> {
         }
     }
 
+    /// Updates one parameter (flattened) from its gradient times `grad_scale`: the one-pass
+    /// kernel on Flex (`kiln_kernels::adamw`, the same f32 arithmetic in the same order),
+    /// the composed tensor form elsewhere.
+    #[allow(clippy::too_many_arguments)]
     fn update<const D: usize>(
         &mut self,
         path: &str,
         group: ParamGroup,
         p: Tensor<B, D>,
         g: Tensor<B, D>,
+        grad_scale: f64,
         lr: f64,
     ) -> Tensor<B, D> {
         let c = self.config;
         let lr = lr * group.lr_scale;
         let shape = p.shape();
         let n = shape.num_elements();
-        let g = g.reshape([n]);
-        let moments = match self.state.remove(path) {
-            Some(m) => Moments {
-                exp_avg: m.exp_avg.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1),
-                exp_avg_sq: m.exp_avg_sq.mul_scalar(c.beta2) + g.powi_scalar(2).mul_scalar(1.0 - c.beta2),
-                step: m.step + 1,
+        let prev = self.state.remove(path);
+        let step = prev.as_ref().map_or(1, |m| m.step + 1);
+        let t = step as i32;
+        let bc1 = 1.0 - c.beta1.powi(t);
+        let bc2 = 1.0 - c.beta2.powi(t);
+        let decay = if group.weight_decay && c.weight_decay != 0.0 {
+            Some(1.0 - lr * c.weight_decay)
+        } else {
+            None
+        };
+        let h = kiln_kernels::adamw::AdamWStep {
+            grad_scale: grad_scale as f32,
+            beta1: c.beta1 as f32,
+            one_minus_beta1: (1.0 - c.beta1) as f32,
+            beta2: c.beta2 as f32,
+            one_minus_beta2: (1.0 - c.beta2) as f32,
+            eps: c.eps as f32,
+            decay: decay.unwrap_or(1.0) as f32,
+            bc2_sqrt: bc2.sqrt() as f32,
+            step_size: (lr / bc1) as f32,
+        };
+        let moments = prev.map(|m| (m.exp_avg, m.exp_avg_sq));
+        let (p, g, moments) = match kiln_kernels::ops::adamw(p.reshape([n]), g.reshape([n]), moments, h) {
+            Ok((p, exp_avg, exp_avg_sq)) => {
+                self.state.insert(
+                    path.to_string(),
+                    Moments {
+                        exp_avg,
+                        exp_avg_sq,
+                        step,
+                    },
+                );
+                return p.reshape(shape);
+            }
+            Err(inputs) => inputs,
+        };
+        let g = if grad_scale == 1.0 { g } else { g.mul_scalar(grad_scale) };
+        let moments = match moments {
+            Some((exp_avg, exp_avg_sq)) => Moments {
+                exp_avg: exp_avg.mul_scalar(c.beta1) + g.clone().mul_scalar(1.0 - c.beta1),
+                exp_avg_sq: exp_avg_sq.mul_scalar(c.beta2) + g.powi_scalar(2).mul_scalar(1.0 - c.beta2),
+                step,
             },
             None => Moments {
                 exp_avg: g.clone().mul_scalar(1.0 - c.beta1),
                 exp_avg_sq: g.powi_scalar(2).mul_scalar(1.0 - c.beta2),
-                step: 1,
+                step,
             },
         };
-        let t = moments.step as i32;
-        let bc1 = 1.0 - c.beta1.powi(t);
-        let bc2 = 1.0 - c.beta2.powi(t);
         // PyTorch: denom = √v / √bc2 + ε; p −= (lr / bc1) · m / denom.
         let denom = moments
             .exp_avg_sq
@@ -223,12 +268,11 @@ impl<B: Backend> AdamW<B> {
             .add_scalar(c.eps);
         let delta = (moments.exp_avg.clone() / denom).mul_scalar(lr / bc1);
         self.state.insert(path.to_string(), moments);
-        let p = if group.weight_decay && c.weight_decay != 0.0 {
-            p.mul_scalar(1.0 - lr * c.weight_decay)
-        } else {
-            p
+        let p = match decay {
+            Some(d) => p.mul_scalar(d),
+            None => p,
         };
-        p - delta.reshape(shape)
+        (p - delta).reshape(shape)
     }
 
     /// Global gradient norm (trainable parameters only), as PyTorch's `clip_grad_norm_`.

@@ -16,7 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 pub type Cpu = burn::backend::Flex;
 /// The CPU backend when only `ndarray` is enabled.
 #[cfg(all(feature = "ndarray", not(feature = "flex")))]
-pub type Cpu = burn::backend::Flex;
+pub type Cpu = burn::backend::NdArray;
 
 /// Name of the default CPU backend.
 #[cfg(feature = "flex")]
@@ -30,7 +30,7 @@ pub const CPU_NAME: &str = "ndarray";
 pub type Flex = burn::backend::Flex;
 /// NdArray (`ndarray` feature).
 #[cfg(feature = "ndarray")]
-pub type NdArray = burn::backend::Flex;
+pub type NdArray = burn::backend::NdArray;
 /// WGPU (Vulkan/Metal/DX12; `wgpu` feature).
 #[cfg(feature = "wgpu")]
 pub type Wgpu = burn::backend::Wgpu;

@@ -1,7 +1,7 @@
 //! # kiln
 //!
 //! Facade of the kiln workspace: re-exports [`model`] (`kiln-model`), [`attention`]
-//! (`kiln-attention`) and [`data`] (`kiln-data`), and chooses burn backends by cargo
+//! (`kiln-attention`), [`kernels`] (`kiln-kernels`) and [`data`] (`kiln-data`), and chooses burn backends by cargo
 //! feature so that everything else stays generic over `B: Backend`.
 //!
 //! **Owns:** backend selection ([`backend`]). **Must not touch:** model, data or training
@@ -13,6 +13,7 @@ pub mod backend;
 pub use burn;
 pub use kiln_attention as attention;
 pub use kiln_data as data;
+pub use kiln_kernels as kernels;
 pub use kiln_lens as lens;
 pub use kiln_model as model;
 pub use kiln_tune as tune;

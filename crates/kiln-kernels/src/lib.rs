@@ -1,0 +1,25 @@
+//! # kiln-kernels
+//!
+//! Fused CPU kernels for the operations where burn-flex 0.21 spends kiln's time, and their
+//! dispatch from burn.
+//!
+//! **Owns:** slice kernels ([`math`]: vectorised `exp`/`erf`, exact GELU forward/backward;
+//! [`attention`]: strided flash-style softmax attention forward/backward with key padding,
+//! causal masking and counter-based dropout; [`rng`]: the dropout stream), and [`ops`]: the
+//! burn-facing functions that run these kernels on `Flex` and register custom `Backward`
+//! nodes on `Autodiff<Flex>`, falling back to burn's composed operations on every other
+//! backend. **Must not touch:** model layout, weights, training policy.
+//!
+//! Written here rather than taken from a crate because the semantics must be exactly those of
+//! the reference models (Hugging Face's `f32::MIN` masking, exact-erf GELU, PyTorch's A&S erf)
+//! and the inputs are burn-flex's strided buffers; the GEMMs are the `gemm` crate burn-flex
+//! itself uses, parallelism is rayon.
+#![warn(missing_docs)]
+
+pub mod adamw;
+pub mod alloc;
+pub mod attention;
+pub mod linear;
+pub mod math;
+pub mod ops;
+pub mod rng;
