@@ -51,11 +51,12 @@ def main() -> int:
             ("linear h->h (x4/layer)", t(lambda: lin_h(x))),
             ("linear h->4h (x2/layer)", t(lambda: lin_ff(x))),
             ("gelu_exact [b,s,4h]", t(lambda: F.gelu(inner))),
-            ("erf [b,s,4h]", t(lambda: torch.erf(inner))),
-            ("exp [b,s,4h]", t(lambda: torch.exp(inner))),
+            ("erf [b,s,4h] (burn op)", t(lambda: torch.erf(inner))),
+            ("exp [b,s,4h] (burn op)", t(lambda: torch.exp(inner))),
             ("layer_norm [b,s,h] (x2)", t(lambda: ln(x))),
-            ("softmax [b,H,s,s]", t(lambda: torch.softmax(scores, -1))),
-            ("attention fused", t(lambda: F.scaled_dot_product_attention(q, q, q))),
+            ("softmax [b,H,s,s] (burn op)", t(lambda: torch.softmax(scores, -1))),
+            ("attention fused + head merge",
+             t(lambda: F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(b, s, h))),
             ("add [b,s,h]", t(lambda: x + x)),
         ]
 

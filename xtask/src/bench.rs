@@ -89,6 +89,8 @@ impl BackendJob for OpsJob {
         let lin_ff = linear::<I<B>>(h, ff, 0.02, &device);
         let ln = layer_norm::<I<B>>(h, 1e-12, &device);
         let mask = AttentionMask::<I<B>>::from_attention_mask(Tensor::ones([b, s], &device));
+        let ln_ad = layer_norm::<B>(h, 1e-12, &device);
+        let lin_ad = linear::<B>(h, ff, 0.02, &device);
         let mech = AttentionKind::default();
         let time = |f: &dyn Fn()| {
             f();
@@ -115,24 +117,27 @@ impl BackendJob for OpsJob {
                 "gelu_exact [b,s,4h]",
                 time(&|| drop(gelu_exact(inner.clone()).into_data())),
             ),
-            ("erf [b,s,4h]", time(&|| drop(inner.clone().erf().into_data()))),
-            ("exp [b,s,4h]", time(&|| drop(inner.clone().exp().into_data()))),
+            (
+                "erf [b,s,4h] (burn op)",
+                time(&|| drop(inner.clone().erf().into_data())),
+            ),
+            (
+                "exp [b,s,4h] (burn op)",
+                time(&|| drop(inner.clone().exp().into_data())),
+            ),
             (
                 "layer_norm [b,s,h] (x2)",
                 time(&|| drop(ln.forward(x.clone()).into_data())),
             ),
             (
-                "softmax [b,H,s,s]",
+                "softmax [b,H,s,s] (burn op)",
                 time(&|| drop(softmax(scores.clone(), 3).into_data())),
             ),
             (
-                "attention fused",
+                "attention fused + head merge",
                 time(&|| {
-                    drop(
-                        mech.attend(q.clone(), q.clone(), q.clone(), &mask, false)
-                            .context
-                            .into_data(),
-                    )
+                    let context = mech.attend(q.clone(), q.clone(), q.clone(), &mask, false).context;
+                    drop(kiln::model::layers::merge_heads(context).into_data())
                 }),
             ),
             (
@@ -169,24 +174,23 @@ impl BackendJob for OpsJob {
                 "train: dropout 0.1 [b,s,h]",
                 time(&|| {
                     let d = kiln::burn::nn::DropoutConfig::new(0.1).init();
-                    drop(d.forward(Tensor::<B, 3>::from_inner(x.clone())).into_data());
+                    let y = kiln::model::layers::dropout(&d, Tensor::<B, 3>::from_inner(x.clone()));
+                    drop(y.into_data());
                 }),
             ),
             (
                 "train: layer_norm fwd+bwd [b,s,h]",
                 time(&|| {
-                    let lnb = layer_norm::<B>(h, 1e-12, &device);
                     let xi = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
-                    let g = lnb.forward(xi.clone()).sum().backward();
+                    let g = ln_ad.forward(xi.clone()).sum().backward();
                     drop(xi.grad(&g).map(|t| t.into_data()));
                 }),
             ),
             (
                 "train: linear h->4h fwd+bwd",
                 time(&|| {
-                    let lin = linear::<B>(h, ff, 0.02, &device);
                     let xi = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
-                    let g = linear_tokens(&lin, xi.clone()).sum().backward();
+                    let g = linear_tokens(&lin_ad, xi.clone()).sum().backward();
                     drop(xi.grad(&g).map(|t| t.into_data()));
                 }),
             ),

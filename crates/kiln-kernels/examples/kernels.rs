@@ -38,6 +38,10 @@ fn main() {
     time("attention fwd 32x12x128x32", &mut || {
         drop(attention::forward(qv, qv, qv, Masking::default()))
     });
+    let qc = View4::contiguous(&q, [b, h, s, d]).unwrap();
+    time("attention fwd, head-major input", &mut || {
+        drop(attention::forward(qc, qc, qc, Masking::default()))
+    });
     let m = Masking {
         dropout: 0.1,
         seed: 3,

@@ -184,9 +184,7 @@ fn check(q: &View4, k: &View4, v: &View4, m: &Masking) -> (usize, usize, usize, 
 fn mask_row(row: &mut [f32], keep: Option<&[bool]>, limit: Option<usize>) {
     if let Some(keep) = keep {
         for (s, &k) in row.iter_mut().zip(keep) {
-            if !k {
-                *s = f32::MIN;
-            }
+            *s = if k { *s } else { f32::MIN };
         }
     }
     if let Some(limit) = limit {
@@ -194,6 +192,11 @@ fn mask_row(row: &mut [f32], keep: Option<&[bool]>, limit: Option<usize>) {
             *s = f32::MIN;
         }
     }
+}
+
+/// Batch `b`'s key mask, `None` when it masks nothing.
+fn batch_keep(mask: Option<&[bool]>, b: usize, sk: usize) -> Option<&[bool]> {
+    mask.map(|m| &m[b * sk..(b + 1) * sk]).filter(|k| k.iter().any(|&k| !k))
 }
 
 /// Number of keys row `i` may see when causal (`None`: all).
@@ -304,7 +307,7 @@ pub fn forward(q: View4, k: View4, v: View4, masking: Masking) -> Forward {
         |scores, (bh, stats)| {
             let out_ptr = out_ptr;
             let (bi, hi) = (bh / h, bh % h);
-            let keep = masking.key_keep.map(|m| &m[bi * sk..(bi + 1) * sk]);
+            let keep = batch_keep(masking.key_keep, bi, sk);
             for i0 in (0..sq).step_by(ROW_BLOCK) {
                 let r = ROW_BLOCK.min(sq - i0);
                 let s = &mut scores[..r * sk];
@@ -390,7 +393,7 @@ pub fn backward(q: View4, k: View4, v: View4, out: View4, stats: &[f32], dout: V
         |(p, pd, ds, di, rb1, rb2), bh| {
             let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
             let (bi, hi) = (bh / h, bh % h);
-            let keep = masking.key_keep.map(|m| &m[bi * sk..(bi + 1) * sk]);
+            let keep = batch_keep(masking.key_keep, bi, sk);
             let st = &stats[bh * sq * 2..(bh + 1) * sq * 2];
             for i0 in (0..sq).step_by(ROW_BLOCK) {
                 let r = ROW_BLOCK.min(sq - i0);
