@@ -13,10 +13,11 @@
 //! [`HybridAttention`] (window softmax + linear attention, one normaliser).
 //! **Must not touch:** model layout, weight loading, tokenization, training.
 //!
-//! The softmax mechanism calls burn's fused [`burn::tensor::module::attention`] op whenever
-//! the caller does not ask for the probabilities (backends may run a flash kernel there), and
-//! an explicit `softmax(QKᵀ·scale + mask)·V` otherwise, since the fused op never materialises
-//! the probabilities.
+//! When the caller does not ask for the probabilities, the softmax mechanism runs
+//! `kiln-kernels`' flash-style CPU kernel on Flex (dropout included, custom backward) and
+//! burn's fused [`burn::tensor::module::attention`] op on other backends (dropout off); it
+//! computes the explicit `softmax(QKᵀ·scale + mask)·V` otherwise, since the fused forms never
+//! materialise the probabilities.
 #![warn(missing_docs)]
 
 mod hybrid;

@@ -274,7 +274,7 @@ fn main() {
     let mut big = vec![0f32; m * n + 4096];
     for off_bytes in [0usize, 16, 32, 48, 64, 128, 256, 1024, 2048] {
         let base = big.as_mut_ptr() as usize;
-        let aligned = (base + 4095) / 4096 * 4096;
+        let aligned = base.div_ceil(4096) * 4096;
         let start = (aligned - base + off_bytes) / 4;
         let out = &mut big[start..start + m * n];
         let (xs, ws) = (xp.storage::<f32>(), wp.storage::<f32>());

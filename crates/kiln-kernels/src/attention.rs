@@ -17,6 +17,10 @@
 //! Parallel over (batch, head) with rayon; the GEMMs inside a task run on one thread
 //! (`gemm`, `Parallelism::None`).
 
+// The `exp` polynomial's published coefficients expand here (see `math`); the scalar twin of
+// `dot` spells its multiply–add out.
+#![allow(clippy::excessive_precision, clippy::assign_op_pattern)]
+
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -305,6 +309,8 @@ pub fn forward(q: View4, k: View4, v: View4, masking: Masking) -> Forward {
     stats.par_chunks_mut(sq * 2).enumerate().for_each_init(
         || vec![0.0f32; ROW_BLOCK.min(sq) * sk],
         |scores, (bh, stats)| {
+            // capture the Send wrapper, not its raw-pointer field
+            #[allow(clippy::redundant_locals)]
             let out_ptr = out_ptr;
             let (bi, hi) = (bh / h, bh % h);
             let keep = batch_keep(masking.key_keep, bi, sk);

@@ -10,6 +10,12 @@
 //! nodes on `Autodiff<Flex>`, falling back to burn's composed operations on every other
 //! backend. **Must not touch:** model layout, weights, training policy.
 //!
+//! Measured effect (2 cores, MiniLM, against PyTorch eager in the same command): forward
+//! 0.28–0.40× → 1.0–1.2×, training step 0.47–0.56× → ≈ 1.2×, activation memory of a
+//! training step less than half of PyTorch's (`docs/benchmarks.md`). Every kernel is tested
+//! against a float64 loop or closed form, and every burn operation against the same function
+//! composed from burn operations on `Autodiff<NdArray>` (`tests/ops.rs`).
+//!
 //! Written here rather than taken from a crate because the semantics must be exactly those of
 //! the reference models (Hugging Face's `f32::MIN` masking, exact-erf GELU, PyTorch's A&S erf)
 //! and the inputs are burn-flex's strided buffers; the GEMMs are the `gemm` crate burn-flex

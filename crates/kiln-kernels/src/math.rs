@@ -16,6 +16,10 @@
 //!   `Φ(x) = ½·erfc(|x|/√2)` for `x < 0`, so the negative tail keeps its relative accuracy
 //!   instead of cancelling against 1.
 
+// Polynomial coefficients are kept digit for digit as published (Cephes, Numerical Recipes),
+// even where f32 cannot represent every digit.
+#![allow(clippy::excessive_precision)]
+
 /// Runs `$body` compiled for AVX2+FMA when the CPU has them, else compiled for the baseline.
 macro_rules! twin {
     (fn $name:ident / $scalar:ident ($($arg:ident: $ty:ty),*) $body:block) => {
@@ -158,7 +162,7 @@ macro_rules! phi_body {
 /// Maclaurin coefficients of `erf(x)/x` in `x²` (to `x¹²`), used for `|x| < ½` where
 /// `1 − erfc` would cancel.
 pub(crate) const ERF_SMALL: [f32; 7] = [
-    1.128_379_2,
+    std::f32::consts::FRAC_2_SQRT_PI,
     -0.376_126_4,
     0.112_837_92,
     -0.026_866_17,

@@ -507,6 +507,9 @@ fn unique_contiguous(t: FlexTensor) -> FlexTensor {
     c
 }
 
+/// `(p, m, v)` after an [`adamw`] update.
+pub type AdamWOutputs<B> = (Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>);
+
 /// Inputs handed back by [`adamw`] when it has no kernel for the backend.
 pub type AdamWInputs<B> = (Tensor<B, 1>, Tensor<B, 1>, Option<(Tensor<B, 1>, Tensor<B, 1>)>);
 
@@ -518,7 +521,7 @@ pub fn adamw<B: Backend>(
     g: Tensor<B, 1>,
     moments: Option<(Tensor<B, 1>, Tensor<B, 1>)>,
     h: crate::adamw::AdamWStep,
-) -> Result<(Tensor<B, 1>, Tensor<B, 1>, Tensor<B, 1>), AdamWInputs<B>> {
+) -> Result<AdamWOutputs<B>, AdamWInputs<B>> {
     let f32s = p.dtype() == DType::F32
         && g.dtype() == DType::F32
         && moments
