@@ -25,6 +25,7 @@
 pub mod adamw;
 pub mod alloc;
 pub mod attention;
+pub mod layer_norm;
 pub mod linear;
 pub mod math;
 pub mod ops;

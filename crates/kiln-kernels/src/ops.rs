@@ -566,3 +566,111 @@ pub fn sum_sq<B: Backend, const D: usize>(g: &Tensor<B, D>) -> Option<f64> {
     let g = float(g).to_contiguous();
     Some(crate::adamw::sum_sq(g.as_slice::<f32>()?))
 }
+
+// ---------------------------------------------------------------- LayerNorm
+
+fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
+    t.to_contiguous()
+}
+
+fn layer_norm_flex(x: &FlexTensor, gamma: &FlexTensor, beta: Option<&FlexTensor>, eps: f32) -> (FlexTensor, Vec<f32>) {
+    let (x, gamma) = (contiguous_f32(x), contiguous_f32(gamma));
+    let beta = beta.map(contiguous_f32);
+    let f = crate::layer_norm::forward(
+        x.as_slice::<f32>().expect("contiguous f32"),
+        gamma.as_slice::<f32>().expect("contiguous f32"),
+        beta.as_ref().map(|b| b.as_slice::<f32>().expect("contiguous f32")),
+        eps,
+    );
+    (flex_from_vec(f.y, x.layout().shape()), f.stats)
+}
+
+/// Backward of LayerNorm: parents `[x, γ]` or `[x, γ, β]`.
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl<const N: usize> Backward<Flex, N> for LayerNormBackward {
+    /// `(x, γ, per-row (μ, r))`.
+    type State = (FlexTensor, FlexTensor, std::sync::Arc<Vec<f32>>);
+
+    fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous_f32(&grads.consume::<Flex>(&ops.node));
+        let (x, gamma, stats) = &ops.state;
+        let (x, gamma) = (contiguous_f32(x), contiguous_f32(gamma));
+        let g = crate::layer_norm::backward(
+            x.as_slice::<f32>().expect("contiguous f32"),
+            gamma.as_slice::<f32>().expect("contiguous f32"),
+            stats,
+            dy.as_slice::<f32>().expect("contiguous f32"),
+        );
+        let d = gamma.layout().shape()[0];
+        let mut outs = [Some(g.dx), Some(g.dgamma), Some(g.dbeta)];
+        for (i, parent) in ops.parents.into_iter().enumerate() {
+            let (Some(parent), Some(grad)) = (parent, outs[i].take()) else {
+                continue;
+            };
+            let shape: Vec<usize> = if i == 0 { x.layout().shape().to_vec() } else { vec![d] };
+            grads.register::<Flex>(parent.id, flex_from_vec(grad, &shape));
+        }
+    }
+}
+
+/// Inputs handed back by [`layer_norm`] when it has no kernel for the backend.
+pub type LayerNormInputs<B, const D: usize> = (Tensor<B, D>, Tensor<B, 1>, Option<Tensor<B, 1>>);
+
+/// LayerNorm of `x` over its last dimension with weight `gamma`, optional bias `beta` and
+/// `eps`, as burn's `LayerNorm` computes it (biased variance): one parallel pass forward and
+/// one backward on Flex / `Autodiff<Flex>`; `Err(inputs)` on other backends and dtypes.
+pub fn layer_norm<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    gamma: Tensor<B, 1>,
+    beta: Option<Tensor<B, 1>>,
+    eps: f64,
+) -> Result<Tensor<B, D>, LayerNormInputs<B, D>> {
+    let f32s = x.dtype() == DType::F32
+        && gamma.dtype() == DType::F32
+        && beta.as_ref().is_none_or(|b| b.dtype() == DType::F32)
+        && x.dims()[D - 1] == gamma.dims()[0];
+    if !f32s || !accelerated::<B>() {
+        return Err((x, gamma, beta));
+    }
+    let eps = eps as f32;
+    let x = match cast::<Tensor<B, D>, Tensor<Flex, D>>(x) {
+        Ok(x) => {
+            let g = float(cast::<Tensor<B, 1>, Tensor<Flex, 1>>(gamma).unwrap_or_else(|_| unreachable!()));
+            let b = beta.map(|b| float(cast::<Tensor<B, 1>, Tensor<Flex, 1>>(b).unwrap_or_else(|_| unreachable!())));
+            let (y, _) = layer_norm_flex(&float(x), &g, b.as_ref(), eps);
+            return Ok(cast(wrap::<Flex, D>(y)).unwrap_or_else(|_| unreachable!()));
+        }
+        Err(x) => x,
+    };
+    let x: AdTensor = float(cast::<Tensor<B, D>, Tensor<Ad, D>>(x).unwrap_or_else(|_| unreachable!()));
+    let g: AdTensor = float(cast::<Tensor<B, 1>, Tensor<Ad, 1>>(gamma).unwrap_or_else(|_| unreachable!()));
+    let b: Option<AdTensor> =
+        beta.map(|b| float(cast::<Tensor<B, 1>, Tensor<Ad, 1>>(b).unwrap_or_else(|_| unreachable!())));
+    let (y, stats) = layer_norm_flex(&x.primitive, &g.primitive, b.as_ref().map(|b| &b.primitive), eps);
+    let state = (x.primitive.clone(), g.primitive.clone(), std::sync::Arc::new(stats));
+    let out = match &b {
+        Some(b) => {
+            let nodes = [x.node.clone(), g.node.clone(), b.node.clone()];
+            match <LayerNormBackward as Backward<Flex, 3>>::prepare::<NoCheckpointing>(LayerNormBackward, nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            }
+        }
+        None => {
+            let nodes = [x.node.clone(), g.node.clone()];
+            match <LayerNormBackward as Backward<Flex, 2>>::prepare::<NoCheckpointing>(LayerNormBackward, nodes)
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => prep.finish(state, y),
+                OpsKind::UnTracked(prep) => prep.finish(y),
+            }
+        }
+    };
+    Ok(cast(wrap::<Ad, D>(out)).unwrap_or_else(|_| unreachable!()))
+}

@@ -67,8 +67,8 @@ fn attention_forward_and_gradients_match_the_composed_form() {
             split_k(vd.clone()).require_grad(),
         );
         let mask = Tensor::<K, 2, Bool>::from_data(TensorData::new(keep.clone(), [b, s]), &kd);
-        let out = ops::attention(q.clone(), k.clone(), v.clone(), Some(&mask), causal, 0.0)
-            .expect("Flex has the kernel");
+        let out =
+            ops::attention(q.clone(), k.clone(), v.clone(), Some(&mask), causal, 0.0).expect("Flex has the kernel");
         let w = Tensor::<K, 4>::from_data(data([b, h, s, d], 4), &kd);
         let g = (out.clone() * w).sum().backward();
 
@@ -173,4 +173,28 @@ fn dropout_backward_regenerates_the_forward_mask() {
     }
     // off autodiff (and on other backends) the kernel declines
     assert!(ops::dropout(Tensor::<Flex, 1>::ones([4], &Default::default()), 0.3).is_err());
+}
+
+#[test]
+fn layer_norm_forward_and_gradients_match_burns_layer_norm() {
+    let (kd, rd) = (Default::default(), Default::default());
+    let (b, s, d) = (3, 17, 48);
+    let x = || data([b, s, d], 11);
+    let w = || data([b, s, d], 12);
+    let xk = Tensor::<K, 3>::from_data(x(), &kd).require_grad();
+    let gk = Tensor::<K, 1>::from_data(data([d], 13), &kd).require_grad();
+    let bk = Tensor::<K, 1>::from_data(data([d], 14), &kd).require_grad();
+    let y = ops::layer_norm(xk.clone(), gk.clone(), Some(bk.clone()), 1e-5).expect("kernel");
+    let g = (y.clone() * Tensor::<K, 3>::from_data(w(), &kd)).sum().backward();
+
+    let xr = Tensor::<R, 3>::from_data(x(), &rd).require_grad();
+    let gr = Tensor::<R, 1>::from_data(data([d], 13), &rd).require_grad();
+    let br = Tensor::<R, 1>::from_data(data([d], 14), &rd).require_grad();
+    let (var, mean) = xr.clone().var_mean_bias(2);
+    let yr = (xr.clone() - mean).div((var + 1e-5).sqrt()) * gr.clone().unsqueeze::<3>() + br.clone().unsqueeze::<3>();
+    let grr = (yr.clone() * Tensor::<R, 3>::from_data(w(), &rd)).sum().backward();
+    close(y, yr, 1e-5, "y");
+    close(xk.grad(&g).unwrap(), xr.grad(&grr).unwrap(), 1e-4, "dx");
+    close(gk.grad(&g).unwrap(), gr.grad(&grr).unwrap(), 1e-4, "dγ");
+    close(bk.grad(&g).unwrap(), br.grad(&grr).unwrap(), 1e-4, "dβ");
 }

@@ -12,7 +12,7 @@ use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
 use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
 use crate::config::BertConfig;
-use crate::layers::{dropout, embedding, layer_norm, linear, linear_2d, merge_heads, position_ids, split_heads};
+use crate::layers::{dropout, embedding, layer_norm, linear, linear_2d, merge_heads, norm, position_ids, split_heads};
 use crate::peft::{Bottleneck, CompacterAdapter, LayerInserts, LoraDelta, SharedInserts, WeightMask};
 
 const INIT_STD: f64 = 0.02;
@@ -28,6 +28,9 @@ pub struct BertEmbeddings<B: Backend> {
     pub token_type_embeddings: Embedding<B>,
     /// LayerNorm over the sum.
     pub layer_norm: LayerNorm<B>,
+    /// ε of `layer_norm` (burn's `LayerNorm` keeps its own private; the fused kernel needs it).
+    #[module(skip)]
+    pub layer_norm_eps: f64,
     /// Dropout after the LayerNorm.
     pub dropout: Dropout,
 }
@@ -41,7 +44,7 @@ impl<B: Backend> BertEmbeddings<B> {
         let sum = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(position_ids(batch, seq, 0, &device))
             + self.token_type_embeddings.forward(token_type_ids);
-        dropout(&self.dropout, self.layer_norm.forward(sum))
+        dropout(&self.dropout, norm(&self.layer_norm, self.layer_norm_eps, sum))
     }
 }
 
@@ -67,6 +70,9 @@ pub struct BertSelfOutput<B: Backend> {
     pub dense: Linear<B>,
     /// LayerNorm after the residual.
     pub layer_norm: LayerNorm<B>,
+    /// ε of `layer_norm` (burn's `LayerNorm` keeps its own private; the fused kernel needs it).
+    #[module(skip)]
+    pub layer_norm_eps: f64,
     /// Dropout before the residual.
     pub dropout: Dropout,
 }
@@ -97,6 +103,9 @@ pub struct BertOutput<B: Backend> {
     pub dense: Linear<B>,
     /// LayerNorm after the residual.
     pub layer_norm: LayerNorm<B>,
+    /// ε of `layer_norm` (burn's `LayerNorm` keeps its own private; the fused kernel needs it).
+    #[module(skip)]
+    pub layer_norm_eps: f64,
     /// Dropout before the residual.
     pub dropout: Dropout,
 }
@@ -171,6 +180,7 @@ impl<B: Backend> BertLayer<B> {
                 output: BertSelfOutput {
                     dense: linear(h, h, INIT_STD, device),
                     layer_norm: layer_norm(h, config.layer_norm_eps, device),
+                    layer_norm_eps: config.layer_norm_eps,
                     dropout: dropout(),
                 },
             },
@@ -181,6 +191,7 @@ impl<B: Backend> BertLayer<B> {
             output: BertOutput {
                 dense: linear(config.intermediate_size, h, INIT_STD, device),
                 layer_norm: layer_norm(h, config.layer_norm_eps, device),
+                layer_norm_eps: config.layer_norm_eps,
                 dropout: dropout(),
             },
             inserts: LayerInserts::empty(),
@@ -278,7 +289,8 @@ impl<B: Backend> BertLayer<B> {
         if capture.pre_ln_sum {
             rec.pre_ln_sum = Some(sum.clone());
         }
-        let a = self.attention.output.layer_norm.forward(sum);
+        let out = &self.attention.output;
+        let a = norm(&out.layer_norm, out.layer_norm_eps, sum);
         let inner = self.intermediate.activation.forward(project(
             &self.intermediate.dense,
             lora.and_then(|l| l.intermediate.as_ref()),
@@ -301,7 +313,7 @@ impl<B: Backend> BertLayer<B> {
         );
         let ffn = adapt(self.inserts.ffn_adapter.as_ref(), ffn);
         let ffn = compact(self.inserts.ffn_compacter.as_ref(), phm_rules, ffn);
-        (self.output.layer_norm.forward(ffn + a), rec)
+        (norm(&self.output.layer_norm, self.output.layer_norm_eps, ffn + a), rec)
     }
 }
 
@@ -407,6 +419,7 @@ impl<B: Backend> BertModel<B> {
                 position_embeddings: embedding(config.max_position_embeddings, h, INIT_STD, device),
                 token_type_embeddings: embedding(config.type_vocab_size, h, INIT_STD, device),
                 layer_norm: layer_norm(h, config.layer_norm_eps, device),
+                layer_norm_eps: config.layer_norm_eps,
                 dropout: DropoutConfig::new(config.hidden_dropout_prob).init(),
             },
             encoder: BertEncoder {
@@ -534,7 +547,7 @@ impl<B: Backend> BertModel<B> {
                 let sum = words
                     + e.position_embeddings.forward(position_ids(batch, n + seq, 0, &device))
                     + e.token_type_embeddings.forward(types);
-                let embeddings = dropout(&e.dropout, e.layer_norm.forward(sum));
+                let embeddings = dropout(&e.dropout, norm(&e.layer_norm, e.layer_norm_eps, sum));
                 let mask = attention_mask.map(|m| Tensor::cat(vec![Tensor::ones([batch, n], &device), m], 1));
                 self.encode(embeddings, mask, capture)
             }

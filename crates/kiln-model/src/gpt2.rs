@@ -13,7 +13,9 @@ use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
 use crate::config::GptConfig;
 use crate::error::ModelError;
-use crate::layers::{dropout, embedding, layer_norm, linear, linear_tokens, merge_heads, position_ids, split_heads};
+use crate::layers::{
+    dropout, embedding, layer_norm, linear, linear_tokens, merge_heads, norm, position_ids, split_heads,
+};
 
 const INIT_STD: f64 = 0.02;
 
@@ -57,6 +59,9 @@ pub struct Gpt2Block<B: Backend> {
     pub ln_2: LayerNorm<B>,
     /// MLP.
     pub mlp: Gpt2Mlp<B>,
+    /// ε of `ln_1` and `ln_2` (for the fused LayerNorm kernel).
+    #[module(skip)]
+    pub ln_eps: f64,
 }
 
 /// GPT-2 with its tied language-modelling head.
@@ -72,6 +77,9 @@ pub struct Gpt2Model<B: Backend> {
     pub h: Vec<Gpt2Block<B>>,
     /// Final LayerNorm.
     pub ln_f: LayerNorm<B>,
+    /// ε of `ln_f` (for the fused LayerNorm kernel).
+    #[module(skip)]
+    pub ln_eps: f64,
 }
 
 impl<B: Backend> Gpt2Block<B> {
@@ -97,13 +105,14 @@ impl<B: Backend> Gpt2Block<B> {
                 activation: config.activation_function,
                 dropout: DropoutConfig::new(config.resid_pdrop).init(),
             },
+            ln_eps: eps,
         }
     }
 
     /// Per-head queries, keys and values of `ln_1(x)`, each `[batch, heads, seq, d_head]`.
     fn qkv(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
         let heads = self.attn.num_heads;
-        let qkv = linear_tokens(&self.attn.c_attn, self.ln_1.forward(x));
+        let qkv = linear_tokens(&self.attn.c_attn, norm(&self.ln_1, self.ln_eps, x));
         let [batch, seq, width3] = qkv.dims();
         let d = width3 / 3;
         [0, 1, 2].map(|i| split_heads(qkv.clone().slice([0..batch, 0..seq, i * d..(i + 1) * d]), heads))
@@ -122,7 +131,7 @@ impl<B: Backend> Gpt2Block<B> {
         let inner = self
             .mlp
             .activation
-            .forward(linear_tokens(&self.mlp.c_fc, self.ln_2.forward(a.clone())));
+            .forward(linear_tokens(&self.mlp.c_fc, norm(&self.ln_2, self.ln_eps, a.clone())));
         a + dropout(&self.mlp.dropout, linear_tokens(&self.mlp.c_proj, inner))
     }
 
@@ -320,6 +329,7 @@ impl<B: Backend> Gpt2Model<B> {
             drop: DropoutConfig::new(config.embd_pdrop).init(),
             h: (0..config.n_layer).map(|_| Gpt2Block::new(config, device)).collect(),
             ln_f: layer_norm(config.n_embd, config.layer_norm_epsilon, device),
+            ln_eps: config.layer_norm_epsilon,
         }
     }
 
@@ -363,7 +373,7 @@ impl<B: Backend> Gpt2Model<B> {
             }
             x = y;
         }
-        let x = self.ln_f.forward(x);
+        let x = norm(&self.ln_f, self.ln_eps, x);
         if capture.hidden_states {
             hidden_states.push(x.clone());
         }
@@ -438,7 +448,7 @@ impl<B: Backend> Gpt2Model<B> {
             layers.push(state);
             x = y;
         }
-        let logits = self.lm_logits(self.ln_f.forward(x));
+        let logits = self.lm_logits(norm(&self.ln_f, self.ln_eps, x));
         Ok((logits, DecodeState { layers, position: n }))
     }
 
@@ -466,7 +476,7 @@ impl<B: Backend> Gpt2Model<B> {
             x = y;
         }
         let vocab = self.wte.weight.dims()[0];
-        let logits = self.lm_logits(self.ln_f.forward(x)).reshape([batch, vocab]);
+        let logits = self.lm_logits(norm(&self.ln_f, self.ln_eps, x)).reshape([batch, vocab]);
         Ok((
             logits,
             DecodeState {

@@ -78,3 +78,12 @@ pub fn dropout<B: Backend, const D: usize>(dropout: &Dropout, x: Tensor<B, D>) -
         Err(x) => dropout.forward(x),
     }
 }
+
+/// `ln` on `x` with its ε `eps` (which burn's `LayerNorm` does not expose): kiln-kernels'
+/// one-pass LayerNorm with its own backward on Flex, burn's `LayerNorm::forward` elsewhere.
+pub fn norm<B: Backend, const D: usize>(ln: &LayerNorm<B>, eps: f64, x: Tensor<B, D>) -> Tensor<B, D> {
+    match kiln_kernels::ops::layer_norm(x, ln.gamma.val(), ln.beta.as_ref().map(|b| b.val()), eps) {
+        Ok(y) => y,
+        Err((x, _, _)) => ln.forward(x),
+    }
+}
