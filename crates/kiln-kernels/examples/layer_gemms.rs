@@ -1,7 +1,8 @@
 //! The six Linear GEMMs of one MiniLM layer at 32×128 through `kiln_kernels::linear`, fresh
 //! outputs each time as in the model (best and median of 9). `--retain` calls
 //! `kiln_kernels::alloc::retain_freed_memory` first.
-use std::time::Instant;
+#[path = "common/mod.rs"]
+mod common;
 
 use kiln_kernels::linear::{forward, View2};
 
@@ -28,20 +29,12 @@ fn main() {
         outs.push(forward(xfv, View2::contiguous(&w_fh, [f, h]).unwrap(), Some(&b_h)));
         outs
     };
-    drop(run());
-    let mut ts: Vec<f64> = (0..9)
-        .map(|_| {
-            let t = Instant::now();
-            drop(run());
-            t.elapsed().as_secs_f64() * 1e3
-        })
-        .collect();
-    ts.sort_by(f64::total_cmp);
+    let (best, median) = common::time_ms(9, &mut || drop(run()));
     let flop = 2.0 * m as f64 * (4.0 * (h * h) as f64 + 2.0 * (h * f) as f64);
     println!(
         "6 GEMMs of a layer: best {:.1} ms, median {:.1} ms ({:.0} GFLOP/s at the median)",
-        ts[0],
-        ts[4],
-        flop / ts[4] / 1e6
+        best,
+        median,
+        flop / median / 1e6
     );
 }

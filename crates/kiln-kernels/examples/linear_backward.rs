@@ -1,21 +1,9 @@
 //! GFLOP/s of `kiln_kernels::linear`'s forward and both backward products at MiniLM's shapes
 //! (strides as the model has them), median of 7, after `retain_freed_memory`.
-use std::time::Instant;
+#[path = "common/mod.rs"]
+mod common;
 
 use kiln_kernels::linear::{backward_w, backward_x, forward, View2};
-
-fn med(f: &mut dyn FnMut()) -> f64 {
-    f();
-    let mut ts: Vec<f64> = (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    ts.sort_by(f64::total_cmp);
-    ts[3]
-}
 
 fn main() {
     kiln_kernels::alloc::retain_freed_memory();
@@ -30,9 +18,9 @@ fn main() {
             View2::contiguous(&dy, [m, n]).unwrap(),
         );
         let flop = 2.0 * (m * k * n) as f64 / 1e9;
-        let f = med(&mut || drop(forward(xv, wv, None)));
-        let dx = med(&mut || drop(backward_x(dyv, wv)));
-        let dw = med(&mut || drop(backward_w(xv, dyv)));
+        let f = common::time_ms(7, &mut || drop(forward(xv, wv, None))).1 / 1e3;
+        let dx = common::time_ms(7, &mut || drop(backward_x(dyv, wv))).1 / 1e3;
+        let dw = common::time_ms(7, &mut || drop(backward_w(xv, dyv))).1 / 1e3;
         println!(
             "[{m},{k}]·[{k},{n}]: fwd {:.0}, dX {:.0}, dW {:.0} GFLOP/s",
             flop / f,

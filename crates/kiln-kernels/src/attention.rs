@@ -19,12 +19,13 @@
 
 // The `exp` polynomial's published coefficients expand here (see `math`); the scalar twin of
 // `dot` spells its multiply–add out.
-#![allow(clippy::excessive_precision, clippy::assign_op_pattern)]
+#![allow(clippy::excessive_precision)]
 
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::math::{dropout_row, exp_body, twin};
+use crate::math::{dot_into as dot, dropout_row, exp_body, twin};
+use crate::mm::mm;
 use crate::rng::RowMask;
 
 /// Query rows per block.
@@ -127,49 +128,6 @@ struct SyncPtr(*mut f32);
 unsafe impl Send for SyncPtr {}
 unsafe impl Sync for SyncPtr {}
 
-/// `dst[m×n] = (read ? dst : 0) + beta·lhs[m×k]·rhs[k×n]`, each with (row, column) strides.
-#[allow(clippy::too_many_arguments)]
-unsafe fn mm(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_rs: isize,
-    read: bool,
-    lhs: *const f32,
-    lhs_rs: isize,
-    lhs_cs: isize,
-    rhs: *const f32,
-    rhs_rs: isize,
-    rhs_cs: isize,
-    beta: f32,
-) {
-    // SAFETY: the caller guarantees every strided element is inside its buffer.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst,
-            1,
-            dst_rs,
-            read,
-            lhs,
-            lhs_cs,
-            lhs_rs,
-            rhs,
-            rhs_cs,
-            rhs_rs,
-            1.0,
-            beta,
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
 fn check(q: &View4, k: &View4, v: &View4, m: &Masking) -> (usize, usize, usize, usize, usize, usize) {
     let [b, h, sq, d] = q.dims;
     let [bk, hk, sk, dk] = k.dims;
@@ -195,6 +153,44 @@ fn mask_row(row: &mut [f32], keep: Option<&[bool]>, limit: Option<usize>) {
         for s in row.iter_mut().skip(limit) {
             *s = f32::MIN;
         }
+    }
+}
+
+/// Scores `q·kᵀ/√d` of query rows `i0..i0 + s.len()/seq_k` of `(batch, head)` against every
+/// key, written into `s` row by row, with masked keys filled with `f32::MIN`.
+fn masked_scores(
+    q: &View4,
+    k: &View4,
+    (bi, hi): (usize, usize),
+    i0: usize,
+    s: &mut [f32],
+    keep: Option<&[bool]>,
+    causal: bool,
+) {
+    let [_, _, sq, d] = q.dims;
+    let sk = k.dims[2];
+    let r = s.len() / sk;
+    // SAFETY: the views were bounds-checked at construction; `s` is r×sk.
+    unsafe {
+        mm(
+            r,
+            sk,
+            d,
+            s.as_mut_ptr(),
+            sk as isize,
+            false,
+            q.at(bi, hi, i0),
+            q.rs(),
+            q.cs(),
+            k.at(bi, hi, 0),
+            k.cs(),
+            k.rs(),
+            (d as f32).powf(-0.5),
+            Parallelism::None,
+        );
+    }
+    for (ii, row) in s.chunks_mut(sk).enumerate() {
+        mask_row(row, keep, causal_limit(causal, i0 + ii, sq, sk));
     }
 }
 
@@ -251,22 +247,6 @@ twin!(fn scale_row / scale_row_scalar (row: &mut [f32], by: f32) {
     }
 });
 
-twin!(fn dot / dot_scalar (a: &[f32], b: &[f32], out: &mut f32) {
-    let mut acc = [0.0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            acc[i] = fma!(x[i], y[i], acc[i]);
-        }
-    }
-    let mut tail = 0.0f32;
-    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
-        tail += x * y;
-    }
-    *out = acc.iter().sum::<f32>() + tail;
-});
-
 twin!(fn score_grad / score_grad_scalar (ds: &mut [f32], p: &[f32], di: f32, scale: f32) {
     for (d, &p) in ds.iter_mut().zip(p) {
         *d = p * (*d - di) * scale;
@@ -299,8 +279,7 @@ fn row_of<'b>(v: &'b View4, b: usize, h: usize, i: usize, buf: &'b mut Vec<f32>)
 
 /// Attention forward. `q` is `[B, H, S_q, D]`, `k` `[B, H, S_k, D]`, `v` `[B, H, S_k, D_v]`.
 pub fn forward(q: View4, k: View4, v: View4, masking: Masking) -> Forward {
-    let (b, h, sq, sk, d, dv) = check(&q, &k, &v, &masking);
-    let scale = (d as f32).powf(-0.5);
+    let (b, h, sq, sk, _, dv) = check(&q, &k, &v, &masking);
     let mut out = vec![0.0f32; b * sq * h * dv];
     let mut stats = vec![0.0f32; b * h * sq * 2];
     let out_ptr = SyncPtr(out.as_mut_ptr());
@@ -317,28 +296,10 @@ pub fn forward(q: View4, k: View4, v: View4, masking: Masking) -> Forward {
             for i0 in (0..sq).step_by(ROW_BLOCK) {
                 let r = ROW_BLOCK.min(sq - i0);
                 let s = &mut scores[..r * sk];
-                // SAFETY: views were bounds-checked at construction; `s` is r×sk.
-                unsafe {
-                    mm(
-                        r,
-                        sk,
-                        d,
-                        s.as_mut_ptr(),
-                        sk as isize,
-                        false,
-                        q.at(bi, hi, i0),
-                        q.rs(),
-                        q.cs(),
-                        k.at(bi, hi, 0),
-                        k.cs(),
-                        k.rs(),
-                        scale,
-                    );
-                }
+                masked_scores(&q, &k, (bi, hi), i0, s, keep, masking.causal);
                 for ii in 0..r {
                     let i = i0 + ii;
                     let row = &mut s[ii * sk..(ii + 1) * sk];
-                    mask_row(row, keep, causal_limit(masking.causal, i, sq, sk));
                     let (max, inv) = softmax_row(row);
                     stats[2 * i] = max;
                     stats[2 * i + 1] = inv;
@@ -364,6 +325,7 @@ pub fn forward(q: View4, k: View4, v: View4, masking: Masking) -> Forward {
                         v.rs(),
                         v.cs(),
                         1.0,
+                        Parallelism::None,
                     );
                 }
             }
@@ -404,32 +366,15 @@ pub fn backward(q: View4, k: View4, v: View4, out: View4, stats: &[f32], dout: V
             for i0 in (0..sq).step_by(ROW_BLOCK) {
                 let r = ROW_BLOCK.min(sq - i0);
                 let (p, pd, ds) = (&mut p[..r * sk], &mut pd[..r * sk], &mut ds[..r * sk]);
+                masked_scores(&q, &k, (bi, hi), i0, p, keep, masking.causal);
                 // SAFETY (all GEMMs below): views are bounds-checked; local buffers are r×sk;
                 // rows i0..i0+r of dq and the (bi, hi) columns of dk/dv belong to this task.
-                unsafe {
-                    mm(
-                        r,
-                        sk,
-                        d,
-                        p.as_mut_ptr(),
-                        sk as isize,
-                        false,
-                        q.at(bi, hi, i0),
-                        q.rs(),
-                        q.cs(),
-                        k.at(bi, hi, 0),
-                        k.cs(),
-                        k.rs(),
-                        scale,
-                    );
-                }
                 for ii in 0..r {
                     let i = i0 + ii;
                     let mut dot_io = 0.0;
                     dot(row_of(&dout, bi, hi, i, rb1), row_of(&out, bi, hi, i, rb2), &mut dot_io);
                     di[ii] = dot_io;
                     let row = &mut p[ii * sk..(ii + 1) * sk];
-                    mask_row(row, keep, causal_limit(masking.causal, i, sq, sk));
                     let (max, inv) = (st[2 * i], st[2 * i + 1]);
                     let mut sum = 0.0;
                     exp_shift_sum(row, max, &mut sum);
@@ -458,6 +403,7 @@ pub fn backward(q: View4, k: View4, v: View4, out: View4, stats: &[f32], dout: V
                         dout.rs(),
                         dout.cs(),
                         1.0,
+                        Parallelism::None,
                     );
                     // dP' = dO·Vᵀ
                     mm(
@@ -474,6 +420,7 @@ pub fn backward(q: View4, k: View4, v: View4, out: View4, stats: &[f32], dout: V
                         v.cs(),
                         v.rs(),
                         1.0,
+                        Parallelism::None,
                     );
                 }
                 for ii in 0..r {
@@ -516,6 +463,7 @@ pub fn backward(q: View4, k: View4, v: View4, out: View4, stats: &[f32], dout: V
                         k.rs(),
                         k.cs(),
                         1.0,
+                        Parallelism::None,
                     );
                     // dK += dSᵀ·Q
                     let dst = dk_ptr.0.add(bi * sk * h * d + hi * d);
@@ -533,6 +481,7 @@ pub fn backward(q: View4, k: View4, v: View4, out: View4, stats: &[f32], dout: V
                         q.rs(),
                         q.cs(),
                         1.0,
+                        Parallelism::None,
                     );
                 }
             }

@@ -6,6 +6,20 @@
 
 use rayon::prelude::*;
 
+use crate::math::{dot_into, sum_into};
+
+fn sum(x: &[f32]) -> f32 {
+    let mut s = 0.0;
+    sum_into(x, &mut s);
+    s
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut s = 0.0;
+    dot_into(a, b, &mut s);
+    s
+}
+
 /// Rows per parallel task.
 const ROWS: usize = 64;
 
@@ -32,7 +46,7 @@ pub struct Grads {
 /// Normalises each row of `x` (`len = rows·d`, `d = gamma.len()`).
 pub fn forward(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> Forward {
     let d = gamma.len();
-    assert!(d > 0 && x.len() % d == 0, "x is not [rows, {d}]");
+    assert!(d > 0 && x.len().is_multiple_of(d), "x is not [rows, {d}]");
     let rows = x.len() / d;
     let mut y = vec![0.0f32; x.len()];
     let mut stats = vec![0.0f32; rows * 2];
@@ -40,19 +54,22 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> Forw
         .zip(stats.par_chunks_mut(ROWS * 2))
         .zip(x.par_chunks(ROWS * d))
         .for_each(|((y, st), x)| {
+            let mut dev = vec![0.0f32; d];
             for ((y, st), x) in y.chunks_mut(d).zip(st.chunks_mut(2)).zip(x.chunks(d)) {
-                let mean = x.iter().sum::<f32>() / d as f32;
-                let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                let r = 1.0 / (var + eps).sqrt();
+                let mean = sum(x) / d as f32;
+                for (t, &v) in dev.iter_mut().zip(x) {
+                    *t = v - mean;
+                }
+                let r = 1.0 / (dot(&dev, &dev) / d as f32 + eps).sqrt();
                 match beta {
                     Some(b) => {
                         for i in 0..d {
-                            y[i] = (x[i] - mean) * r * gamma[i] + b[i];
+                            y[i] = dev[i] * r * gamma[i] + b[i];
                         }
                     }
                     None => {
                         for i in 0..d {
-                            y[i] = (x[i] - mean) * r * gamma[i];
+                            y[i] = dev[i] * r * gamma[i];
                         }
                     }
                 }
@@ -66,7 +83,7 @@ pub fn forward(x: &[f32], gamma: &[f32], beta: Option<&[f32]>, eps: f32) -> Forw
 /// Gradients from the forward's input, statistics and `dy`.
 pub fn backward(x: &[f32], gamma: &[f32], stats: &[f32], dy: &[f32]) -> Grads {
     let d = gamma.len();
-    assert!(x.len() == dy.len() && x.len() % d == 0 && stats.len() == x.len() / d * 2);
+    assert!(x.len() == dy.len() && x.len().is_multiple_of(d) && stats.len() == x.len() / d * 2);
     let mut dx = vec![0.0f32; x.len()];
     let partial: Vec<(Vec<f32>, Vec<f32>)> = dx
         .par_chunks_mut(ROWS * d)
@@ -75,21 +92,18 @@ pub fn backward(x: &[f32], gamma: &[f32], stats: &[f32], dy: &[f32]) -> Grads {
         .zip(stats.par_chunks(ROWS * 2))
         .map(|(((dx, x), dy), st)| {
             let (mut dg, mut db) = (vec![0.0f32; d], vec![0.0f32; d]);
+            let (mut xhat, mut g) = (vec![0.0f32; d], vec![0.0f32; d]);
             for (((dx, x), dy), st) in dx.chunks_mut(d).zip(x.chunks(d)).zip(dy.chunks(d)).zip(st.chunks(2)) {
                 let (mean, r) = (st[0], st[1]);
-                let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
                 for i in 0..d {
-                    let xhat = (x[i] - mean) * r;
-                    let g = dy[i] * gamma[i];
-                    sum_g += g;
-                    sum_gx += g * xhat;
-                    dg[i] += dy[i] * xhat;
+                    xhat[i] = (x[i] - mean) * r;
+                    g[i] = dy[i] * gamma[i];
+                    dg[i] += dy[i] * xhat[i];
                     db[i] += dy[i];
                 }
-                let (mg, mgx) = (sum_g / d as f32, sum_gx / d as f32);
+                let (mg, mgx) = (sum(&g) / d as f32, dot(&g, &xhat) / d as f32);
                 for i in 0..d {
-                    let xhat = (x[i] - mean) * r;
-                    dx[i] = r * (dy[i] * gamma[i] - mg - xhat * mgx);
+                    dx[i] = r * (g[i] - mg - xhat[i] * mgx);
                 }
             }
             (dg, db)

@@ -3,10 +3,13 @@
 //!
 //! Why not burn-flex's matmul: at MiniLM's shapes it reaches about half of what the same
 //! `gemm` call reaches on a buffer allocated here (`examples/linear_parts.rs`: 41–47 ms vs
-//! 23–27 ms for `[4096,384]·[384,1536]` on 2 cores; `examples/gemm_shapes.rs` shows the crate
-//! at 180–200 GFLOP/s at every Linear shape, as `torch.mm`).
+//! 23–27 ms for `[4096,384]·[384,1536]` on 2 cores — page faults in its fresh output, see
+//! `crate::alloc`; `cargo xtask bench gemm` shows this module at 180–216 GFLOP/s at every
+//! Linear shape, as `torch.mm`).
 
-use gemm::{gemm, Parallelism};
+use gemm::Parallelism;
+
+use crate::mm::mm;
 use rayon::prelude::*;
 
 /// A read-only `[rows, cols]` view with non-negative strides.
@@ -44,6 +47,14 @@ impl<'a> View2<'a> {
     fn ptr(&self) -> *const f32 {
         self.data[self.offset.min(self.data.len())..].as_ptr()
     }
+
+    fn rs(&self) -> isize {
+        self.strides[0] as isize
+    }
+
+    fn cs(&self) -> isize {
+        self.strides[1] as isize
+    }
 }
 
 fn threads() -> Parallelism {
@@ -77,25 +88,20 @@ pub fn forward(x: View2, w: View2, b: Option<&[f32]>) -> Vec<f32> {
     if m * n > 0 && k > 0 {
         // SAFETY: the views were bounds-checked; `y` is m×n row-major.
         unsafe {
-            gemm(
+            mm(
                 m,
                 n,
                 k,
                 y.as_mut_ptr(),
-                1,
                 n as isize,
                 b.is_some(),
                 x.ptr(),
-                x.strides[1] as isize,
-                x.strides[0] as isize,
+                x.rs(),
+                x.cs(),
                 w.ptr(),
-                w.strides[1] as isize,
-                w.strides[0] as isize,
+                w.rs(),
+                w.cs(),
                 1.0,
-                1.0,
-                false,
-                false,
-                false,
                 threads(),
             );
             // SAFETY: the GEMM wrote all m·n elements (or they were written before it).
@@ -115,25 +121,20 @@ pub fn backward_x(dy: View2, w: View2) -> Vec<f32> {
         // SAFETY: bounds-checked views; `dx` is m×k row-major. wᵀ has (row, col) strides
         // (w.cs, w.rs).
         unsafe {
-            gemm(
+            mm(
                 m,
                 k,
                 n,
                 dx.as_mut_ptr(),
-                1,
                 k as isize,
                 false,
                 dy.ptr(),
-                dy.strides[1] as isize,
-                dy.strides[0] as isize,
+                dy.rs(),
+                dy.cs(),
                 w.ptr(),
-                w.strides[0] as isize,
-                w.strides[1] as isize,
-                0.0,
+                w.cs(),
+                w.rs(),
                 1.0,
-                false,
-                false,
-                false,
                 threads(),
             );
             // SAFETY: the GEMM wrote all m·k elements.
@@ -153,25 +154,20 @@ pub fn backward_w(x: View2, dy: View2) -> Vec<f32> {
         // SAFETY: bounds-checked views; `dw` is k×n row-major. xᵀ has (row, col) strides
         // (x.cs, x.rs).
         unsafe {
-            gemm(
+            mm(
                 k,
                 n,
                 m,
                 dw.as_mut_ptr(),
-                1,
                 n as isize,
                 false,
                 x.ptr(),
-                x.strides[0] as isize,
-                x.strides[1] as isize,
+                x.cs(),
+                x.rs(),
                 dy.ptr(),
-                dy.strides[1] as isize,
-                dy.strides[0] as isize,
-                0.0,
+                dy.rs(),
+                dy.cs(),
                 1.0,
-                false,
-                false,
-                false,
                 threads(),
             );
             // SAFETY: the GEMM wrote all k·n elements.

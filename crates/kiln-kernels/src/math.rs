@@ -18,7 +18,7 @@
 
 // Polynomial coefficients are kept digit for digit as published (Cephes, Numerical Recipes),
 // even where f32 cannot represent every digit.
-#![allow(clippy::excessive_precision)]
+#![allow(clippy::excessive_precision, clippy::assign_op_pattern)]
 
 /// Runs `$body` compiled for AVX2+FMA when the CPU has them, else compiled for the baseline.
 macro_rules! twin {
@@ -215,6 +215,34 @@ twin!(fn dropout_row / dropout_row_scalar (row: &mut [f32], rm: crate::rng::RowM
     for (j, p) in row.iter_mut().enumerate() {
         *p = if rm.keep(j as u32) { *p * keep_scale } else { 0.0 };
     }
+});
+
+twin!(fn dot_into / dot_into_scalar (a: &[f32], b: &[f32], out: &mut f32) {
+    let mut acc = [0.0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for i in 0..8 {
+            acc[i] = fma!(x[i], y[i], acc[i]);
+        }
+    }
+    let mut tail = 0.0f32;
+    for (x, y) in ca.remainder().iter().zip(cb.remainder()) {
+        tail += x * y;
+    }
+    *out = acc.iter().sum::<f32>() + tail;
+});
+
+twin!(fn sum_into / sum_into_scalar (a: &[f32], out: &mut f32) {
+    // eight partial sums, so the reduction vectorises
+    let mut acc = [0.0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    for x in &mut ca {
+        for i in 0..8 {
+            acc[i] += x[i];
+        }
+    }
+    *out = acc.iter().sum::<f32>() + ca.remainder().iter().sum::<f32>();
 });
 
 /// Elements per parallel task of the element-wise kernels.
