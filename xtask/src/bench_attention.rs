@@ -98,14 +98,6 @@ pub struct AttentionJob {
     pub peak_child: bool,
 }
 
-/// Peak resident set size (VmHWM) of this process in MiB (Linux).
-fn peak_rss_mb() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 /// Peak memory (MiB above the inputs) of one forward + backward of `variant` at `n`, measured
 /// in a fresh child process with glibc's default allocator settings, so that nothing retained
 /// from other lengths hides the growth.
@@ -155,7 +147,7 @@ impl BackendJob for AttentionJob {
                     let before = rss_mb().unwrap_or(0.0);
                     let out = mechanism.attend(q.require_grad(), k.require_grad(), v.require_grad(), &mask, false);
                     drop(out.context.powi_scalar(2).mean().backward());
-                    println!("PEAK {:.1}", peak_rss_mb().unwrap_or(0.0) - before);
+                    println!("PEAK {:.1}", kiln::tune::trainer::peak_rss_mb().unwrap_or(0.0) - before);
                     continue;
                 }
                 let forward = crate::bench::median_time(

@@ -44,6 +44,11 @@ fn cast<A: 'static, T: 'static>(a: A) -> Result<T, A> {
     }
 }
 
+/// Moves `a` into `T`, which the caller's `TypeId` check has shown to be its own type.
+fn same<A: 'static, T: 'static>(a: A) -> T {
+    cast(a).unwrap_or_else(|_| unreachable!("checked to be the same type"))
+}
+
 /// Whether `B` is a backend these kernels serve.
 pub fn accelerated<B: Backend>() -> bool {
     use std::any::TypeId;
@@ -111,11 +116,11 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Tensor<B, D>,
     let x = match cast::<Tensor<B, D>, Tensor<Flex, D>>(x) {
         Ok(x) => {
             let y = gelu_flex(&float(x));
-            return Ok(cast(wrap::<Flex, D>(y)).unwrap_or_else(|_| unreachable!()));
+            return Ok(same(wrap::<Flex, D>(y)));
         }
         Err(x) => x,
     };
-    let x: AdTensor = float(cast::<Tensor<B, D>, Tensor<Ad, D>>(x).unwrap_or_else(|_| unreachable!()));
+    let x: AdTensor = float(same::<Tensor<B, D>, Tensor<Ad, D>>(x));
     let out = match GeluBackward
         .prepare::<NoCheckpointing>([x.node.clone()])
         .compute_bound()
@@ -127,7 +132,7 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Result<Tensor<B, D>,
         }
         OpsKind::UnTracked(prep) => prep.finish(gelu_flex(&x.primitive)),
     };
-    Ok(cast(wrap::<Ad, D>(out)).unwrap_or_else(|_| unreachable!()))
+    Ok(same(wrap::<Ad, D>(out)))
 }
 
 // ---------------------------------------------------------------- attention
@@ -285,16 +290,14 @@ pub fn attention<B: Backend>(
     let dropout = dropout as f32;
     let q = match cast::<Tensor<B, 4>, Tensor<Flex, 4>>(q) {
         Ok(q) => {
-            let k = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(k).unwrap_or_else(|_| unreachable!());
-            let v = cast::<Tensor<B, 4>, Tensor<Flex, 4>>(v).unwrap_or_else(|_| unreachable!());
+            let k = same::<Tensor<B, 4>, Tensor<Flex, 4>>(k);
+            let v = same::<Tensor<B, 4>, Tensor<Flex, 4>>(v);
             let (out, _) = attention_flex(float(q), float(k), float(v), keep, causal, dropout, seed);
-            return Ok(cast(wrap::<Flex, 4>(out)).unwrap_or_else(|_| unreachable!()));
+            return Ok(same(wrap::<Flex, 4>(out)));
         }
         Err(q) => q,
     };
-    let ad = |t: Tensor<B, 4>| -> AdTensor {
-        float(cast::<Tensor<B, 4>, Tensor<Ad, 4>>(t).unwrap_or_else(|_| unreachable!()))
-    };
+    let ad = |t: Tensor<B, 4>| -> AdTensor { float(same::<Tensor<B, 4>, Tensor<Ad, 4>>(t)) };
     let (q, k, v) = (ad(q), ad(k), ad(v));
     let nodes = [q.node.clone(), k.node.clone(), v.node.clone()];
     let out = match AttentionBackward
@@ -311,7 +314,7 @@ pub fn attention<B: Backend>(
             prep.finish(out)
         }
     };
-    Ok(cast(wrap::<Ad, 4>(out)).unwrap_or_else(|_| unreachable!()))
+    Ok(same(wrap::<Ad, 4>(out)))
 }
 
 // ---------------------------------------------------------------- linear
@@ -395,20 +398,17 @@ pub fn linear<B: Backend>(
     }
     let x = match cast::<Tensor<B, 2>, Tensor<Flex, 2>>(x) {
         Ok(x) => {
-            let w = cast::<Tensor<B, 2>, Tensor<Flex, 2>>(w).unwrap_or_else(|_| unreachable!());
-            let b = b.map(|b| float(cast::<Tensor<B, 1>, Tensor<Flex, 1>>(b).unwrap_or_else(|_| unreachable!())));
+            let w = same::<Tensor<B, 2>, Tensor<Flex, 2>>(w);
+            let b = b.map(|b| float(same::<Tensor<B, 1>, Tensor<Flex, 1>>(b)));
             let (x, w) = (viewable2(float(x)), viewable2(float(w)));
             let y = linear_flex(&x, &w, b.as_ref());
-            return Ok(cast(wrap::<Flex, 2>(y)).unwrap_or_else(|_| unreachable!()));
+            return Ok(same(wrap::<Flex, 2>(y)));
         }
         Err(x) => x,
     };
-    let ad2 = |t: Tensor<B, 2>| -> AdTensor {
-        float(cast::<Tensor<B, 2>, Tensor<Ad, 2>>(t).unwrap_or_else(|_| unreachable!()))
-    };
+    let ad2 = |t: Tensor<B, 2>| -> AdTensor { float(same::<Tensor<B, 2>, Tensor<Ad, 2>>(t)) };
     let (x, w) = (ad2(x), ad2(w));
-    let b: Option<AdTensor> =
-        b.map(|b| float(cast::<Tensor<B, 1>, Tensor<Ad, 1>>(b).unwrap_or_else(|_| unreachable!())));
+    let b: Option<AdTensor> = b.map(|b| float(same::<Tensor<B, 1>, Tensor<Ad, 1>>(b)));
     let (xp, wp) = (viewable2(x.primitive.clone()), viewable2(w.primitive.clone()));
     let y = linear_flex(&xp, &wp, b.as_ref().map(|b| &b.primitive));
     let out = match &b {
@@ -433,7 +433,7 @@ pub fn linear<B: Backend>(
             }
         }
     };
-    Ok(cast(wrap::<Ad, 2>(out)).unwrap_or_else(|_| unreachable!()))
+    Ok(same(wrap::<Ad, 2>(out)))
 }
 
 // ---------------------------------------------------------------- dropout
@@ -495,7 +495,7 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, p: f64) -> Result<Te
         OpsKind::Tracked(prep) => prep.finish((seed, p), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
-    Ok(cast(wrap::<Ad, D>(out)).unwrap_or_else(|_| unreachable!()))
+    Ok(same(wrap::<Ad, D>(out)))
 }
 
 // ---------------------------------------------------------------- AdamW
@@ -534,11 +534,7 @@ pub fn adamw<B: Backend>(
         Ok(p) => p,
         Err(p) => return Err((p, g, moments)),
     };
-    let flex = |t: Tensor<B, 1>| {
-        unique_contiguous(float(
-            cast::<Tensor<B, 1>, Tensor<Flex, 1>>(t).unwrap_or_else(|_| unreachable!()),
-        ))
-    };
+    let flex = |t: Tensor<B, 1>| unique_contiguous(float(same::<Tensor<B, 1>, Tensor<Flex, 1>>(t)));
     let n = p.dims()[0];
     let mut p = unique_contiguous(float(p));
     let g = flex(g);
@@ -553,7 +549,7 @@ pub fn adamw<B: Backend>(
         v.storage_mut::<f32>(),
         h,
     );
-    let back = |t: FlexTensor| -> Tensor<B, 1> { cast(wrap::<Flex, 1>(t)).unwrap_or_else(|_| unreachable!()) };
+    let back = |t: FlexTensor| -> Tensor<B, 1> { same(wrap::<Flex, 1>(t)) };
     Ok((back(p), back(m), back(v)))
 }
 
@@ -569,13 +565,9 @@ pub fn sum_sq<B: Backend, const D: usize>(g: &Tensor<B, D>) -> Option<f64> {
 
 // ---------------------------------------------------------------- LayerNorm
 
-fn contiguous_f32(t: &FlexTensor) -> FlexTensor {
-    t.to_contiguous()
-}
-
 fn layer_norm_flex(x: &FlexTensor, gamma: &FlexTensor, beta: Option<&FlexTensor>, eps: f32) -> (FlexTensor, Vec<f32>) {
-    let (x, gamma) = (contiguous_f32(x), contiguous_f32(gamma));
-    let beta = beta.map(contiguous_f32);
+    let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
+    let beta = beta.map(FlexTensor::to_contiguous);
     let f = crate::layer_norm::forward(
         x.as_slice::<f32>().expect("contiguous f32"),
         gamma.as_slice::<f32>().expect("contiguous f32"),
@@ -594,9 +586,9 @@ impl<const N: usize> Backward<Flex, N> for LayerNormBackward {
     type State = (FlexTensor, FlexTensor, std::sync::Arc<Vec<f32>>);
 
     fn backward(self, ops: Ops<Self::State, N>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = contiguous_f32(&grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node).to_contiguous();
         let (x, gamma, stats) = &ops.state;
-        let (x, gamma) = (contiguous_f32(x), contiguous_f32(gamma));
+        let (x, gamma) = (x.to_contiguous(), gamma.to_contiguous());
         let g = crate::layer_norm::backward(
             x.as_slice::<f32>().expect("contiguous f32"),
             gamma.as_slice::<f32>().expect("contiguous f32"),
@@ -637,17 +629,16 @@ pub fn layer_norm<B: Backend, const D: usize>(
     let eps = eps as f32;
     let x = match cast::<Tensor<B, D>, Tensor<Flex, D>>(x) {
         Ok(x) => {
-            let g = float(cast::<Tensor<B, 1>, Tensor<Flex, 1>>(gamma).unwrap_or_else(|_| unreachable!()));
-            let b = beta.map(|b| float(cast::<Tensor<B, 1>, Tensor<Flex, 1>>(b).unwrap_or_else(|_| unreachable!())));
+            let g = float(same::<Tensor<B, 1>, Tensor<Flex, 1>>(gamma));
+            let b = beta.map(|b| float(same::<Tensor<B, 1>, Tensor<Flex, 1>>(b)));
             let (y, _) = layer_norm_flex(&float(x), &g, b.as_ref(), eps);
-            return Ok(cast(wrap::<Flex, D>(y)).unwrap_or_else(|_| unreachable!()));
+            return Ok(same(wrap::<Flex, D>(y)));
         }
         Err(x) => x,
     };
-    let x: AdTensor = float(cast::<Tensor<B, D>, Tensor<Ad, D>>(x).unwrap_or_else(|_| unreachable!()));
-    let g: AdTensor = float(cast::<Tensor<B, 1>, Tensor<Ad, 1>>(gamma).unwrap_or_else(|_| unreachable!()));
-    let b: Option<AdTensor> =
-        beta.map(|b| float(cast::<Tensor<B, 1>, Tensor<Ad, 1>>(b).unwrap_or_else(|_| unreachable!())));
+    let x: AdTensor = float(same::<Tensor<B, D>, Tensor<Ad, D>>(x));
+    let g: AdTensor = float(same::<Tensor<B, 1>, Tensor<Ad, 1>>(gamma));
+    let b: Option<AdTensor> = beta.map(|b| float(same::<Tensor<B, 1>, Tensor<Ad, 1>>(b)));
     let (y, stats) = layer_norm_flex(&x.primitive, &g.primitive, b.as_ref().map(|b| &b.primitive), eps);
     let state = (x.primitive.clone(), g.primitive.clone(), std::sync::Arc::new(stats));
     let out = match &b {
@@ -672,5 +663,5 @@ pub fn layer_norm<B: Backend, const D: usize>(
             }
         }
     };
-    Ok(cast(wrap::<Ad, D>(out)).unwrap_or_else(|_| unreachable!()))
+    Ok(same(wrap::<Ad, D>(out)))
 }
