@@ -48,6 +48,57 @@ impl Workload {
     }
 }
 
+/// The encoder measured: MiniLM (pretrained when found, else random weights) or a random
+/// BERT-base-sized one (GPU throughput and model-FLOPs utilisation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ModelSize {
+    /// all-MiniLM-L6-v2's shape: 6 layers, width 384, FFN 1536, 12 heads.
+    #[default]
+    Minilm,
+    /// BERT-base's shape: 12 layers, width 768, FFN 3072, 12 heads (random weights).
+    BertBase,
+}
+
+impl ModelSize {
+    fn config(self) -> kiln::model::BertConfig {
+        match self {
+            Self::Minilm => minilm_shaped_config(),
+            Self::BertBase => serde_json::from_value(serde_json::json!({
+                "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+                "num_attention_heads": 12, "intermediate_size": 3072, "max_position_embeddings": 512
+            }))
+            .expect("valid config"),
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Minilm => "minilm",
+            Self::BertBase => "bert-base",
+        }
+    }
+}
+
+/// Model FLOPs of one sequence of `seq` tokens: the matrix products of the encoder (QKV,
+/// output, FFN: `2·(4d² + 2·d·ff)` per token and layer; scores and context: `4·S·d`) plus
+/// pooler and classifier, ×3 for a training step (backward = 2× forward). Embedding gathers,
+/// norms, softmax and the optimizer are not counted, as in the usual MFU convention.
+pub fn model_flops_per_seq(size: ModelSize, seq: usize, workload: Workload) -> f64 {
+    let c = size.config();
+    let (d, ff, l, s) = (
+        c.hidden_size as f64,
+        c.intermediate_size as f64,
+        c.num_hidden_layers as f64,
+        seq as f64,
+    );
+    let forward = s * l * (8.0 * d * d + 4.0 * d * ff + 4.0 * s * d) + 2.0 * d * d + 4.0 * d;
+    match workload {
+        Workload::Forward => forward,
+        Workload::TrainStep => 3.0 * forward,
+    }
+}
+
 /// One JSON line of `bench minilm --json` (the PyTorch script prints the same keys).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Measurement {
@@ -59,6 +110,9 @@ pub struct Measurement {
     pub seq_per_s: f64,
     pub tokens_per_s: f64,
     pub peak_rss_mb: Option<f64>,
+    /// Model FLOP rate (TFLOP/s, [`model_flops_per_seq`] × seq/s); filled in by the parent.
+    #[serde(default)]
+    pub model_tflops: Option<f64>,
 }
 
 #[derive(clap::Args)]
@@ -80,6 +134,9 @@ pub struct MinilmArgs {
     /// Model directory (default: located like demo; random MiniLM-shaped weights if absent).
     #[arg(long)]
     pub model: Option<PathBuf>,
+    /// Encoder shape; `bert-base` always uses random weights.
+    #[arg(long, value_enum, default_value = "minilm")]
+    pub size: ModelSize,
     /// Print one JSON object per line instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -153,12 +210,12 @@ struct Bench<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> Bench<B> {
-    fn new(model: Option<&Path>, batch: usize, seq: usize, device: &B::Device) -> Result<Self> {
+    fn new(model: Option<&Path>, size: ModelSize, batch: usize, seq: usize, device: &B::Device) -> Result<Self> {
         B::seed(device, 0);
         let model = match model {
             Some(dir) => SequenceClassifier::<B>::from_pretrained(dir, 2, device)?.0,
             None => {
-                let config = minilm_shaped_config();
+                let config = size.config();
                 let bert = kiln::model::BertModel::<B>::new(&config, true, device);
                 SequenceClassifier::new_head(bert, &config, 2, device)
             }
@@ -188,6 +245,7 @@ impl<B: AutodiffBackend> Bench<B> {
 
 struct MinilmJob {
     model: Option<PathBuf>,
+    size: ModelSize,
     workload: Workload,
     batch: usize,
     seq: usize,
@@ -199,7 +257,7 @@ impl BackendJob for MinilmJob {
     type Output = Result<f64>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
-        let mut bench = Bench::<B>::new(self.model.as_deref(), self.batch, self.seq, &device)?;
+        let mut bench = Bench::<B>::new(self.model.as_deref(), self.size, self.batch, self.seq, &device)?;
         let mut times = Vec::with_capacity(self.iters);
         match self.workload {
             Workload::Forward => {
@@ -224,6 +282,8 @@ impl BackendJob for MinilmJob {
                 for i in 0..=self.iters {
                     let t = Instant::now();
                     bench = bench.train_step(&mut opt);
+                    // GPU backends queue work: wait for the step before reading the clock.
+                    B::sync(&device).map_err(|e| anyhow::anyhow!("device sync: {e:?}"))?;
                     if i > 0 {
                         times.push(t.elapsed().as_secs_f64());
                     }
@@ -239,6 +299,7 @@ impl BackendJob for MinilmJob {
 fn measure(
     device: DeviceKind,
     model: Option<PathBuf>,
+    size: ModelSize,
     workload: Workload,
     batch: usize,
     seq: usize,
@@ -248,6 +309,7 @@ fn measure(
         device,
         MinilmJob {
             model,
+            size,
             workload,
             batch,
             seq,
@@ -264,6 +326,7 @@ fn measure(
         seq_per_s,
         tokens_per_s: seq_per_s * seq as f64,
         peak_rss_mb: kiln::tune::trainer::peak_rss_mb(),
+        model_tflops: Some(seq_per_s * model_flops_per_seq(size, seq, workload) / 1e12),
     })
 }
 
@@ -296,6 +359,7 @@ fn last_json_line(out: &std::process::Output, what: &str) -> Result<Measurement>
 fn measure_in_child(
     device: DeviceKind,
     model: Option<&Path>,
+    size: ModelSize,
     workload: Workload,
     (batch, seq): (usize, usize),
     iters: usize,
@@ -303,7 +367,7 @@ fn measure_in_child(
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.args(["bench", "minilm", "--json", "--device", &device.to_string()])
         .args(["--batch", &batch.to_string(), "--seq", &seq.to_string()])
-        .args(["--iters", &iters.to_string()])
+        .args(["--iters", &iters.to_string(), "--size", size.arg()])
         .args([
             "--workloads",
             if workload == Workload::Forward {
@@ -327,9 +391,20 @@ fn python_script() -> PathBuf {
         .join("bench_minilm.py")
 }
 
+/// Where the PyTorch baseline runs: the GPU for kiln's GPU backends, else the CPU.
+fn python_device(device: DeviceKind) -> &'static str {
+    match device {
+        DeviceKind::Cuda => "cuda",
+        DeviceKind::Cpu | DeviceKind::Flex | DeviceKind::NdArray | DeviceKind::Wgpu => "cpu",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn measure_python(
     python: &Path,
+    device: DeviceKind,
     model: Option<&Path>,
+    size: ModelSize,
     workload: Workload,
     (batch, seq): (usize, usize),
     iters: usize,
@@ -338,13 +413,16 @@ fn measure_python(
     let mut cmd = Command::new(python);
     cmd.arg(python_script())
         .args(["--mode", workload.python_mode()])
+        .args(["--device", python_device(device), "--size", size.arg()])
         .args(["--batch", &batch.to_string(), "--seq", &seq.to_string()])
         .args(["--iters", &iters.to_string(), "--threads", &threads.to_string()]);
     if let Some(m) = model {
         cmd.arg("--model").arg(m);
     }
     let out = cmd.output().with_context(|| format!("running {}", python.display()))?;
-    last_json_line(&out, &format!("PyTorch {} {batch}x{seq}", workload.name()))
+    let mut m = last_json_line(&out, &format!("PyTorch {} {batch}x{seq}", workload.name()))?;
+    m.model_tflops = Some(m.seq_per_s * model_flops_per_seq(size, seq, workload) / 1e12);
+    Ok(m)
 }
 
 /// A row of the comparison: kiln's measurement and PyTorch's at the same workload and shape.
@@ -366,23 +444,26 @@ fn fmt_rss(m: Option<f64>) -> String {
 
 fn table(rows: &[Compared]) -> String {
     let mut t = String::from(
-        "| workload | batch × seq | kiln seq/s | kiln tokens/s | kiln peak RSS (MiB) | PyTorch seq/s | PyTorch peak RSS (MiB) | kiln / PyTorch |\n|---|---|---|---|---|---|---|---|\n",
+        "| workload | batch × seq | kiln seq/s | kiln tokens/s | kiln model TFLOP/s | kiln peak RSS (MiB) | PyTorch seq/s | PyTorch model TFLOP/s | PyTorch peak RSS (MiB) | kiln / PyTorch |\n|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let k = &r.kiln;
-        let (p_speed, p_rss) = r.pytorch.as_ref().map_or(("–".into(), "–".into()), |p| {
-            (format!("{:.1}", p.seq_per_s), fmt_rss(p.peak_rss_mb))
+        let tflops = |m: &Measurement| m.model_tflops.map_or("–".into(), |v| format!("{v:.2}"));
+        let (p_speed, p_tflops, p_rss) = r.pytorch.as_ref().map_or(("–".into(), "–".into(), "–".into()), |p| {
+            (format!("{:.1}", p.seq_per_s), tflops(p), fmt_rss(p.peak_rss_mb))
         });
         t += &format!(
-            "| {} ({}) | {} × {} | {:.1} | {:.0} | {} | {} | {} | {} |\n",
+            "| {} ({}) | {} × {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
             k.name,
             k.backend,
             k.batch,
             k.seq,
             k.seq_per_s,
             k.tokens_per_s,
+            tflops(k),
             fmt_rss(k.peak_rss_mb),
             p_speed,
+            p_tflops,
             p_rss,
             r.ratio().map_or("–".into(), |x| format!("{x:.2}×")),
         );
@@ -428,10 +509,17 @@ pub fn minilm(args: MinilmArgs) -> Result<()> {
         (None, None) => args.shapes.iter().map(|s| parse_shape(s)).collect::<Result<_>>()?,
         _ => bail!("--batch and --seq go together"),
     };
-    let model = locate_model(args.model);
+    let model = match (args.size, args.model) {
+        (ModelSize::Minilm, model) => locate_model(model),
+        (ModelSize::BertBase, None) => None,
+        (ModelSize::BertBase, Some(m)) => bail!(
+            "--size bert-base uses random weights; --model {} is for --size minilm",
+            m.display()
+        ),
+    };
     if shapes.len() == 1 && args.workloads.len() == 1 && args.baseline_python.is_none() {
         let (batch, seq) = shapes[0];
-        let m = measure(args.device, model, args.workloads[0], batch, seq, args.iters)?;
+        let m = measure(args.device, model, args.size, args.workloads[0], batch, seq, args.iters)?;
         if args.json {
             println!("{}", serde_json::to_string(&m)?);
         } else {
@@ -442,11 +530,13 @@ pub fn minilm(args: MinilmArgs) -> Result<()> {
     let mut rows = Vec::new();
     for &workload in &args.workloads {
         for &shape in &shapes {
-            let kiln = measure_in_child(args.device, model.as_deref(), workload, shape, args.iters)?;
+            let kiln = measure_in_child(args.device, model.as_deref(), args.size, workload, shape, args.iters)?;
             let pytorch = match &args.baseline_python {
                 Some(py) => Some(measure_python(
                     py,
+                    args.device,
                     model.as_deref(),
+                    args.size,
                     workload,
                     shape,
                     args.iters,
@@ -481,6 +571,7 @@ pub fn memory(args: MemoryArgs) -> Result<()> {
             let kiln = measure_in_child(
                 args.device,
                 model.as_deref(),
+                ModelSize::Minilm,
                 Workload::TrainStep,
                 (batch, seq),
                 args.iters,
@@ -488,7 +579,9 @@ pub fn memory(args: MemoryArgs) -> Result<()> {
             let pytorch = match &args.baseline_python {
                 Some(py) => Some(measure_python(
                     py,
+                    args.device,
                     model.as_deref(),
+                    ModelSize::Minilm,
                     Workload::TrainStep,
                     (batch, seq),
                     args.iters,
@@ -547,7 +640,7 @@ impl BackendJob for LeakJob {
     type Output = Result<Vec<(usize, f64)>>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
-        let mut bench = Bench::<B>::new(self.model.as_deref(), self.batch, self.seq, &device)?;
+        let mut bench = Bench::<B>::new(self.model.as_deref(), ModelSize::Minilm, self.batch, self.seq, &device)?;
         let mut opt = AdamW::new(
             AdamWConfig::default(),
             &kiln::tune::params::param_infos(&bench.model),
