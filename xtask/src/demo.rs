@@ -102,7 +102,8 @@ impl BackendJob for DemoJob {
             &self.data,
             &self.train,
             &RunDir(self.out.clone()),
-            false,
+            // The demo's directory is its own: a second demo replaces the first.
+            kiln::tune::run_dir::OnExisting::Overwrite,
             StopAt::default(),
             &device,
         )?;

@@ -65,9 +65,30 @@ pub fn load(path: &Path, sets: &[String]) -> Result<Experiment> {
         builder = builder.set_override(key.trim(), parse_value(value.trim()))?;
     }
     let merged = builder.build().with_context(|| format!("reading {}", path.display()))?;
-    merged
-        .try_deserialize::<Experiment>()
-        .with_context(|| format!("{}: invalid experiment", path.display()))
+    merged.try_deserialize::<Experiment>().map_err(|e| {
+        // Say where a bad value came from: a --set, an environment variable, or the file.
+        let text = e.to_string();
+        let from_set = sets.iter().rev().find(|s| {
+            s.split_once('=')
+                .is_some_and(|(k, _)| text.contains(&format!("`{}`", k.trim())))
+        });
+        let from_env = std::env::vars().find(|(k, _)| {
+            let key = k
+                .strip_prefix("KILN_")
+                .map(|rest| rest.to_lowercase().replace("__", "."));
+            key.is_some_and(|key| text.contains(&format!("`{key}`")))
+        });
+        match (from_set, from_env) {
+            (Some(set), _) => {
+                anyhow::anyhow!(e).context(format!("--set {set}: invalid value (applied over {})", path.display()))
+            }
+            (None, Some((k, v))) => anyhow::anyhow!(e).context(format!(
+                "environment {k}={v}: invalid value (applied over {})",
+                path.display()
+            )),
+            (None, None) => anyhow::anyhow!(e).context(format!("{}: invalid experiment", path.display())),
+        }
+    })
 }
 
 /// `--set` values: integers, floats and booleans typed, everything else a string.
@@ -104,7 +125,7 @@ pub struct RunJob {
     pub data: TaskData,
     pub train: TrainConfig,
     pub out: PathBuf,
-    pub resume: bool,
+    pub on_existing: kiln::tune::run_dir::OnExisting,
 }
 
 impl BackendJob for RunJob {
@@ -121,7 +142,7 @@ impl BackendJob for RunJob {
             &self.data,
             &self.train,
             &RunDir(self.out.clone()),
-            self.resume,
+            self.on_existing,
             StopAt::default(),
             &device,
         )?;
@@ -209,6 +230,11 @@ mod tests {
         let typo = write("[experiment]\nname = \"x\"\ntask = \"rte\"\n[[train.tuning]]\nkind = \"lora\"\nrank = 4\n");
         let err = format!("{:#}", load(typo.path(), &[]).unwrap_err());
         assert!(err.contains("rank"), "{err}");
+        let err = format!("{:#}", load(f.path(), &["train.epochs=1.5".into()]).unwrap_err());
+        assert!(err.starts_with("--set train.epochs=1.5: invalid value"), "{err}");
+        assert!(err.contains("1.5: expected a whole number"), "{err}");
+        let err = format!("{:#}", load(f.path(), &["train.lr=fast".into()]).unwrap_err());
+        assert!(err.starts_with("--set train.lr=fast"), "{err}");
         let bad = write("[experiment]\nname = \"x\"\ntask = \"rte\"\n[train]\nlearning_rate = 1e-5\n");
         let err = format!("{:#}", load(bad.path(), &[]).unwrap_err());
         assert!(err.contains("learning_rate"), "{err}");

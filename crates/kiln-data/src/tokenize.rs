@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use tokenizers::{
-    PaddingDirection, PaddingParams, PaddingStrategy, Tokenizer, TruncationDirection, TruncationParams,
-    TruncationStrategy,
+    EncodeInput, PaddingDirection, PaddingParams, PaddingStrategy, PostProcessor, Tokenizer, TruncationDirection,
+    TruncationParams, TruncationStrategy,
 };
 
 /// Errors of the data layer.
@@ -30,6 +30,17 @@ pub enum DataError {
     /// Encoding failed.
     #[error("tokenization failed: {0}")]
     Encode(String),
+    /// A truncation length too short to hold a pair's special tokens and one text token
+    /// (the `tokenizers` crate would silently stop truncating).
+    #[error("max_length = {max_length} is too short: at least {min} (the {specials} special tokens of a text pair and one token of text)")]
+    MaxLength {
+        /// The length asked for.
+        max_length: usize,
+        /// The shortest length accepted.
+        min: usize,
+        /// Special tokens a pair gets.
+        specials: usize,
+    },
 }
 
 /// One input example: a single text or a text pair (JSON: `"text"` or `["a", "b"]`).
@@ -98,10 +109,28 @@ impl TextTokenizer {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut inner = Tokenizer::from_bytes(&bytes).map_err(|e| DataError::Tokenizer {
+        // tokenizers 0.22 panics on some malformed files (an `expect` in its decoder
+        // deserialisation, found by `cargo xtask fuzz`): a bad file must be an error here.
+        let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes)).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(format!("malformed tokenizer file (the tokenizers crate panicked: {what})").into())
+        });
+        let mut inner = parsed.map_err(|e| DataError::Tokenizer {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
+        let specials = inner.get_post_processor().map_or(0, |p| p.added_tokens(true));
+        if max_length < specials + 1 {
+            return Err(DataError::MaxLength {
+                max_length,
+                min: specials + 1,
+                specials,
+            });
+        }
         let (pad_id, pad_type_id, pad_token) = match inner.get_padding() {
             Some(p) => (p.pad_id, p.pad_type_id, p.pad_token.clone()),
             None => (0, 0, "[PAD]".to_string()),
@@ -125,6 +154,36 @@ impl TextTokenizer {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+        // A trial encoding of a single text and a pair: tokenizers 0.22 also panics at encode
+        // time on some files that parse (a post-processor template naming a special token it
+        // does not define: "no entry found for key"). Catch that here, once, at load.
+        let trial = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            inner.encode_batch(
+                vec![
+                    EncodeInput::Single("a".into()),
+                    EncodeInput::Dual("a".into(), "b".into()),
+                ],
+                true,
+            )
+        }));
+        let problem = match trial {
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => Some(format!("cannot encode a sample text: {e}")),
+            Err(panic) => Some(format!(
+                "cannot encode a sample text (the tokenizers crate panicked: {})",
+                panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default()
+            )),
+        };
+        if let Some(message) = problem {
+            return Err(DataError::Tokenizer {
+                path: path.to_path_buf(),
+                message,
+            });
+        }
         Ok(Self { inner, max_length })
     }
 
@@ -191,5 +250,42 @@ impl TextTokenizer {
         self.inner
             .decode(&ids, true)
             .map_err(|e| DataError::Encode(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), text).unwrap();
+        f
+    }
+
+    /// Found by `cargo xtask fuzz`: tokenizers 0.22 panics ("Helper") on a syntax error inside
+    /// the decoder object; it must be a typed error naming the file.
+    #[test]
+    fn a_malformed_decoder_is_an_error_not_a_panic() {
+        let f = file(r#"{"version": "1.0", "decoder": {"type" "WordPiece"}}"#);
+        let err = TextTokenizer::from_file(f.path(), 16).unwrap_err();
+        assert!(matches!(err, DataError::Tokenizer { .. }), "{err}");
+        assert!(err.to_string().contains(&f.path().display().to_string()), "{err}");
+    }
+
+    /// Found by `cargo xtask fuzz`: a template naming a special token its map lacks parses,
+    /// then panics in tokenizers' encode ("no entry found for key"); it is refused at load.
+    #[test]
+    fn a_template_with_an_undefined_special_token_is_refused_at_load() {
+        let text = r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+          "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "decoder": null,
+          "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]{", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {}},
+          "model": {"type": "WordLevel", "vocab": {"[UNK]": 0, "a": 1, "b": 2}, "unk_token": "[UNK]"}}"#;
+        let f = file(text);
+        let err = TextTokenizer::from_file(f.path(), 16).unwrap_err();
+        assert!(err.to_string().contains("cannot encode a sample text"), "{err}");
     }
 }

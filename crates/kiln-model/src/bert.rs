@@ -458,6 +458,62 @@ impl<B: Backend> BertModel<B> {
         }
     }
 
+    /// Checks a batch of host-side inputs against what this model can embed: at least one row,
+    /// `seq + prompt_len ≤ max_position_embeddings`, token ids in `[0, vocab)`, token type ids
+    /// in `[0, type_vocab)`. Call it wherever ids come from user input (a dataset, a CLI
+    /// argument, a reference file): the embedding gathers would panic on any of these.
+    ///
+    /// # Errors
+    /// [`crate::ModelError::Input`] naming the first bad value and the model's limit.
+    pub fn check_input(&self, batch: usize, seq: usize, ids: &[i64], types: &[i64]) -> Result<(), crate::ModelError> {
+        let e = &self.embeddings;
+        let positions = e.position_embeddings.weight.dims()[0];
+        let vocab = e.word_embeddings.weight.dims()[0];
+        let type_vocab = e.token_type_embeddings.weight.dims()[0];
+        let bad = |what, value: usize, limit: String| crate::ModelError::Input {
+            what,
+            value: i64::try_from(value).unwrap_or(i64::MAX),
+            limit,
+        };
+        if batch == 0 || seq == 0 {
+            return Err(bad(
+                "batch size × length",
+                batch * seq,
+                "an input needs at least one row of one token".into(),
+            ));
+        }
+        let room = positions.saturating_sub(self.prompt_len());
+        if seq > room {
+            return Err(bad(
+                "sequence length",
+                seq,
+                format!(
+                    "this model has {positions} positions{}; truncate to max_length ≤ {room}",
+                    if self.prompt_len() > 0 {
+                        format!(" of which the soft prompt takes {}", self.prompt_len())
+                    } else {
+                        String::new()
+                    }
+                ),
+            ));
+        }
+        if let Some(&id) = ids.iter().find(|&&i| i < 0 || i >= vocab as i64) {
+            return Err(crate::ModelError::Input {
+                what: "token id",
+                value: id,
+                limit: format!("the vocabulary has ids 0..{vocab}"),
+            });
+        }
+        if let Some(&t) = types.iter().find(|&&t| t < 0 || t >= type_vocab as i64) {
+            return Err(crate::ModelError::Input {
+                what: "token type id",
+                value: t,
+                limit: format!("the model has {type_vocab} token types"),
+            });
+        }
+        Ok(())
+    }
+
     /// Number of soft-prompt positions prepended to every input (0 without prompt tuning).
     pub fn prompt_len(&self) -> usize {
         self.prompt.as_ref().map_or(0, |p| p.dims()[0])

@@ -57,6 +57,17 @@ pub enum ModelError {
         /// Any other per-tensor error (dtype, adapter) as reported by burn-store.
         other: Vec<String>,
     },
+    /// An input the model cannot take (too long for its positions, an id outside its
+    /// vocabulary): reported before any tensor op, which would panic in a gather.
+    #[error("input {what} = {value} is out of range: {limit}")]
+    Input {
+        /// What was checked (`sequence length`, `token id`, `token type id`, `batch size`).
+        what: &'static str,
+        /// The offending value.
+        value: i64,
+        /// What the model allows.
+        limit: String,
+    },
 }
 
 fn describe_mismatch(

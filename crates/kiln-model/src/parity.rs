@@ -311,6 +311,9 @@ pub fn bert_parity<B: Backend>(
     tol: Tolerances,
     device: &B::Device,
 ) -> Result<Vec<ParityRow>, ModelError> {
+    let (id_shape, id_values) = reference.i64("input_ids")?;
+    let type_values = reference.i64("token_type_ids").map(|(_, v)| v).unwrap_or(&[]);
+    model.check_input(id_shape[0], id_shape[1], id_values, type_values)?;
     let ids = reference.int_tensor::<B>("input_ids", device)?;
     let mask_t = reference.int_tensor::<B>("attention_mask", device)?;
     let types = reference.int_tensor::<B>("token_type_ids", device).ok();
@@ -346,6 +349,8 @@ pub fn gpt2_parity<B: Backend>(
     tol: Tolerances,
     device: &B::Device,
 ) -> Result<Vec<ParityRow>, ModelError> {
+    let (id_shape, id_values) = reference.i64("input_ids")?;
+    model.check_input(id_shape[0], id_shape[1], id_values)?;
     let ids = reference.int_tensor::<B>("input_ids", device)?;
     let mask_t = reference.int_tensor::<B>("attention_mask", device)?;
     let (shape, mask) = reference.i64("attention_mask")?;

@@ -61,22 +61,76 @@ fn invalid(path: &Path, message: impl std::fmt::Display) -> CheckpointError {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
-/// rename.
+/// rename, fsync of the directory (so the rename itself survives a power cut). On failure
+/// (disk full, say) the temporary file is removed and `path` is untouched.
 ///
 /// # Errors
 /// [`CheckpointError::Io`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
     use std::io::Write;
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     let tmp = dir.join(format!(
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    std::fs::rename(&tmp, path).map_err(io(path))
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(bytes).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    sync_dir(dir)
+}
+
+/// fsyncs a directory, making renames inside it durable.
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+/// The sibling directories [`save`] stages a checkpoint in and moves the previous one to.
+fn swap_dirs(dir: &Path) -> (PathBuf, PathBuf) {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
+    (
+        parent.join(format!(".{name}.staging")),
+        parent.join(format!(".{name}.old")),
+    )
+}
+
+/// Finishes a checkpoint swap that a crash interrupted. [`save`] moves the previous checkpoint
+/// aside (`.<name>.old`) and then renames the complete new one (`.<name>.staging`) into place;
+/// a crash between the two renames leaves no `dir`. This puts the newest complete checkpoint
+/// back (the staged one when it is complete — `state.json` is written last — else the old one)
+/// and returns which one it used. Called by [`save`] and before a resume.
+///
+/// # Errors
+/// [`CheckpointError::Io`] if a rename fails.
+pub fn recover(dir: &Path) -> Result<Option<PathBuf>, CheckpointError> {
+    if dir.exists() {
+        return Ok(None);
+    }
+    let (staging, old) = swap_dirs(dir);
+    for candidate in [staging, old] {
+        if candidate.join("state.json").is_file() {
+            std::fs::rename(&candidate, dir).map_err(io(dir))?;
+            sync_dir(dir.parent().unwrap_or(Path::new(".")))?;
+            tracing::warn!(
+                "recovered checkpoint {} from {} (a previous save was interrupted)",
+                dir.display(),
+                candidate.display()
+            );
+            return Ok(Some(candidate));
+        }
+    }
+    Ok(None)
 }
 
 /// Where the loop stands; enough to continue exactly.
@@ -249,9 +303,9 @@ pub fn save<B: Backend, O: Backend>(
 ) -> Result<(), CheckpointError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint");
-    let staging = parent.join(format!(".{name}.staging"));
-    let old = parent.join(format!(".{name}.old"));
+    // A crash inside the previous swap must not cost the complete checkpoint it left.
+    recover(dir)?;
+    let (staging, old) = swap_dirs(dir);
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
     write_weights(&staging, model, tuning)?;
@@ -265,6 +319,7 @@ pub fn save<B: Backend, O: Backend>(
         std::fs::rename(dir, &old).map_err(io(dir))?;
     }
     std::fs::rename(&staging, dir).map_err(io(dir))?;
+    sync_dir(parent)?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
 }
@@ -307,4 +362,47 @@ pub fn load_optimizer_and_state<O: Backend>(
     let state: TrainState = serde_json::from_str(&text).map_err(|e| invalid(&state_path, e))?;
     load_optimizer(opt, &dir.join("optimizer.safetensors"), device)?;
     Ok(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failed write (here: the rename onto a non-empty directory fails, as a full disk fails
+    /// the write) leaves the target untouched and no temporary file behind.
+    #[test]
+    fn a_failed_atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("results.json");
+        std::fs::create_dir_all(target.join("occupied")).unwrap();
+        assert!(write_atomic(&target, b"{}").is_err());
+        let names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, vec!["results.json".to_string()]);
+        assert!(target.join("occupied").is_dir());
+    }
+
+    /// `recover` prefers the complete staged checkpoint, falls back to the old one, ignores an
+    /// incomplete staging directory, and leaves an existing checkpoint alone.
+    #[test]
+    fn recover_restores_the_newest_complete_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let last = dir.path().join("last");
+        let (staging, old) = swap_dirs(&last);
+        let make = |d: &Path, step: &str| {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("state.json"), step).unwrap();
+        };
+        make(&staging, "new");
+        make(&old, "old");
+        assert_eq!(recover(&last).unwrap(), Some(staging.clone()));
+        assert_eq!(std::fs::read_to_string(last.join("state.json")).unwrap(), "new");
+        assert_eq!(recover(&last).unwrap(), None, "a present checkpoint is left alone");
+        std::fs::remove_dir_all(&last).unwrap();
+        std::fs::create_dir_all(&staging).unwrap(); // incomplete: no state.json
+        assert_eq!(recover(&last).unwrap(), Some(old.clone()));
+        assert_eq!(std::fs::read_to_string(last.join("state.json")).unwrap(), "old");
+    }
 }

@@ -3,7 +3,9 @@
 //! Fine-tuning: task heads ([`classifier::SequenceClassifier`]), tuning strategies (what trains,
 //! inserted modules, gradient masks: [`strategy`]), a PyTorch-exact AdamW with
 //! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, the
-//! training loop with its run directory and checkpoints ([`trainer`]), and the exactness
+//! training loop with its run directory and checkpoints ([`trainer`]; who may write a run
+//! directory and what happens to an existing one: [`run_dir`]; every `[train]` value checked
+//! before anything runs: [`validate`]), and the exactness
 //! check against PyTorch's training step ([`train_parity`]), the ladder side network
 //! ([`ladder`]), interop with PEFT and Hugging Face layouts ([`export`]), attention transfer
 //! for converted models ([`transfer`]), and causal language modelling for the decoder
@@ -24,7 +26,9 @@ pub mod ladder;
 pub mod lm;
 pub mod optim;
 pub mod params;
+pub mod run_dir;
 pub mod strategy;
 pub mod train_parity;
 pub mod trainer;
 pub mod transfer;
+pub mod validate;

@@ -444,11 +444,27 @@ impl Tuning {
                         message: format!("reserve_p must be in (0, 1], got {reserve_p}"),
                     });
                 }
-                StrategyConfig::Lora { r, targets, .. } => {
-                    if *r == 0 {
+                StrategyConfig::Lora {
+                    r,
+                    alpha,
+                    dropout,
+                    targets,
+                } => {
+                    let message = if *r == 0 {
+                        Some("rank r must be at least 1".to_string())
+                    } else if !(alpha.is_finite() && *alpha > 0.0) {
+                        Some(format!(
+                            "alpha = {alpha}: must be a positive number (scale = alpha / r)"
+                        ))
+                    } else if !(0.0..1.0).contains(dropout) {
+                        Some(format!("dropout = {dropout}: must be in [0, 1)"))
+                    } else {
+                        None
+                    };
+                    if let Some(message) = message {
                         return Err(StrategyError::Invalid {
                             strategy: "lora",
-                            message: "rank r must be at least 1".into(),
+                            message,
                         });
                     }
                     lora_targets(targets)?;
@@ -593,6 +609,84 @@ impl Tuning {
         })
     }
 
+    /// Checks that every component fits `bert` before anything is inserted: LoRA's rank at
+    /// most the narrower side of each target linear, an adapter or side-network reduction
+    /// that leaves a bottleneck of at least one unit, Compacter's `n` dividing both widths, a
+    /// soft prompt shorter than half the positions. [`Tuning::insert`] calls it first; the
+    /// trainer calls it before it writes anything.
+    ///
+    /// # Errors
+    /// [`StrategyError::Invalid`] naming the component, the value and the model's limit.
+    pub fn check_fits<B: Backend>(&self, bert: &kiln_model::BertModel<B>) -> Result<(), StrategyError> {
+        let [_, h] = bert.embeddings.word_embeddings.weight.dims();
+        let invalid = |strategy: &'static str, message: String| Err(StrategyError::Invalid { strategy, message });
+        for c in &self.components {
+            match c {
+                StrategyConfig::Lora { r, targets, .. } => {
+                    let targets = lora_targets(targets)?;
+                    if let Some(layer) = bert.encoder.layer.first() {
+                        for (name, d_in, d_out) in linear_shapes(layer) {
+                            if targets.contains(&name) && *r > d_in.min(d_out) {
+                                return invalid(
+                                    "lora",
+                                    format!(
+                                        "r = {r} exceeds the rank of {name} ({d_in} → {d_out}): at most {}",
+                                        d_in.min(d_out)
+                                    ),
+                                );
+                            }
+                        }
+                    }
+                }
+                StrategyConfig::Houlsby { reduction }
+                | StrategyConfig::Pfeiffer { reduction }
+                | StrategyConfig::Ladder { reduction }
+                    if *reduction > h =>
+                {
+                    return invalid(
+                        c.name(),
+                        format!(
+                            "reduction = {reduction} leaves a zero-width bottleneck (hidden size {h}): at most {h}"
+                        ),
+                    );
+                }
+                StrategyConfig::Compacter { reduction, n } => {
+                    let inner = h / (*reduction).max(1);
+                    if *n == 0 || inner == 0 || !h.is_multiple_of(*n) || !inner.is_multiple_of(*n) {
+                        return invalid(
+                            "compacter",
+                            format!("n = {n} must divide the hidden size {h} and the bottleneck width {inner} (reduction {reduction})"),
+                        );
+                    }
+                }
+                StrategyConfig::PromptTuning { n_virtual } => {
+                    let max_pos = bert.embeddings.position_embeddings.weight.dims()[0];
+                    if *n_virtual == 0 || *n_virtual >= max_pos / 2 {
+                        return invalid(
+                            "prompt_tuning",
+                            format!(
+                                "n_virtual = {n_virtual}: must be in 1..{} (half the model's {max_pos} positions)",
+                                max_pos / 2
+                            ),
+                        );
+                    }
+                }
+                StrategyConfig::Full
+                | StrategyConfig::BitFit
+                | StrategyConfig::Lna
+                | StrategyConfig::ChildTuningF { .. }
+                | StrategyConfig::ChildTuningD { .. }
+                | StrategyConfig::Houlsby { .. }
+                | StrategyConfig::Pfeiffer { .. }
+                | StrategyConfig::Ladder { .. }
+                | StrategyConfig::Ia3
+                | StrategyConfig::LearnedMask { .. }
+                | StrategyConfig::Ulmfit { .. } => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Inserts the modules the components need (LoRA deltas, adapters), drawing their
     /// initialisation from the backend RNG.
     ///
@@ -603,6 +697,7 @@ impl Tuning {
         mut model: SequenceClassifier<B>,
         device: &B::Device,
     ) -> Result<SequenceClassifier<B>, StrategyError> {
+        self.check_fits(&model.bert)?;
         for c in &self.components {
             match c {
                 StrategyConfig::Lora {
@@ -655,15 +750,6 @@ impl Tuning {
                 }
                 StrategyConfig::Compacter { reduction, n } => {
                     let h = model.bert.embeddings.word_embeddings.weight.dims()[1];
-                    let inner = h / (*reduction).max(1);
-                    if *n == 0 || inner == 0 || !h.is_multiple_of(*n) || !inner.is_multiple_of(*n) {
-                        return Err(StrategyError::Invalid {
-                            strategy: "compacter",
-                            message: format!(
-                                "n = {n} must divide the hidden size {h} and the bottleneck width {inner}"
-                            ),
-                        });
-                    }
                     model.bert.encoder.shared.phm_rules = Some(Param::from_tensor(Tensor::random(
                         [*n, *n, *n],
                         Distribution::Normal(0.0, 1.0 / *n as f64),
@@ -677,16 +763,6 @@ impl Tuning {
                 }
                 StrategyConfig::PromptTuning { n_virtual } => {
                     let [vocab, hidden] = model.bert.embeddings.word_embeddings.weight.dims();
-                    let max_pos = model.bert.embeddings.position_embeddings.weight.dims()[0];
-                    if *n_virtual == 0 || *n_virtual >= max_pos / 2 {
-                        return Err(StrategyError::Invalid {
-                            strategy: "prompt_tuning",
-                            message: format!(
-                                "n_virtual must be in 1..{} (half the model's {max_pos} positions)",
-                                max_pos / 2
-                            ),
-                        });
-                    }
                     // Lester et al. initialise from sampled vocabulary embeddings; skip the
                     // first 1000 ids, which hold BERT's [PAD]/[unused*]/special tokens.
                     let low = 1000.min(vocab - 1) as f64;

@@ -112,6 +112,85 @@ pub fn train_step_parity<B: AutodiffBackend>(
     cfg: TrainParityConfig,
     device: &B::Device,
 ) -> Result<Vec<ParityRow>, ModelError> {
+    train_step_parity_report::<B>(model_dir, reference, cfg, device).map(|r| r.rows)
+}
+
+/// [`train_step_parity`]'s rows, with per-element diagnostics of every failing parameter.
+#[derive(Debug, Clone)]
+pub struct TrainParityReport {
+    /// One row per loss, gradient norm and listed parameter.
+    pub rows: Vec<ParityRow>,
+    /// For each parameter over its tolerance: how many elements are, the worst ones with
+    /// both sides' values and step-0 gradients, and how many of them had a step-0 gradient
+    /// near Adam's ε or of opposite sign (where f32 rounding decides Adam's update).
+    pub diagnostics: Vec<String>,
+}
+
+/// Per-element comparison of one parameter (values in HF layout, row-major).
+fn element_diagnostics(
+    name: &str,
+    tol: f64,
+    got: &[f32],
+    want: &[f32],
+    cols: usize,
+    grads: Option<(&[f32], &[f32])>,
+    eps: f64,
+) -> String {
+    let mut over: Vec<usize> = (0..want.len())
+        .filter(|&i| f64::from((got[i] - want[i]).abs()) > tol)
+        .collect();
+    over.sort_by(|&a, &b| (got[b] - want[b]).abs().total_cmp(&(got[a] - want[a]).abs()));
+    let mut text = format!(
+        "{name}: {} of {} elements differ by more than {tol:.0e}",
+        over.len(),
+        want.len()
+    );
+    if let Some((g_kiln, g_torch)) = grads {
+        let near_eps = over
+            .iter()
+            .filter(|&&i| f64::from(g_torch[i].abs()) < 100.0 * eps)
+            .count();
+        let flipped = over
+            .iter()
+            .filter(|&&i| g_kiln[i].signum() != g_torch[i].signum())
+            .count();
+        let median_all = {
+            let mut a: Vec<f32> = g_torch.iter().map(|g| g.abs()).collect();
+            a.sort_by(f32::total_cmp);
+            a[a.len() / 2]
+        };
+        text += &format!(
+            "; of those, {near_eps} had a step-0 PyTorch gradient below 100·ε = {:.0e} and {flipped} a step-0 gradient of opposite sign in kiln (median |g| over the tensor {median_all:.2e})",
+            100.0 * eps
+        );
+    }
+    for &i in over.iter().take(5) {
+        let (r, c) = (i / cols.max(1), i % cols.max(1));
+        text += &format!(
+            "\n  [{r}, {c}] kiln {:+.6e} PyTorch {:+.6e} |Δ| {:.2e}",
+            got[i],
+            want[i],
+            (got[i] - want[i]).abs()
+        );
+        if let Some((g_kiln, g_torch)) = grads {
+            text += &format!("  step-0 gradient kiln {:+.3e} PyTorch {:+.3e}", g_kiln[i], g_torch[i]);
+        }
+    }
+    text
+}
+
+/// [`train_step_parity`] with [`TrainParityReport::diagnostics`]. Step-0 gradients are
+/// compared where the reference holds `grad0.<HF name>` (`scripts/train_step_reference.py`
+/// writes them).
+///
+/// # Errors
+/// As [`train_step_parity`].
+pub fn train_step_parity_report<B: AutodiffBackend>(
+    model_dir: &Path,
+    reference: &ReferenceFile,
+    cfg: TrainParityConfig,
+    device: &B::Device,
+) -> Result<TrainParityReport, ModelError> {
     let labels = reference.i64("labels")?.1.to_vec();
     let n = labels.len();
     let num_labels = reference.f32("init.classifier.bias")?.0[0];
@@ -131,10 +210,36 @@ pub fn train_step_parity<B: AutodiffBackend>(
     let (_, want_loss) = reference.f32("loss")?;
     let (_, want_norm) = reference.f32("grad_norm")?;
     let mut rows = Vec::new();
+    // kiln's step-0 gradients of the parameters whose PyTorch gradients the reference holds,
+    // in HF layout.
+    let mut grad0: HashMap<String, Vec<f32>> = HashMap::new();
+    let infos = param_infos(&model);
     for step in 0..want_loss.len() {
         let loss = model.loss(model.forward(ids.clone(), types.clone(), mask.clone()), &targets);
         let loss_value = loss.clone().into_scalar().elem::<f64>();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
+        if step == 0 {
+            for name in reference.tensors.keys().filter_map(|k| k.strip_prefix("grad0.")) {
+                let (path, transposed) = kiln_path_of_hf(name);
+                let Some(info) = infos.iter().find(|i| i.path == path) else {
+                    continue;
+                };
+                let values = match info.shape.len() {
+                    1 => grads.get::<B::InnerBackend, 1>(info.id).map(|g| g.into_data()),
+                    2 => grads.get::<B::InnerBackend, 2>(info.id).map(|g| {
+                        if transposed {
+                            g.transpose().into_data()
+                        } else {
+                            g.into_data()
+                        }
+                    }),
+                    _ => None,
+                };
+                if let Some(v) = values.and_then(|d| d.convert::<f32>().to_vec::<f32>().ok()) {
+                    grad0.insert(name.to_string(), v);
+                }
+            }
+        }
         let (next, stats) = opt.step(model, grads, cfg.lr);
         model = next;
         let dl = (loss_value - want_loss[step] as f64).abs();
@@ -155,43 +260,89 @@ pub fn train_step_parity<B: AutodiffBackend>(
         });
     }
     let values = param_values(&model);
-    for name in reference.tensors.keys().filter_map(|k| k.strip_prefix("after.")) {
+    let mut diagnostics = Vec::new();
+    let mut names: Vec<&str> = reference
+        .tensors
+        .keys()
+        .filter_map(|k| k.strip_prefix("after."))
+        .collect();
+    names.sort_unstable();
+    for name in names {
         let (path, transposed) = kiln_path_of_hf(name);
         let (shape, want) = reference.f32(&format!("after.{name}"))?;
         let (got_shape, got) = values
             .get(&path)
             .ok_or_else(|| ModelError::Unsupported(format!("kiln has no parameter {path} (HF {name})")))?;
-        let max = if transposed {
+        // kiln's values in HF layout (Linear weights are stored [in, out]).
+        let got: Vec<f32> = if transposed {
             let (out, inp) = (shape[0], shape[1]);
             if got_shape != &[inp, out] {
                 return Err(ModelError::Unsupported(format!(
                     "{name}: shape {got_shape:?} vs HF {shape:?}"
                 )));
             }
-            (0..out)
-                .flat_map(|o| (0..inp).map(move |i| (o, i)))
-                .map(|(o, i)| (got[i * out + o] - want[o * inp + i]).abs() as f64)
-                .fold(0.0, f64::max)
+            (0..out).flat_map(|o| (0..inp).map(move |i| got[i * out + o])).collect()
         } else {
-            got.iter()
-                .zip(want)
-                .map(|(a, b)| (a - b).abs() as f64)
-                .fold(0.0, f64::max)
+            got.clone()
         };
+        let max = got
+            .iter()
+            .zip(want)
+            .map(|(a, b)| f64::from((a - b).abs()))
+            .fold(0.0, f64::max);
+        let ok = max <= cfg.tol_param;
+        if !ok {
+            let torch_grad = reference.f32(&format!("grad0.{name}")).ok().map(|(_, g)| g);
+            let grads = torch_grad.zip(grad0.get(name)).map(|(t, k)| (k.as_slice(), t));
+            let cols = shape.get(1).copied().unwrap_or(1);
+            diagnostics.push(element_diagnostics(
+                name,
+                cfg.tol_param,
+                &got,
+                want,
+                cols,
+                grads,
+                cfg.adamw.eps,
+            ));
+        }
         rows.push(ParityRow {
             tensor: format!("after.{name}"),
             metric: "max_abs",
             value: max,
             tolerance: cfg.tol_param,
-            ok: max <= cfg.tol_param,
+            ok,
         });
     }
-    Ok(rows)
+    Ok(TrainParityReport { rows, diagnostics })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn diagnostics_name_the_worst_elements_and_their_gradients() {
+        let want = [0.0f32, 1.0, 2.0, 3.0];
+        let got = [0.0f32, 1.0 + 3e-5, 2.0, 3.0 - 2e-5];
+        let g_kiln = [1e-3f32, 2e-9, 1e-3, -1e-3];
+        let g_torch = [1e-3f32, -1e-9, 1e-3, -1e-3];
+        let text = element_diagnostics("w", 1e-5, &got, &want, 2, Some((&g_kiln, &g_torch)), 1e-8);
+        assert!(
+            text.starts_with("w: 2 of 4 elements differ by more than 1e-5"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "1 had a step-0 PyTorch gradient below 100·ε = 1e-6 and 1 a step-0 gradient of opposite sign"
+            ),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines[1].starts_with("  [0, 1]") && lines[2].starts_with("  [1, 1]"),
+            "worst first: {text}"
+        );
+    }
 
     #[test]
     fn hf_names_map_to_kiln_paths() {

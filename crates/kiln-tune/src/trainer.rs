@@ -38,6 +38,7 @@ use crate::checkpoint::{self, CheckpointError, TrainState};
 use crate::classifier::{SequenceClassifier, Targets};
 use crate::optim::{AdamW, AdamWConfig, ParamGroup};
 use crate::params::param_infos;
+use crate::run_dir::OnExisting;
 use crate::strategy::{
     child_tuning_d_mask, load_tuned, ChildMask, StrategyConfig, StrategyError, TrainableReport, TunedIoError, Tuning,
 };
@@ -47,10 +48,13 @@ use crate::strategy::{
 #[serde(deny_unknown_fields, default)]
 pub struct TrainConfig {
     /// Passes over the training set.
+    #[serde(deserialize_with = "crate::validate::whole")]
     pub epochs: usize,
     /// Examples per micro-batch.
+    #[serde(deserialize_with = "crate::validate::whole")]
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
+    #[serde(deserialize_with = "crate::validate::whole")]
     pub grad_accum: usize,
     /// Peak learning rate.
     pub lr: f64,
@@ -59,14 +63,17 @@ pub struct TrainConfig {
     /// AdamW settings (weight decay, betas, eps, clipping).
     pub adamw: AdamWConfig,
     /// Truncation length (special tokens included).
+    #[serde(deserialize_with = "crate::validate::whole")]
     pub max_length: usize,
     /// Group batches by length (factor × batch size per sorted chunk); `None` = off.
     pub length_group_factor: Option<usize>,
     /// Evaluate (and checkpoint) every this many steps, besides each epoch end.
     pub eval_every: Option<usize>,
     /// Log a train line every this many steps.
+    #[serde(deserialize_with = "crate::validate::whole")]
     pub log_every: usize,
     /// Batch size of evaluation.
+    #[serde(deserialize_with = "crate::validate::whole")]
     pub eval_batch_size: usize,
     /// Dropout probability everywhere (`None` = the model config's).
     pub dropout: Option<f64>,
@@ -126,16 +133,19 @@ pub enum TrainError {
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
     /// A non-finite loss or gradient; the last checkpoint is left untouched.
-    #[error("non-finite {what} at step {step} (epoch {epoch}); the last good checkpoint is kept in {checkpoint}")]
+    #[error("non-finite {what} at step {step} (epoch {epoch}); {}", match .checkpoint {
+        Some(dir) => format!("the last good checkpoint is kept in {}", dir.display()),
+        None => "no checkpoint had been written yet".to_string(),
+    })]
     NonFinite {
         /// `"loss"` or `"gradient norm"`.
         what: &'static str,
-        /// Optimizer step being computed.
+        /// Optimizer step being computed (1-based, as in `metrics.jsonl`).
         step: usize,
         /// Epoch.
         epoch: usize,
-        /// The checkpoint directory.
-        checkpoint: PathBuf,
+        /// The last complete checkpoint, if one had been written.
+        checkpoint: Option<PathBuf>,
     },
     /// A run-directory file could not be written.
     #[error("{path}: {source}")]
@@ -151,6 +161,12 @@ pub enum TrainError {
     /// A bad tuning strategy.
     #[error(transparent)]
     Strategy(#[from] StrategyError),
+    /// A configuration value out of range.
+    #[error(transparent)]
+    Config(#[from] crate::validate::ConfigError),
+    /// The run directory is locked, already holds a run, or cannot be resumed.
+    #[error(transparent)]
+    RunDir(#[from] crate::run_dir::RunDirError),
     /// A tuned-part file could not be read or does not fit.
     #[error(transparent)]
     Tuned(#[from] TunedIoError),
@@ -432,9 +448,72 @@ fn mix(seed: u64, x: u64) -> u64 {
     kiln_data::batching::SplitMix64(seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
 
-/// Fine-tunes `model` on `data`, writing everything into `run`. With `resume`, continues
-/// from `run/checkpoints/last` when it exists, so that the final weights equal those of an
-/// uninterrupted run.
+/// Applies the run-directory policy ([`crate::run_dir`]) under the lock: a new run needs a
+/// directory without one; a resume needs a complete checkpoint (finishing an interrupted
+/// checkpoint swap first) and, unless allowed, the run's own configuration. Returns whether
+/// training resumes.
+fn check_run_dir(run: &RunDir, on_existing: OnExisting, config_json: &serde_json::Value) -> Result<bool, TrainError> {
+    use crate::run_dir::{config_changes, RunDirError};
+    let resume = match on_existing {
+        OnExisting::Refuse => {
+            return match run.existing_run() {
+                Some(found) => Err(RunDirError::Exists {
+                    dir: run.0.clone(),
+                    found: found.into(),
+                }
+                .into()),
+                None => Ok(false),
+            }
+        }
+        OnExisting::Overwrite => {
+            run.clear()?;
+            return Ok(false);
+        }
+        OnExisting::Resume | OnExisting::ResumeAllowingConfigChange | OnExisting::ResumeIfPresent => on_existing,
+    };
+    if let Some(from) = checkpoint::recover(&run.last())? {
+        tracing::warn!(
+            "resuming from {}, recovered from {}",
+            run.last().display(),
+            from.display()
+        );
+    }
+    if !run.last().join("state.json").is_file() {
+        if resume == OnExisting::ResumeIfPresent {
+            if let Some(found) = run.existing_run() {
+                tracing::warn!(dir = %run.0.display(), found, "no complete checkpoint to resume from: starting over");
+            }
+            run.clear()?;
+            return Ok(false);
+        }
+        return Err(RunDirError::NothingToResume {
+            dir: run.0.clone(),
+            checkpoint: run.last(),
+        }
+        .into());
+    }
+    let path = run.0.join("config.json");
+    let saved: Option<serde_json::Value> = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let changes = saved.map(|old| config_changes(&old, config_json)).unwrap_or_default();
+    if !changes.is_empty() {
+        if resume != OnExisting::ResumeAllowingConfigChange {
+            return Err(RunDirError::ConfigChanged {
+                config: path,
+                changes: changes.join(", "),
+            }
+            .into());
+        }
+        tracing::warn!(changes = %changes.join(", "), "resuming with a changed configuration");
+    }
+    Ok(true)
+}
+
+/// Fine-tunes `model` on `data`, writing everything into `run`, which it locks while it
+/// writes. `on_existing` says what to do where `run` already holds a run ([`OnExisting`];
+/// `false` refuses, `true` resumes): resuming continues from `run/checkpoints/last`, so that
+/// the final weights equal those of an uninterrupted run (see [`crate::run_dir`]).
 ///
 /// # Errors
 /// [`TrainError`]; on a non-finite loss or gradient the run stops and the last checkpoint is
@@ -446,16 +525,24 @@ pub fn train<B: AutodiffBackend>(
     data: &TaskData,
     cfg: &TrainConfig,
     run: &RunDir,
-    resume: bool,
+    on_existing: impl Into<OnExisting>,
     stop: StopAt,
     device: &B::Device,
 ) -> Result<(SequenceClassifier<B>, TrainResults), TrainError> {
     let start = Instant::now();
-    std::fs::create_dir_all(&run.0).map_err(|source| TrainError::Io {
-        path: run.0.clone(),
-        source,
-    })?;
+    let limits = crate::validate::ModelLimits::of(&model.bert);
+    crate::validate::validate_train(
+        &TrainConfig {
+            max_length: tok.max_length(),
+            ..cfg.clone()
+        },
+        &limits,
+    )?;
+    let tuning = Tuning::new(&cfg.tuning)?;
+    tuning.check_fits(&model.bert)?;
+    let _lock = run.lock()?;
     let config_json = serde_json::json!({ "task": data.task.short_name(), "train": cfg });
+    let resumed = check_run_dir(run, on_existing.into(), &config_json)?;
     checkpoint::write_atomic(
         &run.0.join("config.json"),
         serde_json::to_string_pretty(&config_json).expect("json").as_bytes(),
@@ -488,7 +575,6 @@ pub fn train<B: AutodiffBackend>(
     let total_steps = steps_per_epoch * cfg.epochs;
     let warmup = (total_steps as f64 * cfg.warmup_ratio).ceil() as usize;
 
-    let resumed = resume && run.last().join("state.json").exists();
     let mut state = TrainState {
         global_step: 0,
         epoch: 0,
@@ -496,7 +582,6 @@ pub fn train<B: AutodiffBackend>(
         best: None,
         seed: cfg.seed,
     };
-    let tuning = Tuning::new(&cfg.tuning)?;
     B::seed(device, mix(cfg.seed, INSERT_STREAM));
     if let Some(variant) = &cfg.attention {
         let n = model.bert.num_layers();
@@ -641,9 +726,9 @@ pub fn train<B: AutodiffBackend>(
             if !loss_value.is_finite() {
                 return Err(TrainError::NonFinite {
                     what: "loss",
-                    step: state.global_step,
+                    step: state.global_step + 1,
                     epoch,
-                    checkpoint: checkpoint_dir,
+                    checkpoint: checkpoint_dir.join("state.json").exists().then_some(checkpoint_dir),
                 });
             }
             let loss = if accum > 1 { loss.div_scalar(accum as f64) } else { loss };
@@ -664,9 +749,9 @@ pub fn train<B: AutodiffBackend>(
             if !stats.grad_norm.is_finite() {
                 return Err(TrainError::NonFinite {
                     what: "gradient norm",
-                    step: state.global_step,
+                    step: state.global_step + 1,
                     epoch,
-                    checkpoint: checkpoint_dir,
+                    checkpoint: checkpoint_dir.join("state.json").exists().then_some(checkpoint_dir),
                 });
             }
             state.global_step += 1;

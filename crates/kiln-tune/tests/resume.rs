@@ -170,13 +170,14 @@ fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     for e in &mut bad.train {
         e.label = Label::Score(f32::NAN);
     }
+    // (epochs 1 → 2: a deliberate configuration change, so it must be allowed explicitly.)
     let err = train(
         tiny_model(3, 1),
         &tok,
         &bad,
         &config(),
         &run,
-        true,
+        kiln_tune::run_dir::OnExisting::ResumeAllowingConfigChange,
         StopAt::default(),
         &device,
     )
@@ -186,14 +187,14 @@ fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
             err,
             TrainError::NonFinite {
                 what: "loss",
-                step: 2,
+                step: 3,
                 ..
             }
         ),
         "{err:?}"
     );
     assert!(
-        err.to_string().contains("step 2") && err.to_string().contains("checkpoints/last"),
+        err.to_string().contains("step 3") && err.to_string().contains("checkpoints/last"),
         "{err}"
     );
     assert_eq!(std::fs::read(run.last().join("model.safetensors")).unwrap(), before);
@@ -201,4 +202,244 @@ fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
         std::fs::read_to_string(run.last().join("state.json")).unwrap(),
         state_before
     );
+}
+
+fn short() -> TrainConfig {
+    TrainConfig { epochs: 1, ..config() }
+}
+
+#[test]
+fn a_run_directory_holding_a_run_is_refused_resumed_or_overwritten_never_mixed() {
+    use kiln_tune::run_dir::{OnExisting, RunDirError};
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tok = tokenizer();
+    let data = data(|i| Label::Class(i % 2));
+    let device = Default::default();
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir(dir.path().into());
+    let go = |cfg: &TrainConfig, on: OnExisting| {
+        train(tiny_model(1, 2), &tok, &data, cfg, &run, on, StopAt::default(), &device)
+    };
+
+    // Resume where nothing was run: an error, not a silent fresh start.
+    let err = go(&short(), OnExisting::Resume).unwrap_err();
+    assert!(
+        matches!(err, TrainError::RunDir(RunDirError::NothingToResume { .. })),
+        "{err}"
+    );
+    let (_, first) = go(&short(), OnExisting::Refuse).unwrap();
+    assert_eq!(first.steps, 3);
+    // Starting again on a finished run: refused, naming both ways out.
+    let err = go(&short(), OnExisting::Refuse).unwrap_err();
+    assert!(matches!(err, TrainError::RunDir(RunDirError::Exists { .. })), "{err}");
+    assert!(
+        err.to_string().contains("--resume") && err.to_string().contains("--overwrite"),
+        "{err}"
+    );
+    // Resuming with another learning rate: refused, naming the change.
+    let changed = TrainConfig { lr: 5e-4, ..short() };
+    let err = go(&changed, OnExisting::Resume).unwrap_err();
+    assert!(err.to_string().contains("train.lr: 0.001 → 0.0005"), "{err}");
+    // ...unless allowed (the run is complete, so nothing is left to train).
+    let (_, again) = go(&changed, OnExisting::ResumeAllowingConfigChange).unwrap();
+    assert!(again.resumed);
+    // Overwrite: the old run and what was derived from it go; other files stay.
+    std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
+    std::fs::write(dir.path().join("analysis/analysis.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "mine").unwrap();
+    let (_, fresh) = go(&short(), OnExisting::Overwrite).unwrap();
+    assert!(!fresh.resumed && fresh.steps == 3);
+    assert!(!dir.path().join("analysis").exists());
+    assert_eq!(std::fs::read_to_string(dir.path().join("notes.txt")).unwrap(), "mine");
+    let steps: Vec<u64> = std::fs::read_to_string(run.metrics())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .map(|v| v["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, vec![1, 2, 3], "metrics.jsonl holds the new run only");
+    // Resume-if-present on an empty directory starts a run.
+    let empty = tempfile::tempdir().unwrap();
+    let (_, r) = train(
+        tiny_model(1, 2),
+        &tok,
+        &data,
+        &short(),
+        &RunDir(empty.path().into()),
+        OnExisting::ResumeIfPresent,
+        StopAt::default(),
+        &device,
+    )
+    .unwrap();
+    assert!(!r.resumed && r.steps == 3);
+}
+
+#[test]
+fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
+    use kiln_tune::run_dir::RunDirError;
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir(dir.path().into());
+    let held = run.lock().unwrap();
+    let err = train(
+        tiny_model(1, 2),
+        &tokenizer(),
+        &data(|i| Label::Class(i % 2)),
+        &short(),
+        &run,
+        false,
+        StopAt::default(),
+        &Default::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, TrainError::RunDir(RunDirError::Locked { pid, .. }) if *pid == std::process::id().to_string()),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("config.json").exists(),
+        "nothing written by the refused run"
+    );
+    drop(held);
+}
+
+/// A crash between the checkpoint swap's two renames leaves the previous checkpoint in
+/// `.last.old` and the new, complete one in `.last.staging`, and no `last`: resume must pick
+/// the newest complete one up (it used to start over from step 1 and delete it at the next save).
+#[test]
+fn a_crash_inside_the_checkpoint_swap_is_recovered_on_resume() {
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let tok = tokenizer();
+    let data = data(|i| Label::Class((i % 8) % 2));
+    let device = Default::default();
+    let dir_a = tempfile::tempdir().unwrap();
+    let (full, _) = train(
+        tiny_model(7, 2),
+        &tok,
+        &data,
+        &config(),
+        &RunDir(dir_a.path().into()),
+        false,
+        StopAt::default(),
+        &device,
+    )
+    .unwrap();
+    for leftover in [".last.staging", ".last.old"] {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir(dir.path().into());
+        train(
+            tiny_model(7, 2),
+            &tok,
+            &data,
+            &config(),
+            &run,
+            false,
+            StopAt { step: Some(4) },
+            &device,
+        )
+        .unwrap();
+        std::fs::rename(run.last(), dir.path().join("checkpoints").join(leftover)).unwrap();
+        let (resumed, res) = train(
+            tiny_model(999, 2),
+            &tok,
+            &data,
+            &config(),
+            &run,
+            true,
+            StopAt::default(),
+            &device,
+        )
+        .unwrap();
+        assert!(res.resumed && res.steps == 6, "{leftover}");
+        assert_same_weights(&full, &resumed);
+        assert!(!dir.path().join("checkpoints").join(leftover).exists());
+    }
+}
+
+#[test]
+fn out_of_range_settings_are_errors_before_anything_is_written() {
+    use kiln_tune::strategy::StrategyConfig;
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let data = data(|i| Label::Class(i % 2));
+    let device = Default::default();
+    let lora = |r, alpha, dropout| StrategyConfig::Lora {
+        r,
+        alpha,
+        dropout,
+        targets: vec!["query".into(), "value".into()],
+    };
+    let cases: Vec<(TrainConfig, usize, &str)> = vec![
+        (
+            TrainConfig {
+                dropout: Some(1.5),
+                ..short()
+            },
+            32,
+            "train.dropout = 1.5: must be in [0, 1)",
+        ),
+        (
+            TrainConfig {
+                batch_size: 0,
+                ..short()
+            },
+            32,
+            "train.batch_size = 0: must be at least 1",
+        ),
+        (
+            TrainConfig {
+                tuning: vec![lora(4, 16.0, 2.0)],
+                ..short()
+            },
+            32,
+            "lora: dropout = 2: must be in [0, 1)",
+        ),
+        (
+            TrainConfig {
+                tuning: vec![lora(4, -1.0, 0.0)],
+                ..short()
+            },
+            32,
+            "lora: alpha = -1",
+        ),
+        (
+            TrainConfig {
+                tuning: vec![lora(17, 16.0, 0.0)],
+                ..short()
+            },
+            32,
+            "lora: r = 17 exceeds the rank of query (16 → 16)",
+        ),
+        (
+            TrainConfig {
+                tuning: vec![StrategyConfig::Houlsby { reduction: 32 }],
+                ..short()
+            },
+            32,
+            "houlsby: reduction = 32 leaves a zero-width bottleneck",
+        ),
+        // The tokenizer truncates at 100 tokens; the model has 64 positions.
+        (short(), 100, "train.max_length = 100: the model has 64 positions"),
+    ];
+    for (cfg, max_length, message) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let (model_dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+        let tok = TextTokenizer::from_file(model_dir.join("tokenizer.json"), max_length).unwrap();
+        let err = train(
+            tiny_model(1, 2),
+            &tok,
+            &data,
+            &cfg,
+            &RunDir(dir.path().into()),
+            false,
+            StopAt::default(),
+            &device,
+        )
+        .unwrap_err();
+        assert!(err.to_string().starts_with(message), "{message}: {err}");
+        assert!(
+            std::fs::read_dir(dir.path()).unwrap().next().is_none(),
+            "{message}: nothing written"
+        );
+    }
 }
