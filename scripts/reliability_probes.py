@@ -150,24 +150,24 @@ def _(d, g):
     return f"first: {outcomes[0]} / second: {outcomes[1]}; metrics.jsonl train steps {lines}{' (interleaved)' if mixed else ''}"
 
 
-@probe("second `run` into a finished run (no `--resume`), after `lens analyse` wrote analysis/")
-def _(d, g):
+def rerun_finished(d, g, *flags):
+    """A finished run with an analysis, then `run` again with `flags`."""
     e = experiment(d, g)
     run(["run", e, "--out", d / "r"], d)
     (d / "r" / "analysis").mkdir(exist_ok=True)
     (d / "r" / "analysis" / "analysis.json").write_text("{}")
-    out = classify(*run(["run", e, "--out", d / "r"], d)[:3])
+    out = classify(*run(["run", e, "--out", d / "r", *flags], d)[:3])
     return f"{out}; old analysis/ {'kept' if (d / 'r' / 'analysis').exists() else 'removed'}"
+
+
+@probe("second `run` into a finished run (no `--resume`), after `lens analyse` wrote analysis/")
+def _(d, g):
+    return rerun_finished(d, g)
 
 
 @probe("`--overwrite` of that run")
 def _(d, g):
-    e = experiment(d, g)
-    run(["run", e, "--out", d / "r"], d)
-    (d / "r" / "analysis").mkdir(exist_ok=True)
-    (d / "r" / "analysis" / "analysis.json").write_text("{}")
-    out = classify(*run(["run", e, "--out", d / "r", "--overwrite"], d)[:3])
-    return f"{out}; old analysis/ {'kept' if (d / 'r' / 'analysis').exists() else 'removed'}"
+    return rerun_finished(d, g, "--overwrite")
 
 
 @probe("crash between the checkpoint swap's renames, then `--resume`")

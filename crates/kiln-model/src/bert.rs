@@ -470,40 +470,13 @@ impl<B: Backend> BertModel<B> {
         let positions = e.position_embeddings.weight.dims()[0];
         let vocab = e.word_embeddings.weight.dims()[0];
         let type_vocab = e.token_type_embeddings.weight.dims()[0];
-        let bad = |what, value: usize, limit: String| crate::ModelError::Input {
-            what,
-            value: i64::try_from(value).unwrap_or(i64::MAX),
-            limit,
+        let prompt = self.prompt_len();
+        let note = if prompt > 0 {
+            format!("this model has {positions} positions, of which the soft prompt takes {prompt}")
+        } else {
+            format!("this model has {positions} positions")
         };
-        if batch == 0 || seq == 0 {
-            return Err(bad(
-                "batch size × length",
-                batch * seq,
-                "an input needs at least one row of one token".into(),
-            ));
-        }
-        let room = positions.saturating_sub(self.prompt_len());
-        if seq > room {
-            return Err(bad(
-                "sequence length",
-                seq,
-                format!(
-                    "this model has {positions} positions{}; truncate to max_length ≤ {room}",
-                    if self.prompt_len() > 0 {
-                        format!(" of which the soft prompt takes {}", self.prompt_len())
-                    } else {
-                        String::new()
-                    }
-                ),
-            ));
-        }
-        if let Some(&id) = ids.iter().find(|&&i| i < 0 || i >= vocab as i64) {
-            return Err(crate::ModelError::Input {
-                what: "token id",
-                value: id,
-                limit: format!("the vocabulary has ids 0..{vocab}"),
-            });
-        }
+        crate::error::check_ids(batch, seq, ids, positions.saturating_sub(prompt), vocab, &note)?;
         if let Some(&t) = types.iter().find(|&&t| t < 0 || t >= type_vocab as i64) {
             return Err(crate::ModelError::Input {
                 what: "token type id",

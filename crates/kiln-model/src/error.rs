@@ -104,3 +104,44 @@ fn describe_mismatch(
     }
     parts.join("; ")
 }
+
+/// Checks a `[batch, seq]` batch of token ids against a model's position table and
+/// vocabulary (shared by [`crate::BertModel::check_input`] and
+/// [`crate::Gpt2Model::check_input`]). `room` is the positions left for the text, `positions`
+/// and `note` only word the message.
+pub(crate) fn check_ids(
+    batch: usize,
+    seq: usize,
+    ids: &[i64],
+    room: usize,
+    vocab: usize,
+    note: &str,
+) -> Result<(), ModelError> {
+    let input = |what, value: usize, limit: String| ModelError::Input {
+        what,
+        value: i64::try_from(value).unwrap_or(i64::MAX),
+        limit,
+    };
+    if batch == 0 || seq == 0 {
+        return Err(input(
+            "batch size × length",
+            batch * seq,
+            "an input needs at least one row of one token".into(),
+        ));
+    }
+    if seq > room {
+        return Err(input(
+            "sequence length",
+            seq,
+            format!("{note}; truncate to max_length ≤ {room}"),
+        ));
+    }
+    if let Some(&id) = ids.iter().find(|&&i| i < 0 || i >= vocab as i64) {
+        return Err(ModelError::Input {
+            what: "token id",
+            value: id,
+            limit: format!("the vocabulary has ids 0..{vocab}"),
+        });
+    }
+    Ok(())
+}

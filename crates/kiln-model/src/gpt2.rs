@@ -392,33 +392,14 @@ impl<B: Backend> Gpt2Model<B> {
     pub fn check_input(&self, batch: usize, seq: usize, ids: &[i64]) -> Result<(), crate::ModelError> {
         let positions = self.wpe.weight.dims()[0];
         let vocab = self.wte.weight.dims()[0];
-        let input = |what, value: usize, limit: String| crate::ModelError::Input {
-            what,
-            value: i64::try_from(value).unwrap_or(i64::MAX),
-            limit,
-        };
-        if batch == 0 || seq == 0 {
-            return Err(input(
-                "batch size × length",
-                batch * seq,
-                "an input needs at least one row of one token".into(),
-            ));
-        }
-        if seq > positions {
-            return Err(input(
-                "sequence length",
-                seq,
-                format!("this model has {positions} positions"),
-            ));
-        }
-        if let Some(&id) = ids.iter().find(|&&i| i < 0 || i >= vocab as i64) {
-            return Err(crate::ModelError::Input {
-                what: "token id",
-                value: id,
-                limit: format!("the vocabulary has ids 0..{vocab}"),
-            });
-        }
-        Ok(())
+        crate::error::check_ids(
+            batch,
+            seq,
+            ids,
+            positions,
+            vocab,
+            &format!("this model has {positions} positions"),
+        )
     }
 
     /// Embeddings, blocks, `ln_f`.

@@ -171,3 +171,38 @@ fn bert_without_pooler_in_checkpoint_but_requested_reports_pooler_missing() {
     // Without a pooler the same file loads.
     BertModel::<B>::from_pretrained(dir.path(), false, &Default::default()).unwrap();
 }
+
+/// Inputs a model cannot embed are typed errors before any gather (which would panic):
+/// too long for the positions, ids outside the vocabulary or the token types, an empty batch.
+#[test]
+fn inputs_out_of_the_models_range_are_errors_naming_the_limit() {
+    let config: BertConfig = serde_json::from_str(
+        r#"{"vocab_size": 50, "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 16, "max_position_embeddings": 12}"#,
+    )
+    .unwrap();
+    let bert = BertModel::<B>::new(&config, false, &Default::default());
+    bert.check_input(2, 12, &[1; 24], &[0; 24]).unwrap();
+    let err = |r: Result<(), ModelError>| r.unwrap_err().to_string();
+    assert_eq!(
+        err(bert.check_input(1, 13, &[1; 13], &[0; 13])),
+        "input sequence length = 13 is out of range: this model has 12 positions; truncate to max_length ≤ 12"
+    );
+    assert_eq!(
+        err(bert.check_input(1, 3, &[1, 50, 2], &[0; 3])),
+        "input token id = 50 is out of range: the vocabulary has ids 0..50"
+    );
+    assert!(err(bert.check_input(1, 3, &[1, -1, 2], &[0; 3])).contains("token id = -1"));
+    assert_eq!(
+        err(bert.check_input(1, 2, &[1, 2], &[0, 2])),
+        "input token type id = 2 is out of range: the model has 2 token types"
+    );
+    assert!(err(bert.check_input(0, 4, &[], &[])).contains("at least one row"));
+    let gpt: GptConfig =
+        serde_json::from_str(r#"{"vocab_size": 30, "n_embd": 8, "n_layer": 1, "n_head": 2, "n_positions": 6}"#)
+            .unwrap();
+    let gpt = Gpt2Model::<B>::new(&gpt, &Default::default());
+    gpt.check_input(1, 6, &[0; 6]).unwrap();
+    assert!(err(gpt.check_input(1, 7, &[0; 7])).contains("sequence length = 7"));
+    assert!(err(gpt.check_input(1, 2, &[0, 30])).contains("token id = 30"));
+}
