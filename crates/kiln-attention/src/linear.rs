@@ -87,7 +87,9 @@ impl<B: Backend> FeatureMap<B> {
                     .expand([heads, head_dim, k]);
                 (w, Tensor::zeros([heads, k], device))
             }
-            _ => (
+            // T2R, Hedgehog narrower than the head (and the parameter-free maps, which never
+            // reach this constructor).
+            FeatureKind::Hedgehog | FeatureKind::T2r | FeatureKind::EluPlusOne | FeatureKind::Performer => (
                 Tensor::random([heads, head_dim, k], Distribution::Uniform(-bound, bound), device),
                 Tensor::random([heads, k], Distribution::Uniform(-bound, bound), device),
             ),
@@ -196,7 +198,7 @@ impl<B: Backend> LinearAttention<B> {
         match self.feature_map.kind {
             FeatureKind::Performer => self.feature_map.performer_features(q, true),
             FeatureKind::T2r => self.feature_map.apply(q.mul_scalar((head_dim as f64).powf(-0.5))),
-            _ => self.feature_map.apply(q),
+            FeatureKind::EluPlusOne | FeatureKind::Hedgehog => self.feature_map.apply(q),
         }
     }
 
@@ -204,7 +206,7 @@ impl<B: Backend> LinearAttention<B> {
     pub(crate) fn key_features(&self, k: Tensor<B, 4>) -> Tensor<B, 4> {
         match self.feature_map.kind {
             FeatureKind::Performer => self.feature_map.performer_features(k, false),
-            _ => self.feature_map.apply(k),
+            FeatureKind::EluPlusOne | FeatureKind::T2r | FeatureKind::Hedgehog => self.feature_map.apply(k),
         }
     }
 

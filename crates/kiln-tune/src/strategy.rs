@@ -254,7 +254,8 @@ impl StrategyConfig {
                     || path.contains("layer_norm")
             }
             Self::LearnedMask { .. } => path.contains(".inserts.masks."),
-            _ => false,
+            // Not selections: they train what the selections (or full fine-tuning) choose.
+            Self::Full | Self::ChildTuningF { .. } | Self::ChildTuningD { .. } | Self::Ulmfit { .. } => false,
         }
     }
 }
@@ -507,7 +508,20 @@ impl Tuning {
                         message: "reduction must be at least 1".into(),
                     });
                 }
-                _ => {}
+                // Valid settings of the guarded arms above, and components without settings
+                // to check here (model-dependent ones: `check_fits`).
+                StrategyConfig::Full
+                | StrategyConfig::BitFit
+                | StrategyConfig::Lna
+                | StrategyConfig::ChildTuningF { .. }
+                | StrategyConfig::ChildTuningD { .. }
+                | StrategyConfig::Houlsby { .. }
+                | StrategyConfig::Pfeiffer { .. }
+                | StrategyConfig::Compacter { .. }
+                | StrategyConfig::Ladder { .. }
+                | StrategyConfig::PromptTuning { .. }
+                | StrategyConfig::Ia3
+                | StrategyConfig::Ulmfit { .. } => {}
             }
         }
         Ok(Self {
@@ -547,14 +561,18 @@ impl Tuning {
     }
 
     fn ulmfit(&self) -> Option<(f64, f64, f64, bool)> {
-        self.components.iter().find_map(|c| match c {
-            StrategyConfig::Ulmfit {
+        self.components.iter().find_map(|c| {
+            if let StrategyConfig::Ulmfit {
                 cut_frac,
                 ratio,
                 decay,
                 gradual_unfreezing,
-            } => Some((*cut_frac, *ratio, *decay, *gradual_unfreezing)),
-            _ => None,
+            } = c
+            {
+                Some((*cut_frac, *ratio, *decay, *gradual_unfreezing))
+            } else {
+                None
+            }
         })
     }
 
@@ -595,17 +613,23 @@ impl Tuning {
 
     /// The Child-Tuning_D component's `reserve_p`, if any.
     pub fn child_tuning_d(&self) -> Option<f64> {
-        self.components.iter().find_map(|c| match c {
-            StrategyConfig::ChildTuningD { reserve_p } => Some(*reserve_p),
-            _ => None,
+        self.components.iter().find_map(|c| {
+            if let StrategyConfig::ChildTuningD { reserve_p } = c {
+                Some(*reserve_p)
+            } else {
+                None
+            }
         })
     }
 
     /// The Child-Tuning_F component's `reserve_p`, if any.
     pub fn child_tuning_f(&self) -> Option<f64> {
-        self.components.iter().find_map(|c| match c {
-            StrategyConfig::ChildTuningF { reserve_p } => Some(*reserve_p),
-            _ => None,
+        self.components.iter().find_map(|c| {
+            if let StrategyConfig::ChildTuningF { reserve_p } = c {
+                Some(*reserve_p)
+            } else {
+                None
+            }
         })
     }
 
@@ -804,7 +828,13 @@ impl Tuning {
                         });
                     }
                 }
-                _ => {}
+                // Nothing to insert: they select or mask existing parameters.
+                StrategyConfig::Full
+                | StrategyConfig::BitFit
+                | StrategyConfig::Lna
+                | StrategyConfig::ChildTuningF { .. }
+                | StrategyConfig::ChildTuningD { .. }
+                | StrategyConfig::Ulmfit { .. } => {}
             }
         }
         Ok(model)
