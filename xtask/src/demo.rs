@@ -12,6 +12,7 @@ use kiln::burn::tensor::backend::AutodiffBackend;
 use kiln::data::{GlueTask, OnMalformed, TextTokenizer};
 use kiln::model::CheckpointDir;
 use kiln::tune::classifier::SequenceClassifier;
+use kiln::tune::run_dir::DataSource;
 use kiln::tune::trainer::{evaluate, load_glue, train, RunDir, StopAt, TaskData, TrainConfig, TrainResults};
 
 const FIXTURE_TRAIN: &str = include_str!("../../fixtures/sentiment/train.tsv");
@@ -32,16 +33,29 @@ pub fn fixture() -> Result<TaskData> {
     })
 }
 
-/// The data of a demo: the fixture, or `task` from a GLUE directory.
-pub fn demo_data(task: Option<GlueTask>, data: Option<&Path>) -> Result<TaskData> {
+/// The data of a demo: the fixture, or `task` from a GLUE directory; and where it came from
+/// (recorded in the run's `data.json`).
+pub fn demo_data(task: Option<GlueTask>, data: Option<&Path>) -> Result<(TaskData, DataSource)> {
     match (task, data) {
-        (None, None) => fixture(),
-        (Some(task), Some(dir)) => Ok(load_glue(dir, task)?),
-        (Some(task), None) => {
-            let dir = kiln::model::hub::shared_dir()
-                .map(|s| s.join("data").join("glue"))
-                .context("--task needs --data GLUE_DIR (the directory holding SST-2/, CoLA/, ...)")?;
-            Ok(load_glue(&dir, task)?)
+        (None, None) => Ok((
+            fixture()?,
+            DataSource::Fixture {
+                name: "sentiment".into(),
+            },
+        )),
+        (Some(task), dir) => {
+            let dir = match dir {
+                Some(d) => d.to_path_buf(),
+                None => kiln::model::hub::shared_dir()
+                    .map(|s| s.join("data").join("glue"))
+                    .context("--task needs --data GLUE_DIR (the directory holding SST-2/, CoLA/, ...)")?,
+            };
+            let data = load_glue(&dir, task)?;
+            let source = DataSource::Glue {
+                dir: std::path::absolute(&dir).unwrap_or(dir),
+                task: task.short_name().into(),
+            };
+            Ok((data, source))
         }
         (None, Some(_)) => anyhow::bail!("--data needs --task (cola, sst2, mrpc, stsb, rte, ...)"),
     }

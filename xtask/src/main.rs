@@ -507,7 +507,7 @@ fn main() -> Result<()> {
         } => {
             let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), !offline)?;
             let task = task.as_deref().map(kiln::data::GlueTask::parse).transpose()?;
-            let data = demo::demo_data(task, data.as_deref())?;
+            let (data, source) = demo::demo_data(task, data.as_deref())?;
             let what = match task {
                 None => format!(
                     "the bundled sentiment fixture ({} train / {} dev sentences)",
@@ -538,6 +538,7 @@ fn main() -> Result<()> {
                     out: out.clone(),
                 },
             )??;
+            source.write(&kiln::tune::trainer::RunDir(out.clone()))?;
             demo::print_outcome(&out, &outcome, &what);
             let analysis = run_on(device, analyse::AnalyseJob::quick(model, out.clone(), dev))??;
             println!("Analysis: {}", analysis.display());
@@ -650,13 +651,8 @@ fn main() -> Result<()> {
         } => {
             require_run(&run)?;
             let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
-            let glue_dir = glue_dir
-                .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))
-                .context("no GLUE directory: pass --glue-dir")?;
-            let (_, task) = export::run_config(&run)?;
-            let dev = kiln::tune::trainer::load_glue(&glue_dir, task)
-                .with_context(|| format!("GLUE data for {} under {}", task.short_name(), glue_dir.display()))?
-                .dev;
+            let data = run_data(&run, glue_dir.clone())?;
+            let dev = data.dev;
             let path = run_on(
                 device,
                 analyse::AnalyseJob {
@@ -674,7 +670,7 @@ fn main() -> Result<()> {
                 },
             )??;
             println!("Analysis: {}", path.display());
-            let texts = report_texts(&run, Some(glue_dir));
+            let texts = report_texts(&run, glue_dir);
             println!("Report: {}", kiln::viz::write_report(&run, texts)?.display());
             report_plots(&run);
         }
@@ -772,7 +768,8 @@ fn main() -> Result<()> {
             }
             let exp = experiment::load(&file, &sets)?;
             let model = experiment::default_model(exp.experiment.model.as_deref(), true)?;
-            let data = kiln::tune::trainer::load_glue(&experiment::glue_dir(&exp.experiment)?, exp.experiment.task)?;
+            let glue_dir = experiment::glue_dir(&exp.experiment)?;
+            let data = kiln::tune::trainer::load_glue(&glue_dir, exp.experiment.task)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&exp.experiment.name));
             let texts = train_texts(&data, exp.train.max_train_examples);
             let results = run_on(
@@ -785,6 +782,11 @@ fn main() -> Result<()> {
                     on_existing,
                 },
             )??;
+            kiln::tune::run_dir::DataSource::Glue {
+                dir: std::path::absolute(&glue_dir).unwrap_or(glue_dir),
+                task: exp.experiment.task.short_name().into(),
+            }
+            .write(&kiln::tune::trainer::RunDir(out.clone()))?;
             experiment::report(&out, &results);
             println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
             report_plots(&out);
@@ -1068,12 +1070,31 @@ pub(crate) fn backend_name(kind: DeviceKind) -> &'static str {
 /// The training texts of a run's task (for the data map's tooltips), when the GLUE data is at
 /// hand.
 fn report_texts(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Option<Vec<String>> {
-    let (config, task) = export::run_config(run).ok()?;
-    let dir = glue_dir.or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data").join("glue")))?;
+    let (config, _) = export::run_config(run).ok()?;
     let limit = config["train"]["max_train_examples"].as_u64().map(|n| n as usize);
+    run_data(run, glue_dir).ok().map(|d| train_texts(&d, limit))
+}
+
+/// The examples a run was trained on: from its `data.json` (the demo fixture or a GLUE
+/// directory; an explicit `--glue-dir` wins over the recorded one), else — for runs written
+/// before kiln recorded it — the run's task under `--glue-dir` or `shared/data/glue`.
+fn run_data(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Result<kiln::tune::trainer::TaskData> {
+    use kiln::tune::run_dir::DataSource;
+    let (_, task) = export::run_config(run)?;
+    let recorded = DataSource::read(&kiln::tune::trainer::RunDir(run.to_path_buf()))?;
+    let dir = match (recorded, glue_dir) {
+        (Some(DataSource::Fixture { name }), _) if name == "sentiment" => return demo::fixture(),
+        (Some(DataSource::Fixture { name }), _) => bail!("{}: unknown fixture {name:?} in data.json", run.display()),
+        (_, Some(explicit)) => explicit,
+        (Some(DataSource::Glue { dir, .. }), None) => dir,
+        (None, None) => kiln::model::hub::shared_dir()
+            .map(|s| s.join("data").join("glue"))
+            .context(
+                "the run does not record its data (older kiln) and no GLUE directory was found: pass --glue-dir",
+            )?,
+    };
     kiln::tune::trainer::load_glue(&dir, task)
-        .ok()
-        .map(|d| train_texts(&d, limit))
+        .with_context(|| format!("GLUE data for {} under {}", task.short_name(), dir.display()))
 }
 
 /// Writes RUN/plots/*.svg|png; a machine without a font gets a warning, not a failed run.
@@ -1098,4 +1119,42 @@ fn require_run(run: &std::path::Path) -> Result<()> {
         "{} {what}; runs are written by `cargo xtask run` or `cargo xtask demo`",
         run.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln::tune::run_dir::DataSource;
+    use kiln::tune::trainer::RunDir;
+
+    /// A demo run (SST-2 task, bundled fixture) is analysed on the fixture even where a GLUE
+    /// directory with SST-2 exists (it used to be analysed on GLUE SST-2); a GLUE run reads its
+    /// recorded directory; a run without data.json (older kiln) needs a GLUE directory.
+    #[test]
+    fn a_run_is_read_back_with_the_data_it_was_trained_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = dir.path().join("run");
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(run.join("config.json"), r#"{"task": "sst2", "train": {}}"#).unwrap();
+        let glue = dir.path().join("glue");
+        std::fs::create_dir_all(glue.join("SST-2")).unwrap();
+        std::fs::write(glue.join("SST-2/train.tsv"), "sentence\tlabel\na b\t1\n").unwrap();
+        std::fs::write(glue.join("SST-2/dev.tsv"), "sentence\tlabel\nc d\t0\n").unwrap();
+
+        DataSource::Fixture { name: "sentiment".into() }.write(&RunDir(run.clone())).unwrap();
+        let data = run_data(&run, Some(glue.clone())).unwrap();
+        assert_eq!(data.dev.len(), demo::fixture().unwrap().dev.len());
+        assert!(data.dev.len() > 1);
+
+        DataSource::Glue {
+            dir: glue.clone(),
+            task: "sst2".into(),
+        }
+        .write(&RunDir(run.clone()))
+        .unwrap();
+        assert_eq!(run_data(&run, None).unwrap().dev.len(), 1);
+
+        std::fs::remove_file(DataSource::path(&RunDir(run.clone()))).unwrap();
+        assert_eq!(run_data(&run, Some(glue)).unwrap().dev.len(), 1);
+    }
 }
