@@ -183,6 +183,24 @@ def _(d, g):
     return f"{classify(rc, out, err)}; resumed: {res.get('resumed')} (the run was complete: resuming trains nothing)"
 
 
+@probe("disk full at the second checkpoint (run directory on a 450 MB tmpfs; needs root)")
+def _(d, g):
+    mnt = d / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=450M", "tmpfs", str(mnt)], capture_output=True).returncode != 0:
+        return "(skipped: cannot mount a tmpfs)"
+    try:
+        (g / "RTE" / "train.tsv").write_text((g / "RTE" / "train.tsv").read_text())
+        e = experiment(d, g, train="eval_every = 1")
+        rc, out, err, _ = run(["run", e, "--out", mnt / "r"], d)
+        left = sorted(str(p.relative_to(mnt)) for p in mnt.rglob("*") if p.name.endswith(".tmp") or ".staging" in p.name)
+        state = mnt / "r" / "checkpoints" / "last" / "state.json"
+        kept = json.loads(state.read_text())["global_step"] if state.exists() else None
+        return f"{classify(rc, out, err)}; leftovers {left or 'none'}; checkpoints/last at step {kept}"
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
 @probe("`--resume` into an empty directory")
 def _(d, g):
     return classify(*run(["run", experiment(d, g), "--out", d / "r", "--resume"], d)[:3])

@@ -308,12 +308,20 @@ pub fn save<B: Backend, O: Backend>(
     let (staging, old) = swap_dirs(dir);
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io(&staging))?;
-    write_weights(&staging, model, tuning)?;
-    write_atomic(&staging.join("optimizer.safetensors"), &optimizer_bytes(opt)?)?;
-    write_atomic(
-        &staging.join("state.json"),
-        serde_json::to_string_pretty(state).expect("serialisable").as_bytes(),
-    )?;
+    let staged = (|| {
+        write_weights(&staging, model, tuning)?;
+        write_atomic(&staging.join("optimizer.safetensors"), &optimizer_bytes(opt)?)?;
+        write_atomic(
+            &staging.join("state.json"),
+            serde_json::to_string_pretty(state).expect("serialisable").as_bytes(),
+        )
+    })();
+    if let Err(e) = staged {
+        // Disk full, say: drop the partial checkpoint (the previous one is untouched) so that
+        // it does not hold on to the space.
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
     let _ = std::fs::remove_dir_all(&old);
     if dir.exists() {
         std::fs::rename(dir, &old).map_err(io(dir))?;
