@@ -1131,6 +1131,34 @@ mod tests {
     /// directory with SST-2 exists (it used to be analysed on GLUE SST-2); a GLUE run reads its
     /// recorded directory; a run without data.json (older kiln) needs a GLUE directory.
     #[test]
+    fn commands_on_a_missing_or_foreign_directory_name_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = require_run(&missing).unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("{} does not exist", missing.display())),
+            "{err}"
+        );
+        let err = require_run(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("is not a run directory (no config.json)"), "{err}");
+    }
+
+    /// `lens mixing` on `[]` used to panic in a shape index.
+    #[test]
+    fn lens_mixing_on_an_empty_list_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("t.json"), "[]").unwrap();
+        let job = lens::MixingJob {
+            model: dir.path().join("no-model"),
+            input: dir.path().join("t.json"),
+            out: dir.path().join("m.safetensors"),
+            max_length: 128,
+        };
+        let err = run_on(DeviceKind::Flex, job).unwrap().unwrap_err().to_string();
+        assert!(err.ends_with("t.json: the list of texts is empty"), "{err}");
+    }
+
+    #[test]
     fn a_run_is_read_back_with_the_data_it_was_trained_on() {
         let dir = tempfile::tempdir().unwrap();
         let run = dir.path().join("run");
@@ -1141,7 +1169,11 @@ mod tests {
         std::fs::write(glue.join("SST-2/train.tsv"), "sentence\tlabel\na b\t1\n").unwrap();
         std::fs::write(glue.join("SST-2/dev.tsv"), "sentence\tlabel\nc d\t0\n").unwrap();
 
-        DataSource::Fixture { name: "sentiment".into() }.write(&RunDir(run.clone())).unwrap();
+        DataSource::Fixture {
+            name: "sentiment".into(),
+        }
+        .write(&RunDir(run.clone()))
+        .unwrap();
         let data = run_data(&run, Some(glue.clone())).unwrap();
         assert_eq!(data.dev.len(), demo::fixture().unwrap().dev.len());
         assert!(data.dev.len() > 1);

@@ -273,6 +273,35 @@ mod tests {
         assert!(err.to_string().contains(&f.path().display().to_string()), "{err}");
     }
 
+    /// A WordPiece tokenizer with BERT's template, small enough to write inline.
+    fn bert_like() -> String {
+        r#"{"version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+          "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "decoder": null,
+          "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}, {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]}, "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
+          "model": {"type": "WordLevel", "vocab": {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "a": 4, "b": 5}, "unk_token": "[UNK]"}}"#
+            .to_string()
+    }
+
+    /// `max_length` 0 or 1 used to switch truncation off silently (then a gather panicked on
+    /// long texts): below the pair's 3 special tokens + 1 it is refused.
+    #[test]
+    fn a_max_length_too_short_for_the_special_tokens_is_refused() {
+        let f = file(&bert_like());
+        for short in [0, 1, 3] {
+            let err = TextTokenizer::from_file(f.path(), short).unwrap_err();
+            assert!(
+                matches!(err, DataError::MaxLength { max_length, min: 4, specials: 3 } if max_length == short),
+                "{err}"
+            );
+        }
+        let tok = TextTokenizer::from_file(f.path(), 4).unwrap();
+        let enc = tok.encode_batch(&[TextInput::Single("a b a b a".into())]).unwrap();
+        assert_eq!(enc.input_ids, vec![2, 4, 5, 3], "truncated to 4 with its specials");
+    }
+
     /// Found by `cargo xtask fuzz`: a template naming a special token its map lacks parses,
     /// then panics in tokenizers' encode ("no entry found for key"); it is refused at load.
     #[test]
