@@ -12,7 +12,9 @@
 //! validated config), `safetensors` (a model directory whose weights file is fuzzed, loaded
 //! into a tiny BERT), `tokenizer` (tokenizer.json, then encoding a pair), `experiment-toml`
 //! (experiment file → validated train config and strategy), `run-files` (`metrics.jsonl`,
-//! `results.json`, `analysis/analysis.json` → the report), `peft-adapter` (a PEFT LoRA
+//! `results.json`, `analysis/analysis.json`, `dynamics.jsonl`, `trainable.json`,
+//! `transfer.jsonl` → the report's data), `plots` (the same files → SVG/PNG plots),
+//! `peft-adapter` (a PEFT LoRA
 //! adapter directory imported onto a tiny classifier).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -188,17 +190,18 @@ fn targets() -> Vec<Target> {
         },
         Target {
             name: "run-files",
-            seeds: vec![
-                b"{\"kind\":\"train\",\"step\":1,\"epoch\":0,\"loss\":0.69,\"lr\":1e-5,\"grad_norm\":1.2}\n{\"kind\":\"eval\",\"step\":1,\"epoch\":0,\"metrics\":{\"accuracy\":0.5}}\n\x00{\"task\":\"rte\",\"steps\":1,\"final_metrics\":{\"primary\":\"accuracy\",\"values\":{\"accuracy\":0.5}}}\x00{\"heads\":[[0.1,0.2]],\"projection\":{\"points\":[[0,1]],\"labels\":[0]}}".to_vec(),
-            ],
+            seeds: vec![RUN_FILES_SEED.to_vec()],
             run: Box::new(|bytes, dir| {
-                // Three files separated by NUL bytes.
-                let mut parts = bytes.split(|b| *b == 0);
-                write(dir, "config.json", br#"{"task": "rte", "train": {}}"#);
-                write(dir, "metrics.jsonl", parts.next().unwrap_or_default());
-                write(dir, "results.json", parts.next().unwrap_or_default());
-                write(dir, "analysis/analysis.json", parts.next().unwrap_or_default());
+                write_run_files(bytes, dir);
                 let _ = kiln::viz::report_data(dir, None);
+            }),
+        },
+        Target {
+            name: "plots",
+            seeds: vec![RUN_FILES_SEED.to_vec()],
+            run: Box::new(|bytes, dir| {
+                write_run_files(bytes, dir);
+                let _ = kiln::viz::plots::write_plots(dir);
             }),
         },
     ];
@@ -218,6 +221,26 @@ fn targets() -> Vec<Target> {
         }),
     });
     out
+}
+
+/// `metrics.jsonl`, `results.json`, `analysis/analysis.json`, `dynamics.jsonl`,
+/// `trainable.json`, `transfer.jsonl`, separated by NUL bytes.
+const RUN_FILES_SEED: &[u8] = b"{\"kind\":\"train\",\"step\":1,\"epoch\":0,\"loss\":0.69,\"lr\":1e-5,\"grad_norm\":1.2}\n{\"kind\":\"train\",\"step\":2,\"epoch\":0,\"loss\":0.6,\"lr\":2e-5,\"grad_norm\":1.1}\n{\"kind\":\"eval\",\"step\":2,\"epoch\":0,\"metrics\":{\"accuracy\":0.5,\"f1\":0.6}}\n\x00{\"task\":\"rte\",\"steps\":2,\"final_metrics\":{\"primary\":\"accuracy\",\"values\":{\"accuracy\":0.5}}}\x00{\"heads\":{\"metric\":\"accuracy\",\"gate\":[[0.1,0.2],[0.3,0.4]],\"pruning\":[{\"share\":0.0,\"metric\":0.5},{\"share\":0.5,\"metric\":0.4}]},\"instances\":[]}\x00{\"epoch\":0,\"step\":2,\"p_gold\":[0.4,0.7],\"correct\":[false,true]}\n\x00{\"strategy\":\"full\",\"trainable\":10,\"total\":10,\"percent\":100.0}\x00{\"kind\":\"transfer\",\"step\":0,\"loss\":1.5}\n";
+
+/// Writes the six run files of a `run-files` / `plots` input (NUL-separated) and a config.
+fn write_run_files(bytes: &[u8], dir: &Path) {
+    let mut parts = bytes.split(|b| *b == 0);
+    write(dir, "config.json", br#"{"task": "rte", "train": {}}"#);
+    for name in [
+        "metrics.jsonl",
+        "results.json",
+        "analysis/analysis.json",
+        "dynamics.jsonl",
+        "trainable.json",
+        "transfer.jsonl",
+    ] {
+        write(dir, name, parts.next().unwrap_or_default());
+    }
 }
 
 /// `adapter_config.json` NUL `adapter_model.safetensors` of a LoRA adapter on the tiny BERT.
@@ -462,6 +485,15 @@ mod tests {
         let device = Default::default();
         let model = SequenceClassifier::<Flex>::new_head(BertModel::new(&config, true, &device), &config, 2, &device);
         kiln::tune::export::import_peft_lora(model, dir.path(), &device).unwrap();
+        let run = tempfile::tempdir().unwrap();
+        write_run_files(RUN_FILES_SEED, run.path());
+        let data = kiln::viz::report_data(run.path(), None).unwrap();
+        assert_eq!(data["train"].as_array().unwrap().len(), 2);
+        let plots = kiln::viz::plots::write_plots(run.path()).unwrap();
+        assert!(
+            plots.len() >= 8,
+            "loss, lr, dev metrics, pruning, head importance (svg + png): {plots:?}"
+        );
     }
 
     /// 300 cases of every target: CI's share of the fuzzing (`cargo xtask fuzz` runs

@@ -302,16 +302,16 @@ enum LensCommand {
         #[arg(long, default_value_t = 1000)]
         max_examples: usize,
         /// Dev examples used for head importance and the pruning curve.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         importance_examples: usize,
         /// Examples with token-level views.
         #[arg(long, default_value_t = 12)]
         instances: usize,
         /// Integrated-gradients steps.
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         ig_steps: usize,
         /// t-SNE iterations.
-        #[arg(long, default_value_t = 750)]
+        #[arg(long, default_value_t = 750, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
         tsne_epochs: usize,
         /// Project the mean over real tokens instead of the [CLS] state (then the embedding
         /// layer is projected too; at [CLS] it is one point for every example).
