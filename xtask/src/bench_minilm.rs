@@ -220,6 +220,7 @@ impl<B: AutodiffBackend> Bench<B> {
                 SequenceClassifier::new_head(bert, &config, 2, device)
             }
         };
+        model.bert.check_input(batch, seq, &[], &[])?;
         let ids = Tensor::<B, 2>::random([batch, seq], Distribution::Uniform(1000.0, 29000.0), device).int();
         let labels: Vec<i64> = (0..batch as i64).map(|i| i % 2).collect();
         Ok(Self {

@@ -836,6 +836,9 @@ fn main() -> Result<()> {
             model.n_layer = layers;
             model.n_head = heads;
             model.n_positions = model.n_positions.max(block);
+            model
+                .validate()
+                .with_context(|| format!("--n-embd {n_embd} --heads {heads}"))?;
             let schedule = |steps: usize, lr: f64, warmup: usize| kiln::tune::lm::LmTrainConfig {
                 steps,
                 batch_size: batch,

@@ -164,6 +164,9 @@ pub enum LmError {
     /// Nothing would train.
     #[error("no parameter matches the trainable selection")]
     NothingTrains,
+    /// A configuration value out of range.
+    #[error(transparent)]
+    Config(#[from] crate::validate::ConfigError),
     /// A non-finite loss or gradient.
     #[error("non-finite {what} at step {step}")]
     NonFinite {
@@ -189,6 +192,7 @@ pub fn train_lm<B: AutodiffBackend>(
     mut on_step: impl FnMut(&LmStep),
     device: &B::Device,
 ) -> Result<(Gpt2Model<B>, LmHistory), LmError> {
+    crate::validate::validate_lm(cfg)?;
     let window = cfg.block_len + 1;
     if train.len() < window {
         return Err(LmError::TooShort {

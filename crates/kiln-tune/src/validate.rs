@@ -165,6 +165,28 @@ pub fn validate_train(cfg: &TrainConfig, model: &ModelLimits) -> Result<(), Conf
     Ok(())
 }
 
+/// Checks every value of a causal-LM training config (keys as the `lm decoder` flags name
+/// them; `block_len` against the model's positions is [`crate::lm::train_lm`]'s check).
+///
+/// # Errors
+/// The first [`ConfigError`] found.
+pub fn validate_lm(cfg: &crate::lm::LmTrainConfig) -> Result<(), ConfigError> {
+    at_least_one("lm.batch_size", cfg.batch_size)?;
+    at_least_one("lm.block_len", cfg.block_len)?;
+    positive("lm.lr", cfg.lr)?;
+    let a = &cfg.adamw;
+    unit_interval("lm.adamw.beta1", a.beta1, false)?;
+    unit_interval("lm.adamw.beta2", a.beta2, false)?;
+    positive("lm.adamw.eps", a.eps)?;
+    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        return fail("lm.adamw.weight_decay", a.weight_decay, "must be a finite number ≥ 0");
+    }
+    if let Some(norm) = a.max_grad_norm {
+        positive("lm.adamw.max_grad_norm", norm)?;
+    }
+    Ok(())
+}
+
 /// Checks a truncation length against the model's positions (key `train.max_length`).
 ///
 /// # Errors
