@@ -326,6 +326,17 @@ mod tests {
     }
 
     #[test]
+    fn lm_configs_are_checked_too() {
+        use crate::lm::LmTrainConfig;
+        validate_lm(&LmTrainConfig::default()).unwrap();
+        let d = LmTrainConfig::default;
+        let key = |c: LmTrainConfig| validate_lm(&c).unwrap_err().key;
+        assert_eq!(key(LmTrainConfig { batch_size: 0, ..d() }), "lm.batch_size");
+        assert_eq!(key(LmTrainConfig { block_len: 0, ..d() }), "lm.block_len");
+        assert_eq!(key(LmTrainConfig { lr: -1.0, ..d() }), "lm.lr");
+    }
+
+    #[test]
     fn counts_reject_fractions_and_negatives() {
         #[derive(Deserialize)]
         struct T {
