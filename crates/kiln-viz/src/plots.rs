@@ -129,7 +129,9 @@ fn draw_lines<DB: DrawingBackend>(
 fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, m: &[Vec<f64>]) -> Result<(), String> {
     let e = |err: &dyn std::fmt::Display| err.to_string();
     root.fill(&WHITE).map_err(|x| e(&x))?;
-    let (rows, cols) = (m.len(), m.first().map_or(0, Vec::len));
+    // Rows may differ in length (an analysis file edited by hand, say): the widest sets the
+    // axis, missing cells stay blank.
+    let (rows, cols) = (m.len(), m.iter().map(Vec::len).max().unwrap_or(0));
     let max = m.iter().flatten().fold(0f64, |a, &b| a.max(b.abs())).max(1e-30);
     let mut chart = ChartBuilder::on(&root)
         .caption(title, ("sans-serif", 20))
@@ -148,9 +150,9 @@ fn draw_heatmap<DB: DrawingBackend>(root: DrawingArea<DB, Shift>, title: &str, m
         .draw()
         .map_err(|x| e(&x))?;
     chart
-        .draw_series((0..rows).flat_map(|l| {
-            (0..cols).map(move |h| {
-                let t = m[l][h].abs() / max;
+        .draw_series(m.iter().enumerate().flat_map(|(l, row)| {
+            row.iter().enumerate().map(move |(h, v)| {
+                let t = v.abs() / max;
                 let c = RGBColor(
                     (240.0 - 200.0 * t) as u8,
                     (244.0 - 150.0 * t) as u8,
@@ -333,6 +335,21 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `cargo xtask fuzz` (target `plots`): a head-importance matrix whose rows differ
+    /// in length indexed past a short row.
+    #[test]
+    fn a_ragged_head_importance_matrix_is_drawn_not_a_panic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
+        std::fs::write(
+            dir.path().join("analysis/analysis.json"),
+            r#"{"heads": {"gate": [[0.1], [0.9, 0.3, null], []]}}"#,
+        )
+        .unwrap();
+        let files = write_plots(dir.path()).unwrap();
+        assert!(files.iter().any(|f| f.ends_with("head_importance.svg")), "{files:?}");
+    }
 
     #[test]
     fn plots_of_a_run_are_svg_and_png_of_the_right_size() {
