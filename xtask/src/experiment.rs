@@ -195,6 +195,13 @@ mod tests {
             if path.extension().is_some_and(|e| e == "toml") {
                 let e = load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e:#}", path.display()));
                 kiln::tune::strategy::Tuning::new(&e.train.tuning).unwrap();
+                // all-MiniLM-L6-v2's limits: every shipped recipe must pass validation.
+                let minilm = kiln::tune::validate::ModelLimits {
+                    max_positions: 512,
+                    num_layers: 6,
+                };
+                kiln::tune::validate::validate_train(&e.train, &minilm)
+                    .unwrap_or_else(|err| panic!("{}: {err}", path.display()));
                 n += 1;
             }
         }
