@@ -75,24 +75,30 @@ fn config() -> TrainConfig {
     }
 }
 
+/// The reference of the resume tests: an uninterrupted run of [`config`] on a fresh directory.
+fn uninterrupted(tok: &TextTokenizer, data: &TaskData) -> (SequenceClassifier<A>, kiln_tune::trainer::TrainResults) {
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir(dir.path().into());
+    train(
+        tiny_model(7, 2),
+        tok,
+        data,
+        &config(),
+        &run,
+        false,
+        StopAt::default(),
+        &Default::default(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn stopped_and_resumed_run_equals_uninterrupted_run_bit_for_bit() {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = data(|i| Label::Class((i % 8) % 2));
     let device = Default::default();
-    let dir_a = tempfile::tempdir().unwrap();
-    let (full, res_a) = train(
-        tiny_model(7, 2),
-        &tok,
-        &data,
-        &config(),
-        &RunDir(dir_a.path().into()),
-        false,
-        StopAt::default(),
-        &device,
-    )
-    .unwrap();
+    let (full, res_a) = uninterrupted(&tok, &data);
     // 40 examples / 8 = 5 micro-batches per epoch, 2 per step → 3 steps per epoch.
     assert_eq!(res_a.steps, 6);
 
@@ -313,18 +319,7 @@ fn a_crash_inside_the_checkpoint_swap_is_recovered_on_resume() {
     let tok = tokenizer();
     let data = data(|i| Label::Class((i % 8) % 2));
     let device = Default::default();
-    let dir_a = tempfile::tempdir().unwrap();
-    let (full, _) = train(
-        tiny_model(7, 2),
-        &tok,
-        &data,
-        &config(),
-        &RunDir(dir_a.path().into()),
-        false,
-        StopAt::default(),
-        &device,
-    )
-    .unwrap();
+    let (full, _) = uninterrupted(&tok, &data);
     for leftover in [".last.staging", ".last.old"] {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir(dir.path().into());
