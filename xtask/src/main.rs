@@ -1130,9 +1130,6 @@ mod tests {
     use kiln::tune::run_dir::DataSource;
     use kiln::tune::trainer::RunDir;
 
-    /// A demo run (SST-2 task, bundled fixture) is analysed on the fixture even where a GLUE
-    /// directory with SST-2 exists (it used to be analysed on GLUE SST-2); a GLUE run reads its
-    /// recorded directory; a run without data.json (older kiln) needs a GLUE directory.
     #[test]
     fn commands_on_a_missing_or_foreign_directory_name_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -1161,6 +1158,9 @@ mod tests {
         assert!(err.ends_with("t.json: the list of texts is empty"), "{err}");
     }
 
+    /// A demo run (SST-2 task, bundled fixture) is analysed on the fixture even where a GLUE
+    /// directory with SST-2 exists (it used to be analysed on GLUE SST-2); a GLUE run reads its
+    /// recorded directory; a run without data.json (older kiln) needs a GLUE directory.
     #[test]
     fn a_run_is_read_back_with_the_data_it_was_trained_on() {
         let dir = tempfile::tempdir().unwrap();

@@ -87,6 +87,15 @@ impl BatchEncoding {
     }
 }
 
+/// The message of a caught panic (`panic!` payloads are a `String` or a `&str`).
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default()
+}
+
 /// A Hugging Face tokenizer with explicit truncation (longest-first at `max_length`) and
 /// padding (to the longest sequence of each batch, on the right).
 ///
@@ -112,12 +121,11 @@ impl TextTokenizer {
         // tokenizers 0.22 panics on some malformed files (an `expect` in its decoder
         // deserialisation, found by `cargo xtask fuzz`): a bad file must be an error here.
         let parsed = std::panic::catch_unwind(|| Tokenizer::from_bytes(&bytes)).unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(format!("malformed tokenizer file (the tokenizers crate panicked: {what})").into())
+            Err(format!(
+                "malformed tokenizer file (the tokenizers crate panicked: {})",
+                panic_text(&*panic)
+            )
+            .into())
         });
         let mut inner = parsed.map_err(|e| DataError::Tokenizer {
             path: path.to_path_buf(),
@@ -171,11 +179,7 @@ impl TextTokenizer {
             Ok(Err(e)) => Some(format!("cannot encode a sample text: {e}")),
             Err(panic) => Some(format!(
                 "cannot encode a sample text (the tokenizers crate panicked: {})",
-                panic
-                    .downcast_ref::<String>()
-                    .cloned()
-                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                    .unwrap_or_default()
+                panic_text(&*panic)
             )),
         };
         if let Some(message) = problem {

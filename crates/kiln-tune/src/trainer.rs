@@ -584,12 +584,7 @@ pub fn train<B: AutodiffBackend>(
     };
     B::seed(device, mix(cfg.seed, INSERT_STREAM));
     if let Some(variant) = &cfg.attention {
-        let n = model.bert.num_layers();
-        if let Some(bad) = cfg.attention_layers.iter().flatten().find(|&&l| l >= n) {
-            return Err(TrainError::Invalid(format!(
-                "attention_layers: layer {bad} out of range (the model has {n})"
-            )));
-        }
+        // `attention_layers` was range-checked by `validate_train` above.
         let dropout = cfg.dropout.unwrap_or(0.1);
         let teacher = cfg
             .attention_transfer

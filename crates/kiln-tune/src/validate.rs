@@ -105,20 +105,7 @@ pub fn validate_train(cfg: &TrainConfig, model: &ModelLimits) -> Result<(), Conf
     }
     positive("train.lr", cfg.lr)?;
     unit_interval("train.warmup_ratio", cfg.warmup_ratio, true)?;
-    let a = &cfg.adamw;
-    unit_interval("train.adamw.beta1", a.beta1, false)?;
-    unit_interval("train.adamw.beta2", a.beta2, false)?;
-    positive("train.adamw.eps", a.eps)?;
-    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
-        return fail(
-            "train.adamw.weight_decay",
-            a.weight_decay,
-            "must be a finite number ≥ 0",
-        );
-    }
-    if let Some(norm) = a.max_grad_norm {
-        positive("train.adamw.max_grad_norm", norm)?;
-    }
+    validate_adamw("train.adamw", &cfg.adamw)?;
     if let Some(p) = cfg.dropout {
         unit_interval("train.dropout", p, false)?;
     }
@@ -165,6 +152,21 @@ pub fn validate_train(cfg: &TrainConfig, model: &ModelLimits) -> Result<(), Conf
     Ok(())
 }
 
+/// Checks AdamW settings; `prefix` is the section's key (`train.adamw`).
+fn validate_adamw(prefix: &str, a: &crate::optim::AdamWConfig) -> Result<(), ConfigError> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    unit_interval(&key("beta1"), a.beta1, false)?;
+    unit_interval(&key("beta2"), a.beta2, false)?;
+    positive(&key("eps"), a.eps)?;
+    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
+        return fail(&key("weight_decay"), a.weight_decay, "must be a finite number ≥ 0");
+    }
+    if let Some(norm) = a.max_grad_norm {
+        positive(&key("max_grad_norm"), norm)?;
+    }
+    Ok(())
+}
+
 /// Checks every value of a causal-LM training config (keys as the `lm decoder` flags name
 /// them; `block_len` against the model's positions is [`crate::lm::train_lm`]'s check).
 ///
@@ -174,17 +176,7 @@ pub fn validate_lm(cfg: &crate::lm::LmTrainConfig) -> Result<(), ConfigError> {
     at_least_one("lm.batch_size", cfg.batch_size)?;
     at_least_one("lm.block_len", cfg.block_len)?;
     positive("lm.lr", cfg.lr)?;
-    let a = &cfg.adamw;
-    unit_interval("lm.adamw.beta1", a.beta1, false)?;
-    unit_interval("lm.adamw.beta2", a.beta2, false)?;
-    positive("lm.adamw.eps", a.eps)?;
-    if !(a.weight_decay.is_finite() && a.weight_decay >= 0.0) {
-        return fail("lm.adamw.weight_decay", a.weight_decay, "must be a finite number ≥ 0");
-    }
-    if let Some(norm) = a.max_grad_norm {
-        positive("lm.adamw.max_grad_norm", norm)?;
-    }
-    Ok(())
+    validate_adamw("lm.adamw", &cfg.adamw)
 }
 
 /// Checks a truncation length against the model's positions (key `train.max_length`).
