@@ -454,7 +454,7 @@ fn mix(seed: u64, x: u64) -> u64 {
 /// training resumes.
 fn check_run_dir(run: &RunDir, on_existing: OnExisting, config_json: &serde_json::Value) -> Result<bool, TrainError> {
     use crate::run_dir::{config_changes, RunDirError};
-    let resume = match on_existing {
+    match on_existing {
         OnExisting::Refuse => {
             return match run.existing_run() {
                 Some(found) => Err(RunDirError::Exists {
@@ -469,8 +469,8 @@ fn check_run_dir(run: &RunDir, on_existing: OnExisting, config_json: &serde_json
             run.clear()?;
             return Ok(false);
         }
-        OnExisting::Resume | OnExisting::ResumeAllowingConfigChange | OnExisting::ResumeIfPresent => on_existing,
-    };
+        OnExisting::Resume | OnExisting::ResumeAllowingConfigChange | OnExisting::ResumeIfPresent => {}
+    }
     if let Some(from) = checkpoint::recover(&run.last())? {
         tracing::warn!(
             "resuming from {}, recovered from {}",
@@ -479,7 +479,7 @@ fn check_run_dir(run: &RunDir, on_existing: OnExisting, config_json: &serde_json
         );
     }
     if !run.last().join("state.json").is_file() {
-        if resume == OnExisting::ResumeIfPresent {
+        if on_existing == OnExisting::ResumeIfPresent {
             if let Some(found) = run.existing_run() {
                 tracing::warn!(dir = %run.0.display(), found, "no complete checkpoint to resume from: starting over");
             }
@@ -498,7 +498,7 @@ fn check_run_dir(run: &RunDir, on_existing: OnExisting, config_json: &serde_json
         .and_then(|text| serde_json::from_str(&text).ok());
     let changes = saved.map(|old| config_changes(&old, config_json)).unwrap_or_default();
     if !changes.is_empty() {
-        if resume != OnExisting::ResumeAllowingConfigChange {
+        if on_existing != OnExisting::ResumeAllowingConfigChange {
             return Err(RunDirError::ConfigChanged {
                 config: path,
                 changes: changes.join(", "),
