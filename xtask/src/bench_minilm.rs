@@ -147,6 +147,10 @@ pub struct MinilmArgs {
     /// Torch threads for the baseline (0: PyTorch's default).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
+    /// Let the PyTorch baseline use TF32 tensor cores for f32 matmuls on CUDA, as burn 0.21's
+    /// CUDA matmul does (like-for-like GPU comparison; PyTorch's default keeps TF32 off).
+    #[arg(long)]
+    pub baseline_tf32: bool,
     /// Where results.jsonl and table.md go (with more than one measurement).
     #[arg(long, default_value = "docs/bench/minilm")]
     pub out: PathBuf,
@@ -400,17 +404,25 @@ fn python_device(device: DeviceKind) -> &'static str {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// The PyTorch baseline's interpreter and settings.
+struct Baseline<'a> {
+    python: &'a Path,
+    /// Torch threads (0: PyTorch's default).
+    threads: usize,
+    /// Allow TF32 matmuls on CUDA.
+    tf32: bool,
+}
+
 fn measure_python(
-    python: &Path,
+    baseline: &Baseline<'_>,
     device: DeviceKind,
     model: Option<&Path>,
     size: ModelSize,
     workload: Workload,
     (batch, seq): (usize, usize),
     iters: usize,
-    threads: usize,
 ) -> Result<Measurement> {
+    let Baseline { python, threads, tf32 } = *baseline;
     let mut cmd = Command::new(python);
     cmd.arg(python_script())
         .args(["--mode", workload.python_mode()])
@@ -419,6 +431,9 @@ fn measure_python(
         .args(["--iters", &iters.to_string(), "--threads", &threads.to_string()]);
     if let Some(m) = model {
         cmd.arg("--model").arg(m);
+    }
+    if tf32 {
+        cmd.arg("--tf32");
     }
     let out = cmd.output().with_context(|| format!("running {}", python.display()))?;
     let mut m = last_json_line(&out, &format!("PyTorch {} {batch}x{seq}", workload.name()))?;
@@ -534,14 +549,17 @@ pub fn minilm(args: MinilmArgs) -> Result<()> {
             let kiln = measure_in_child(args.device, model.as_deref(), args.size, workload, shape, args.iters)?;
             let pytorch = match &args.baseline_python {
                 Some(py) => Some(measure_python(
-                    py,
+                    &Baseline {
+                        python: py,
+                        threads: args.threads,
+                        tf32: args.baseline_tf32,
+                    },
                     args.device,
                     model.as_deref(),
                     args.size,
                     workload,
                     shape,
                     args.iters,
-                    args.threads,
                 )?),
                 None => None,
             };
@@ -579,14 +597,17 @@ pub fn memory(args: MemoryArgs) -> Result<()> {
             )?;
             let pytorch = match &args.baseline_python {
                 Some(py) => Some(measure_python(
-                    py,
+                    &Baseline {
+                        python: py,
+                        threads: 0,
+                        tf32: false,
+                    },
                     args.device,
                     model.as_deref(),
                     ModelSize::Minilm,
                     Workload::TrainStep,
                     (batch, seq),
                     args.iters,
-                    0,
                 )?),
                 None => None,
             };
