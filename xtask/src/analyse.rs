@@ -110,7 +110,7 @@ impl BackendJob for AnalyseJob {
             crate::export::load_run::<B>(&self.model, &self.run, &self.checkpoint, &device)?;
         model.set_dropout(0.0);
         let (run_config, _) = crate::export::run_config(&self.run)?;
-        let max_length = run_config["train"]["max_length"].as_u64().unwrap_or(128) as usize;
+        let max_length = run_config.train.max_length;
         let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), max_length)?;
         let dev = &self.dev[..self.dev.len().min(self.max_examples)];
         let inputs: Vec<TextInput> = dev.iter().map(|e| e.input.clone()).collect();

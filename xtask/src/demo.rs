@@ -85,6 +85,8 @@ pub struct DemoJob {
     pub data: TaskData,
     pub train: TrainConfig,
     pub out: PathBuf,
+    /// Where `data` came from (recorded in the run's provenance).
+    pub source: DataSource,
 }
 
 /// Dev metrics before training (fresh head) and the run's results.
@@ -115,7 +117,11 @@ impl BackendJob for DemoJob {
             &tok,
             &self.data,
             &self.train,
-            &RunDir(self.out.clone()),
+            &RunDir::new(self.out.clone()).with_provenance(crate::experiment::provenance(
+                &self.model,
+                Some(self.source),
+                kind,
+            )?),
             // The demo's directory is its own: a second demo replaces the first.
             kiln::tune::run_dir::OnExisting::Overwrite,
             StopAt::default(),

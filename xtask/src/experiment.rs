@@ -123,6 +123,8 @@ pub fn glue_dir(section: &ExperimentSection) -> Result<PathBuf> {
 pub struct RunJob {
     pub model: PathBuf,
     pub data: TaskData,
+    /// Where `data` came from (recorded in the run's provenance).
+    pub source: kiln::tune::run_dir::DataSource,
     pub train: TrainConfig,
     pub out: PathBuf,
     pub on_existing: kiln::tune::run_dir::OnExisting,
@@ -141,13 +143,23 @@ impl BackendJob for RunJob {
             &tok,
             &self.data,
             &self.train,
-            &RunDir(self.out.clone()),
+            &RunDir::new(self.out.clone()).with_provenance(provenance(&self.model, Some(self.source), kind)?),
             self.on_existing,
             StopAt::default(),
             &device,
         )?;
         Ok(results)
     }
+}
+
+/// The provenance of a run fine-tuning the model in `model` on `kind`.
+pub fn provenance(
+    model: &Path,
+    data: Option<kiln::tune::run_dir::DataSource>,
+    kind: DeviceKind,
+) -> Result<kiln::tune::run_files::Provenance> {
+    let record = kiln::tune::run_files::ModelRecord::of_dir(&std::path::absolute(model)?, None)?;
+    Ok(kiln::tune::run_files::Provenance::now(record, data, &kind.to_string()))
 }
 
 /// Prints where the results are and the final metrics.
@@ -179,6 +191,7 @@ pub fn default_model(explicit: Option<&Path>, allow_fetch: bool) -> Result<PathB
 mod tests {
     use super::*;
     use kiln::tune::strategy::StrategyConfig;
+    use kiln::tune::strategy::{ChildTuningD, Lora};
 
     fn write(text: &str) -> tempfile::NamedTempFile {
         let f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
@@ -225,13 +238,13 @@ mod tests {
         assert_eq!(
             e.train.tuning,
             vec![
-                StrategyConfig::Lora {
+                StrategyConfig::Lora(Lora {
                     r: 4,
                     alpha: 16.0,
                     dropout: 0.0,
                     targets: vec!["query".into(), "re:.*value".into()]
-                },
-                StrategyConfig::ChildTuningD { reserve_p: 0.3 }
+                }),
+                StrategyConfig::ChildTuningD(ChildTuningD { reserve_p: 0.3 })
             ]
         );
         let typo = write("[experiment]\nname = \"x\"\ntask = \"rte\"\n[[train.tuning]]\nkind = \"lora\"\nrank = 4\n");

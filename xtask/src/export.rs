@@ -3,15 +3,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kiln::backend::{BackendJob, DeviceKind};
 use kiln::burn::tensor::backend::AutodiffBackend;
 use kiln::data::GlueTask;
 use kiln::model::CheckpointDir;
-use kiln::tune::checkpoint::{load_model, MODEL_FILE, TUNED_FILE};
 use kiln::tune::classifier::SequenceClassifier;
 use kiln::tune::export::{export_hf_model, export_peft_lora};
-use kiln::tune::strategy::{load_tuned, read_tuning};
+use kiln::tune::run_files::RunConfig;
 
 /// Output layout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,15 +21,28 @@ pub enum ExportFormat {
     Hf,
 }
 
-/// A run's `config.json` and its task.
-pub fn run_config(run: &std::path::Path) -> Result<(serde_json::Value, GlueTask)> {
-    let config_path = run.join("config.json");
-    let config: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(&config_path).with_context(|| config_path.display().to_string())?,
-    )
-    .with_context(|| config_path.display().to_string())?;
-    let task = GlueTask::parse(config["task"].as_str().context("config.json has no task")?)?;
+/// A run's `config.json` (typed, any format this kiln reads) and its task.
+pub fn run_config(run: &std::path::Path) -> Result<(RunConfig, GlueTask)> {
+    let config = RunConfig::read(run)?;
+    let task = GlueTask::parse(&config.task).with_context(|| run.join("config.json").display().to_string())?;
     Ok((config, task))
+}
+
+/// The model directory a command on `run` uses: `given` (`--model`), else the directory the
+/// run recorded (when it still exists), else the default model.
+pub fn run_model(run: &std::path::Path, given: Option<&std::path::Path>) -> Result<std::path::PathBuf> {
+    if let Some(dir) = given {
+        return Ok(dir.to_path_buf());
+    }
+    let recorded = RunConfig::read(run)
+        .ok()
+        .and_then(|c| c.provenance)
+        .map(|p| p.model.path)
+        .filter(|p| p.is_dir());
+    match recorded {
+        Some(dir) => Ok(dir),
+        None => crate::model_files::resolve_model(kiln::model::hub::DEFAULT_MODEL_ID, None, true),
+    }
 }
 
 /// A checkpoint (`best`, `last`) of a run: the classifier (strategy inserts included), its
@@ -41,20 +53,13 @@ pub fn load_run<B: kiln::burn::prelude::Backend>(
     checkpoint: &str,
     device: &B::Device,
 ) -> Result<(SequenceClassifier<B>, kiln::tune::strategy::Tuning, GlueTask)> {
-    let (_, task) = run_config(run)?;
-    let best = run.join("checkpoints").join(checkpoint);
+    let (config, task) = run_config(run)?;
+    // The weights the run was trained from, checked where the run recorded them.
+    if let Some(provenance) = &config.provenance {
+        provenance.model.verify(model_dir)?;
+    }
     let (base, _) = SequenceClassifier::<B>::from_pretrained(model_dir, task.num_labels(), device)?;
-    let (model, tuning) = if best.join(TUNED_FILE).exists() {
-        let tuning = read_tuning(&best.join(TUNED_FILE))?;
-        let model = tuning.insert(base, device)?;
-        (load_tuned(model, &tuning, &best.join(TUNED_FILE))?, tuning)
-    } else if best.join(MODEL_FILE).exists() {
-        let mut model = base;
-        load_model(&mut model, &best.join(MODEL_FILE))?;
-        (model, kiln::tune::strategy::Tuning::new(&[])?)
-    } else {
-        bail!("{} has neither {TUNED_FILE} nor {MODEL_FILE}", best.display());
-    };
+    let (model, tuning) = config.restore(base, run, checkpoint, device)?;
     Ok((model, tuning, task))
 }
 

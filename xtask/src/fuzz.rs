@@ -245,15 +245,16 @@ fn write_run_files(bytes: &[u8], dir: &Path) {
 
 /// `adapter_config.json` NUL `adapter_model.safetensors` of a LoRA adapter on the tiny BERT.
 fn peft_seed() -> Vec<u8> {
+    use kiln::tune::strategy::Lora;
     use kiln::tune::strategy::{StrategyConfig, Tuning};
     let (bert, config) = tiny_bert();
     let device = Default::default();
-    let tuning = Tuning::new(&[StrategyConfig::Lora {
+    let tuning = Tuning::new(&[StrategyConfig::Lora(Lora {
         r: 2,
         alpha: 4.0,
         dropout: 0.0,
         targets: vec!["query".into(), "value".into()],
-    }])
+    })])
     .expect("valid LoRA");
     let model = tuning
         .insert(SequenceClassifier::new_head(bert, &config, 2, &device), &device)

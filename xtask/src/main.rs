@@ -536,9 +536,10 @@ fn main() -> Result<()> {
                     data,
                     train,
                     out: out.clone(),
+                    source: source.clone(),
                 },
             )??;
-            source.write(&kiln::tune::trainer::RunDir(out.clone()))?;
+            source.write(&kiln::tune::trainer::RunDir::new(out.clone()))?;
             demo::print_outcome(&out, &outcome, &what);
             let analysis = run_on(device, analyse::AnalyseJob::quick(model, out.clone(), dev))??;
             println!("Analysis: {}", analysis.display());
@@ -588,7 +589,7 @@ fn main() -> Result<()> {
             model,
         } => {
             require_run(&run)?;
-            let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
+            let model = export::run_model(&run, model.as_deref())?;
             run_on(
                 DeviceKind::Cpu,
                 export::ExportJob {
@@ -650,7 +651,7 @@ fn main() -> Result<()> {
                 },
         } => {
             require_run(&run)?;
-            let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
+            let model = export::run_model(&run, model.as_deref())?;
             let data = run_data(&run, glue_dir.clone())?;
             let dev = data.dev;
             let path = run_on(
@@ -772,21 +773,22 @@ fn main() -> Result<()> {
             let data = kiln::tune::trainer::load_glue(&glue_dir, exp.experiment.task)?;
             let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&exp.experiment.name));
             let texts = train_texts(&data, exp.train.max_train_examples);
+            let source = kiln::tune::run_dir::DataSource::Glue {
+                dir: std::path::absolute(&glue_dir).unwrap_or(glue_dir),
+                task: exp.experiment.task.short_name().into(),
+            };
             let results = run_on(
                 device,
                 experiment::RunJob {
                     model,
                     data,
+                    source: source.clone(),
                     train: exp.train,
                     out: out.clone(),
                     on_existing,
                 },
             )??;
-            kiln::tune::run_dir::DataSource::Glue {
-                dir: std::path::absolute(&glue_dir).unwrap_or(glue_dir),
-                task: exp.experiment.task.short_name().into(),
-            }
-            .write(&kiln::tune::trainer::RunDir(out.clone()))?;
+            source.write(&kiln::tune::trainer::RunDir::new(out.clone()))?;
             experiment::report(&out, &results);
             println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
             report_plots(&out);
@@ -1074,7 +1076,7 @@ pub(crate) fn backend_name(kind: DeviceKind) -> &'static str {
 /// hand.
 fn report_texts(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Option<Vec<String>> {
     let (config, _) = export::run_config(run).ok()?;
-    let limit = config["train"]["max_train_examples"].as_u64().map(|n| n as usize);
+    let limit = config.train.max_train_examples;
     run_data(run, glue_dir).ok().map(|d| train_texts(&d, limit))
 }
 
@@ -1084,7 +1086,7 @@ fn report_texts(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Option<Vec<
 fn run_data(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Result<kiln::tune::trainer::TaskData> {
     use kiln::tune::run_dir::DataSource;
     let (_, task) = export::run_config(run)?;
-    let recorded = DataSource::read(&kiln::tune::trainer::RunDir(run.to_path_buf()))?;
+    let recorded = DataSource::read(&kiln::tune::trainer::RunDir::new(run.to_path_buf()))?;
     let dir = match (recorded, glue_dir) {
         (Some(DataSource::Fixture { name }), _) if name == "sentiment" => return demo::fixture(),
         (Some(DataSource::Fixture { name }), _) => bail!("{}: unknown fixture {name:?} in data.json", run.display()),
@@ -1175,7 +1177,7 @@ mod tests {
         DataSource::Fixture {
             name: "sentiment".into(),
         }
-        .write(&RunDir(run.clone()))
+        .write(&RunDir::new(run.clone()))
         .unwrap();
         let data = run_data(&run, Some(glue.clone())).unwrap();
         assert_eq!(data.dev.len(), demo::fixture().unwrap().dev.len());
@@ -1185,11 +1187,41 @@ mod tests {
             dir: glue.clone(),
             task: "sst2".into(),
         }
-        .write(&RunDir(run.clone()))
+        .write(&RunDir::new(run.clone()))
         .unwrap();
         assert_eq!(run_data(&run, None).unwrap().dev.len(), 1);
 
-        std::fs::remove_file(DataSource::path(&RunDir(run.clone()))).unwrap();
+        std::fs::remove_file(DataSource::path(&RunDir::new(run.clone()))).unwrap();
         assert_eq!(run_data(&run, Some(glue)).unwrap().dev.len(), 1);
+    }
+
+    /// `lens analyse` / `export` load a run through `export::load_run`, which refuses a model
+    /// whose weights differ from the ones recorded in the run's provenance, naming both hashes,
+    /// before loading anything; an unversioned (format 1) run without provenance still loads.
+    #[test]
+    fn a_run_refuses_a_changed_model_naming_both_hashes() {
+        use kiln::tune::run_files::{sha256_file, ModelRecord, Provenance, RunConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let (model, run) = (dir.path().join("model"), dir.path().join("run"));
+        std::fs::create_dir_all(&model).unwrap();
+        std::fs::create_dir_all(&run).unwrap();
+        std::fs::write(model.join("model.safetensors"), b"the weights trained from").unwrap();
+        let record = ModelRecord::of_dir(&model, None).unwrap();
+        let config = RunConfig::new(
+            "sst2",
+            kiln::tune::trainer::TrainConfig::default(),
+            Some(Provenance::now(record.clone(), None, "flex")),
+        );
+        std::fs::write(run.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+        std::fs::write(model.join("model.safetensors"), b"other weights").unwrap();
+        let now = sha256_file(&model.join("model.safetensors")).unwrap();
+        let Err(err) = export::load_run::<kiln::burn::backend::Flex>(&model, &run, "best", &Default::default()) else {
+            panic!("a changed model is refused")
+        };
+        let err = err.to_string();
+        assert!(err.contains(&record.sha256) && err.contains(&now), "{err}");
+        assert!(err.contains("is not the model this run was trained from"), "{err}");
+        // The default model directory of a run is the one it recorded.
+        assert_eq!(export::run_model(&run, None).unwrap(), model);
     }
 }

@@ -29,6 +29,18 @@ impl<B: Backend> Default for AttentionKind<B> {
 }
 
 impl<B: Backend> AttentionKind<B> {
+    /// Ids of the mechanism's parameters that never train (Performer's random projection `ω`:
+    /// fixed by definition, "redraw" means converting again). Every other parameter of a
+    /// mechanism (feature-map weights) is new and trainable.
+    pub fn fixed_param_ids(&self) -> Vec<burn::module::ParamId> {
+        let of = |m: &crate::LinearAttention<B>| m.feature_map.projection.iter().map(|p| p.id).collect();
+        match self {
+            Self::Softmax(_) | Self::SlidingWindow(_) => Vec::new(),
+            Self::Linear(m) => of(m),
+            Self::Hybrid(m) => of(&m.linear),
+        }
+    }
+
     /// Sets the attention-probability dropout where the mechanism has one.
     pub fn set_dropout(&mut self, p: f64) {
         let d = burn::nn::DropoutConfig::new(p).init();

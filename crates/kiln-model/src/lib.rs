@@ -4,8 +4,10 @@
 //! a BERT-style post-LN encoder ([`BertModel`]) and a GPT-2 pre-LN causal decoder
 //! ([`Gpt2Model`], with incremental decoding: KV cache or RNN-mode state, [`DecodeState`])
 //! whose parameter trees mirror HF's so checkpoints load by name, mean
-//! pooling for sentence embeddings, and opt-in [`Capture`] of intermediate tensors for
-//! analysis. Every model is generic over `B: Backend`.
+//! pooling for sentence embeddings, opt-in [`Capture`] of intermediate tensors for
+//! analysis, and typed parameter roles ([`roles`]: where each parameter sits and what it is,
+//! from the model's own fields) by which tuning strategies choose what trains. Every model is
+//! generic over `B: Backend`.
 //!
 //! **Owns:** configs, embeddings, blocks, pooling, checkpoint loading, capture points.
 //! **Must not touch:** the attention mechanism itself (`kiln-attention`: blocks only call
@@ -32,6 +34,7 @@ pub mod mlm;
 pub mod parity;
 pub mod peft;
 pub mod pooling;
+pub mod roles;
 
 pub use bert::{BertModel, Intervention};
 pub use capture::{Capture, LayerCapture, ModelOutput};
@@ -41,3 +44,4 @@ pub use gpt2::{DecodeState, Gpt2Model, LayerState, Sampling};
 pub use load::{gpt2_weights_bytes, load_bert_weights, load_gpt2_weights, CheckpointDir, LoadReport};
 pub use mlm::BertMlmHead;
 pub use pooling::{l2_normalize, mean_pool, sentence_embedding};
+pub use roles::{LinearSlot, ParamRole, Part, Roles, Site, TensorKind};

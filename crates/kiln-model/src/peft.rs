@@ -330,14 +330,3 @@ impl<B: Backend> LayerInserts<B> {
         }
     }
 }
-
-/// The names LoRA can target, in the order of [`LayerLora`]'s fields, with the Hugging Face
-/// module path of each inside `encoder.layer.{i}`.
-pub const LORA_TARGETS: [(&str, &str); 6] = [
-    ("query", "attention.self.query"),
-    ("key", "attention.self.key"),
-    ("value", "attention.self.value"),
-    ("attention_output", "attention.output.dense"),
-    ("intermediate", "intermediate.dense"),
-    ("output", "output.dense"),
-];

@@ -190,3 +190,17 @@ impl<B: Backend> SequenceClassifier<B> {
         }
     }
 }
+
+impl<B: Backend> kiln_model::roles::ModelRoles for SequenceClassifier<B> {
+    /// The encoder's roles, the head ([`Site::Head`](kiln_model::roles::Site::Head)) and the
+    /// side network, if any ([`Site::Side`](kiln_model::roles::Site::Side)).
+    fn param_roles(&self) -> kiln_model::roles::Roles {
+        use kiln_model::roles::{Part, Site};
+        let mut roles = self.bert.param_roles();
+        roles.tag_linear(&self.classifier, Site::Head, Part::Whole);
+        if let Some(side) = &self.side {
+            roles.tag_module(side, Site::Side, Part::Whole);
+        }
+        roles
+    }
+}

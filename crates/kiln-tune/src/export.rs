@@ -19,14 +19,15 @@ use std::path::{Path, PathBuf};
 use burn::module::Param;
 use burn::prelude::*;
 use burn::tensor::TensorData;
-use kiln_model::peft::{set_merged, LoraDelta, LORA_TARGETS};
+use kiln_model::peft::set_merged;
+use kiln_model::roles::LinearSlot;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{model_bytes, write_atomic};
 use crate::classifier::SequenceClassifier;
-use crate::strategy::{lora_targets, StrategyConfig, Tuning};
+use crate::strategy::{Effect, Lora, StrategyConfig, Tuning};
 
 /// Errors of export and import.
 #[derive(Debug, thiserror::Error)]
@@ -100,24 +101,18 @@ fn f32s(t: Tensor<impl Backend, 2>) -> (Vec<usize>, Vec<u8>) {
     (dims, v.iter().flat_map(|x| x.to_le_bytes()).collect())
 }
 
-/// The one LoRA component of `tuning`.
-fn lora_of(tuning: &Tuning) -> Result<(usize, f64, f64, Vec<String>), ExportError> {
+/// The one LoRA component of `tuning`; the others may only mask gradients (Child-Tuning),
+/// which changes nothing PEFT's layout has to hold.
+fn lora_of(tuning: &Tuning) -> Result<Lora, ExportError> {
     let mut found = None;
     for c in &tuning.components {
-        match c {
-            StrategyConfig::Lora {
-                r,
-                alpha,
-                dropout,
-                targets,
-            } => found = Some((*r, *alpha, *dropout, targets.clone())),
-            StrategyConfig::ChildTuningF { .. } | StrategyConfig::ChildTuningD { .. } => {}
-            other => {
-                return Err(ExportError::Invalid(format!(
-                    "PEFT export covers LoRA (optionally trained with Child-Tuning); {} trains parameters PEFT's LoRA layout cannot hold",
-                    other.name()
-                )))
-            }
+        if let StrategyConfig::Lora(lora) = c {
+            found = Some(lora.clone());
+        } else if c.strategy().effect() != Effect::MasksGradients {
+            return Err(ExportError::Invalid(format!(
+                "PEFT export covers LoRA (optionally trained with Child-Tuning); {} trains parameters PEFT's LoRA layout cannot hold",
+                c.name()
+            )));
         }
     }
     found.ok_or_else(|| ExportError::Invalid("the strategy has no LoRA component".into()))
@@ -133,8 +128,8 @@ pub fn export_peft_lora<B: Backend>(
     base_model: &str,
     dir: &Path,
 ) -> Result<(), ExportError> {
-    let (r, alpha, dropout, targets) = lora_of(tuning)?;
-    let names = lora_targets(&targets).map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let lora_cfg = lora_of(tuning)?;
+    let slots = lora_cfg.slots().map_err(|e| ExportError::Invalid(e.to_string()))?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, layer) in model.bert.encoder.layer.iter().enumerate() {
         let lora = layer
@@ -142,14 +137,15 @@ pub fn export_peft_lora<B: Backend>(
             .lora
             .as_ref()
             .ok_or_else(|| ExportError::Invalid(format!("layer {i} has no LoRA deltas")))?;
-        for (name, hf) in LORA_TARGETS {
-            let Some(delta) = delta_ref(lora, name) else { continue };
+        for slot in LinearSlot::ALL {
+            let Some(delta) = lora.get(slot) else { continue };
             if delta.merged {
                 return Err(ExportError::Invalid(format!(
-                    "layer {i} {name}: unmerge before exporting"
+                    "layer {i} {}: unmerge before exporting",
+                    slot.name()
                 )));
             }
-            let key = format!("{PREFIX}bert.encoder.layer.{i}.{hf}");
+            let key = format!("{PREFIX}bert.encoder.layer.{i}.{}", slot.hf_path());
             let (s, b) = f32s(delta.a.val().transpose());
             tensors.push((format!("{key}.lora_A.weight"), s, b));
             let (s, b) = f32s(delta.b.val().transpose());
@@ -175,13 +171,10 @@ pub fn export_peft_lora<B: Backend>(
     let config = PeftLoraConfig {
         peft_type: "LORA".into(),
         task_type: Some("SEQ_CLS".into()),
-        r,
-        lora_alpha: alpha,
-        lora_dropout: dropout,
-        target_modules: names
-            .iter()
-            .map(|n| LORA_TARGETS.iter().find(|(k, _)| k == n).expect("known").1.to_string())
-            .collect(),
+        r: lora_cfg.r,
+        lora_alpha: lora_cfg.alpha,
+        lora_dropout: lora_cfg.dropout,
+        target_modules: slots.iter().map(|s| s.hf_path().to_string()).collect(),
         bias: "none".into(),
         fan_in_fan_out: false,
         use_rslora: false,
@@ -199,30 +192,6 @@ pub fn export_peft_lora<B: Backend>(
         path: dir.join("adapter_config.json"),
         message: e.to_string(),
     })
-}
-
-fn delta_ref<'a, B: Backend>(l: &'a kiln_model::peft::LayerLora<B>, name: &str) -> Option<&'a LoraDelta<B>> {
-    match name {
-        "query" => l.query.as_ref(),
-        "key" => l.key.as_ref(),
-        "value" => l.value.as_ref(),
-        "attention_output" => l.attention_output.as_ref(),
-        "intermediate" => l.intermediate.as_ref(),
-        "output" => l.output.as_ref(),
-        _ => None,
-    }
-}
-
-fn delta_mut<'a, B: Backend>(l: &'a mut kiln_model::peft::LayerLora<B>, name: &str) -> Option<&'a mut LoraDelta<B>> {
-    match name {
-        "query" => l.query.as_mut(),
-        "key" => l.key.as_mut(),
-        "value" => l.value.as_mut(),
-        "attention_output" => l.attention_output.as_mut(),
-        "intermediate" => l.intermediate.as_mut(),
-        "output" => l.output.as_mut(),
-        _ => None,
-    }
 }
 
 /// Reads a PEFT LoRA adapter directory onto `model` (the base, without inserts): inserts the
@@ -251,12 +220,12 @@ pub fn import_peft_lora<B: Backend>(
             cfg.use_rslora
         )));
     }
-    let tuning = Tuning::new(&[StrategyConfig::Lora {
+    let tuning = Tuning::new(&[StrategyConfig::Lora(Lora {
         r: cfg.r,
         alpha: cfg.lora_alpha,
         dropout: cfg.lora_dropout,
         targets: cfg.target_modules.clone(),
-    }])
+    })])
     .map_err(|e| ExportError::Invalid(e.to_string()))?;
     let mut model = tuning
         .insert(model, device)
@@ -301,9 +270,9 @@ pub fn import_peft_lora<B: Backend>(
     };
     for (i, layer) in model.bert.encoder.layer.iter_mut().enumerate() {
         let lora = layer.inserts.lora.as_mut().expect("inserted");
-        for (name, hf) in LORA_TARGETS {
-            let Some(delta) = delta_mut(lora, name) else { continue };
-            let key = format!("{PREFIX}bert.encoder.layer.{i}.{hf}");
+        for slot in LinearSlot::ALL {
+            let Some(delta) = lora.get_mut(slot) else { continue };
+            let key = format!("{PREFIX}bert.encoder.layer.{i}.{}", slot.hf_path());
             let [d_in, r] = delta.a.dims();
             let [_, d_out] = delta.b.dims();
             let a = take2(&format!("{key}.lora_A.weight"), [r, d_in])?.transpose();
@@ -344,18 +313,9 @@ pub fn merge_lora<B: Backend>(mut model: SequenceClassifier<B>) -> SequenceClass
         let Some(mut lora) = layer.inserts.lora.take() else {
             continue;
         };
-        let sa = &mut layer.attention.self_attention;
-        let pairs: [(&mut burn::nn::Linear<B>, Option<&mut LoraDelta<B>>); 6] = [
-            (&mut sa.query, lora.query.as_mut()),
-            (&mut sa.key, lora.key.as_mut()),
-            (&mut sa.value, lora.value.as_mut()),
-            (&mut layer.attention.output.dense, lora.attention_output.as_mut()),
-            (&mut layer.intermediate.dense, lora.intermediate.as_mut()),
-            (&mut layer.output.dense, lora.output.as_mut()),
-        ];
-        for (base, delta) in pairs {
-            if let Some(delta) = delta {
-                set_merged(base, delta, true);
+        for slot in LinearSlot::ALL {
+            if let Some(delta) = lora.get_mut(slot) {
+                set_merged(layer.linear_mut(slot), delta, true);
             }
         }
     }

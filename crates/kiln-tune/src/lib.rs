@@ -1,7 +1,10 @@
 //! # kiln-tune
 //!
 //! Fine-tuning: task heads ([`classifier::SequenceClassifier`]), tuning strategies (what trains,
-//! inserted modules, gradient masks: [`strategy`]), a PyTorch-exact AdamW with
+//! inserted modules, gradient masks: [`strategy`], one file per strategy behind the
+//! [`strategy::Strategy`] trait, choosing parameters by typed role), the typed run files
+//! shared by their writers and readers ([`run_files`]: `config.json` with provenance,
+//! `metrics.jsonl`), a PyTorch-exact AdamW with
 //! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, the
 //! training loop with its run directory and checkpoints ([`trainer`]; who may write a run
 //! directory and what happens to an existing one: [`run_dir`]; every `[train]` value checked
@@ -27,6 +30,7 @@ pub mod lm;
 pub mod optim;
 pub mod params;
 pub mod run_dir;
+pub mod run_files;
 pub mod strategy;
 pub mod train_parity;
 pub mod trainer;

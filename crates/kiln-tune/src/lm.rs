@@ -18,7 +18,9 @@ use kiln_model::{Capture, Gpt2Model};
 use serde::{Deserialize, Serialize};
 
 use crate::optim::{linear_schedule, AdamW, AdamWConfig, ParamGroup};
-use crate::params::{decays, is_fixed, param_infos, set_trainable};
+use crate::params::{param_infos, set_trainable};
+use burn::module::ParamId;
+use kiln_model::roles::{ModelRoles, ParamRole, Part};
 
 /// Settings of [`train_lm`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -178,8 +180,9 @@ pub enum LmError {
 }
 
 /// Trains `model` on random windows of `train` for `cfg.steps` steps, evaluating perplexity
-/// on `held_out`. Only parameters whose path satisfies `trains` are updated (the others are
-/// frozen: no gradient is computed for them; fixed ones — Performer's `ω` — never train). `on_step` sees each logged step (progress bars).
+/// on `held_out`. Only parameters whose typed role ([`kiln_model::roles::ParamRole`]) satisfies
+/// `trains` are updated (the others are frozen: no gradient is computed for them; fixed ones
+/// — Performer's `ω` — never train). `on_step` sees each logged step (progress bars).
 ///
 /// # Errors
 /// [`LmError`]: a stream or block that does not fit, an empty selection, a non-finite loss.
@@ -188,7 +191,7 @@ pub fn train_lm<B: AutodiffBackend>(
     train: &[u32],
     held_out: &[u32],
     cfg: &LmTrainConfig,
-    trains: impl Fn(&str) -> bool,
+    trains: impl Fn(&ParamRole) -> bool,
     mut on_step: impl FnMut(&LmStep),
     device: &B::Device,
 ) -> Result<(Gpt2Model<B>, LmHistory), LmError> {
@@ -206,17 +209,22 @@ pub fn train_lm<B: AutodiffBackend>(
             max: model.max_positions(),
         });
     }
-    let trains = |path: &str| trains(path) && !is_fixed(path);
+    let roles = model.param_roles();
+    let trains = |id: ParamId| {
+        roles
+            .get(id)
+            .is_some_and(|r| r.part != Part::Mechanism { fixed: true } && trains(r))
+    };
     let infos = param_infos(&model);
-    let trainable: usize = infos.iter().filter(|i| trains(&i.path)).map(|i| i.numel()).sum();
+    let trainable: usize = infos.iter().filter(|i| trains(i.id)).map(|i| i.numel()).sum();
     if trainable == 0 {
         return Err(LmError::NothingTrains);
     }
     let mut model = set_trainable(model, trains);
     let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &infos, |info| ParamGroup {
-        trainable: trains(&info.path),
+        trainable: trains(info.id),
         lr_scale: 1.0,
-        weight_decay: decays(&info.path),
+        weight_decay: info.tensor.decays(),
     });
     let periodic: &[u32] = match cfg.eval_tokens {
         0 => held_out,

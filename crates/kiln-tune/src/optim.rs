@@ -20,8 +20,14 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::params::{decays, ParamInfo};
-use crate::strategy::ChildMask;
+use crate::params::ParamInfo;
+
+/// A transform of each trainable parameter's flattened gradient, applied after clipping and
+/// before the moment updates (Child-Tuning's masks implement it in `strategy`).
+pub trait GradientTransform<B: Backend> {
+    /// The transformed gradient of the parameter at `path`.
+    fn apply(&self, path: &str, grad: Tensor<B, 1>) -> Tensor<B, 1>;
+}
 
 /// Hyper-parameters (PyTorch defaults for β and ε; burn's differ).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -67,7 +73,7 @@ impl ParamGroup {
     pub fn hf_default(info: &ParamInfo) -> Self {
         Self {
             lr_scale: 1.0,
-            weight_decay: decays(&info.path),
+            weight_decay: info.tensor.decays(),
             trainable: true,
         }
     }
@@ -134,7 +140,7 @@ struct UpdateMapper<'a, B: AutodiffBackend> {
     grads: &'a mut GradientsParams,
     lr: f64,
     grad_scale: f64,
-    mask: Option<&'a ChildMask<B::InnerBackend>>,
+    mask: Option<&'a dyn GradientTransform<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend> ModuleMapper<B> for UpdateMapper<'_, B> {
@@ -308,7 +314,7 @@ impl<B: Backend> AdamW<B> {
         module: M,
         mut grads: GradientsParams,
         lr: f64,
-        mask: Option<&ChildMask<B>>,
+        mask: Option<&dyn GradientTransform<B>>,
     ) -> (M, StepStats)
     where
         AB: AutodiffBackend<InnerBackend = B>,

@@ -1,8 +1,11 @@
-//! Parameter inventory: every float parameter's id, path (burn-store's dotted path) and shape.
+//! Parameter inventory: every float parameter's id, path (burn-store's dotted path), shape
+//! and tensor kind, and marking parameters trainable by id. Which parameters train is decided
+//! by typed roles ([`kiln_model::roles`]), never by path.
 
 use burn::module::{ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use kiln_model::roles::TensorKind;
 
 /// One float parameter of a module.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +16,8 @@ pub struct ParamInfo {
     pub path: String,
     /// Shape.
     pub shape: Vec<usize>,
+    /// Which tensor of its module it is (decides weight decay).
+    pub tensor: TensorKind,
 }
 
 impl ParamInfo {
@@ -23,22 +28,28 @@ impl ParamInfo {
 }
 
 struct Inventory {
-    stack: Vec<String>,
+    /// `(field, container type)` of each entered module.
+    stack: Vec<(String, String)>,
     out: Vec<ParamInfo>,
 }
 
 impl<B: Backend> ModuleVisitor<B> for Inventory {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_string());
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.stack.push((name.to_string(), container_type.to_string()));
     }
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.stack.pop();
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        let path: Vec<&str> = self.stack.iter().map(|(n, _)| n.as_str()).collect();
         self.out.push(ParamInfo {
             id: param.id,
-            path: self.stack.join("."),
+            path: path.join("."),
             shape: param.val().dims().to_vec(),
+            tensor: self
+                .stack
+                .last()
+                .map_or(TensorKind::Other, |(n, c)| TensorKind::of_field(n, c)),
         });
     }
 }
@@ -53,55 +64,20 @@ pub fn param_infos<B: Backend, M: Module<B>>(module: &M) -> Vec<ParamInfo> {
     inv.out
 }
 
-/// Parameters that never train, whatever the strategy: Performer's random projection `ω`
-/// (fixed by definition; "redraw" means converting again).
-pub fn is_fixed(path: &str) -> bool {
-    path.ends_with(".feature_map.projection")
-}
-
-/// Marks each float parameter `require_grad` iff `trains(path)`, so that backward computes
-/// no gradient for frozen ones (less time and memory).
-pub fn set_trainable<B: AutodiffBackend, M: Module<B>>(module: M, trains: impl Fn(&str) -> bool) -> M {
-    let mut mapper = Trainable {
-        trains,
-        stack: Vec::new(),
-    };
-    module.map(&mut mapper)
+/// Marks each float parameter `require_grad` iff `trains(id)`, so that backward computes no
+/// gradient for frozen ones (less time and memory).
+pub fn set_trainable<B: AutodiffBackend, M: Module<B>>(module: M, trains: impl Fn(ParamId) -> bool) -> M {
+    module.map(&mut Trainable { trains })
 }
 
 struct Trainable<F> {
     trains: F,
-    stack: Vec<String>,
 }
 
-impl<B: AutodiffBackend, F: Fn(&str) -> bool> ModuleMapper<B> for Trainable<F> {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
-        self.stack.push(name.to_string());
-    }
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.stack.pop();
-    }
+impl<B: AutodiffBackend, F: Fn(ParamId) -> bool> ModuleMapper<B> for Trainable<F> {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let train = (self.trains)(&self.stack.join("."));
+        let train = (self.trains)(param.id);
         let (id, tensor, mapper) = param.consume();
         Param::from_mapped_value(id, tensor.set_require_grad(train), mapper)
-    }
-}
-
-/// HF/PyTorch convention for decoupled weight decay: no decay on biases and LayerNorm
-/// parameters.
-pub fn decays(path: &str) -> bool {
-    let last = path.rsplit('.').next().unwrap_or(path);
-    !(matches!(last, "bias" | "beta" | "gamma") || path.contains("layer_norm"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::decays;
-
-    #[test]
-    fn decay_excludes_biases_and_layer_norms_at_any_depth() {
-        assert!(!decays("bias") && !decays("a.b.bias") && !decays("x.layer_norm.gamma") && !decays("ln_f.beta"));
-        assert!(decays("weight") && decays("bert.embeddings.word_embeddings.weight"));
     }
 }

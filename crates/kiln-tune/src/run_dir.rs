@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn a_second_lock_is_refused_with_the_holders_pid_and_released_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let run = RunDir(dir.path().join("run"));
+        let run = RunDir::new(dir.path().join("run"));
         let held = run.lock().unwrap();
         let err = run.lock().unwrap_err();
         assert!(
@@ -306,7 +306,7 @@ mod tests {
     #[test]
     fn clear_removes_the_run_and_its_derived_files_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
-        let run = RunDir(dir.path().into());
+        let run = RunDir::new(dir.path());
         for f in ["config.json", "metrics.jsonl", "report.html", "notes.txt"] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
@@ -322,7 +322,7 @@ mod tests {
     #[test]
     fn data_source_round_trips_and_older_runs_have_none() {
         let dir = tempfile::tempdir().unwrap();
-        let run = RunDir(dir.path().into());
+        let run = RunDir::new(dir.path());
         assert_eq!(DataSource::read(&run).unwrap(), None);
         for source in [
             DataSource::Fixture {

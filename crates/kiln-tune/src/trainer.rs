@@ -39,8 +39,13 @@ use crate::classifier::{SequenceClassifier, Targets};
 use crate::optim::{AdamW, AdamWConfig, ParamGroup};
 use crate::params::param_infos;
 use crate::run_dir::OnExisting;
+use kiln_model::roles::ModelRoles;
+
+use crate::run_files::MetricsLine;
+
 use crate::strategy::{
-    child_tuning_d_mask, load_tuned, ChildMask, StrategyConfig, StrategyError, TrainableReport, TunedIoError, Tuning,
+    child_tuning_d_mask, load_tuned, ChildMask, GradientMask, StrategyConfig, StrategyError, TrainableReport,
+    TunedIoError, Tuning,
 };
 
 /// Hyper-parameters of a fine-tuning run.
@@ -219,9 +224,26 @@ pub struct StopAt {
 
 /// Files of a run directory.
 #[derive(Debug, Clone)]
-pub struct RunDir(pub PathBuf);
+pub struct RunDir(pub PathBuf, Option<crate::run_files::Provenance>);
 
 impl RunDir {
+    /// The run directory at `path` (no provenance recorded).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self(path.into(), None)
+    }
+
+    /// Records where the run's model and data came from in its `config.json`
+    /// ([`crate::run_files::Provenance`]).
+    pub fn with_provenance(mut self, provenance: crate::run_files::Provenance) -> Self {
+        self.1 = Some(provenance);
+        self
+    }
+
+    /// The provenance given with [`RunDir::with_provenance`].
+    pub fn provenance(&self) -> Option<&crate::run_files::Provenance> {
+        self.1.as_ref()
+    }
+
     /// `checkpoints/last`.
     pub fn last(&self) -> PathBuf {
         self.0.join("checkpoints").join("last")
@@ -425,7 +447,11 @@ impl MetricsLog {
         Ok(Self { path })
     }
 
-    fn write(&self, value: serde_json::Value) -> Result<(), TrainError> {
+    fn write(&self, line: MetricsLine) -> Result<(), TrainError> {
+        self.write_value(serde_json::to_value(line).expect("a metrics line serialises"))
+    }
+
+    fn write_value(&self, value: serde_json::Value) -> Result<(), TrainError> {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -496,7 +522,25 @@ fn check_run_dir(run: &RunDir, on_existing: OnExisting, config_json: &serde_json
     let saved: Option<serde_json::Value> = std::fs::read_to_string(&path)
         .ok()
         .and_then(|text| serde_json::from_str(&text).ok());
-    let changes = saved.map(|old| config_changes(&old, config_json)).unwrap_or_default();
+    // What must not change on resume: the task, the configuration and the model's weights
+    // (where both runs recorded them); start time, kiln version and paths may.
+    let compared = |v: &serde_json::Value| {
+        serde_json::json!({
+            "task": v["task"],
+            "train": v["train"],
+            "model_sha256": v.pointer("/provenance/model/sha256"),
+        })
+    };
+    let changes = saved
+        .map(|old| {
+            let (mut a, mut b) = (compared(&old), compared(config_json));
+            if a["model_sha256"].is_null() || b["model_sha256"].is_null() {
+                a["model_sha256"] = serde_json::Value::Null;
+                b["model_sha256"] = serde_json::Value::Null;
+            }
+            config_changes(&a, &b)
+        })
+        .unwrap_or_default();
     if !changes.is_empty() {
         if on_existing != OnExisting::ResumeAllowingConfigChange {
             return Err(RunDirError::ConfigChanged {
@@ -541,7 +585,8 @@ pub fn train<B: AutodiffBackend>(
     let tuning = Tuning::new(&cfg.tuning)?;
     tuning.check_fits(&model.bert)?;
     let _lock = run.lock()?;
-    let config_json = serde_json::json!({ "task": data.task.short_name(), "train": cfg });
+    let config_json =
+        crate::run_files::RunConfig::new(data.task.short_name(), cfg.clone(), run.provenance().cloned()).to_value();
     let resumed = check_run_dir(run, on_existing.into(), &config_json)?;
     checkpoint::write_atomic(
         &run.0.join("config.json"),
@@ -625,8 +670,8 @@ pub fn train<B: AutodiffBackend>(
     let mut model = tuning.insert(model, device)?;
     // Child-Tuning_D's Fisher pass sees the pretrained weights, also when resuming (the mask
     // is recomputed, not stored: it is a function of the seed and the pretrained model).
-    let child_mask: Option<ChildMask<B::InnerBackend>> = match (tuning.child_tuning_d(), tuning.child_tuning_f()) {
-        (Some(reserve_p), _) => {
+    let child_mask: Option<ChildMask<B::InnerBackend>> = match tuning.gradient_mask() {
+        Some(GradientMask::Fisher { keep: reserve_p }) => {
             let order: Vec<usize> = (0..train_examples.len()).collect();
             let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
             tracing::info!(
@@ -642,8 +687,8 @@ pub fn train<B: AutodiffBackend>(
                 Ok::<_, TrainError>(m.loss(logits, &targets::<B>(train_examples, chunks[i], device)?))
             })?)
         }
-        (None, Some(reserve_p)) => Some(ChildMask::Bernoulli(reserve_p)),
-        (None, None) => None,
+        Some(GradientMask::Bernoulli { keep }) => Some(ChildMask::Bernoulli(keep)),
+        None => None,
     };
     if resumed {
         if tuning.restricts() {
@@ -653,17 +698,24 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     let model_infos = param_infos(&model);
-    let report = TrainableReport::new(&tuning, &model_infos);
+    let roles = model.param_roles();
+    let report = TrainableReport::new(&tuning, &model_infos, &roles);
     tracing::info!(strategy = %report.strategy, trainable = report.trainable, total = report.total, percent = format!("{:.3}", report.percent), "trainable parameters");
     checkpoint::write_atomic(
         &run.0.join("trainable.json"),
         serde_json::to_string_pretty(&report).expect("json").as_bytes(),
     )?;
     let num_layers = model.bert.num_layers();
-    let group_at = |info: &crate::params::ParamInfo, epoch: usize| ParamGroup {
-        trainable: tuning.trains_at(&info.path, epoch, num_layers),
-        lr_scale: tuning.lr_scale(&info.path, num_layers),
-        ..ParamGroup::hf_default(info)
+    let group_at = |info: &crate::params::ParamInfo, epoch: usize| match roles.get(info.id) {
+        Some(role) => ParamGroup {
+            trainable: tuning.trains_at(role, epoch, num_layers),
+            lr_scale: tuning.lr_scale(role, num_layers),
+            ..ParamGroup::hf_default(info)
+        },
+        None => ParamGroup {
+            trainable: false,
+            ..ParamGroup::hf_default(info)
+        },
     };
     let mut model = tuning.freeze(model);
     let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &model_infos, |info| group_at(info, 0));
@@ -739,7 +791,10 @@ pub fn train<B: AutodiffBackend>(
             }
             in_accum = 0;
             let lr = tuning.learning_rate(cfg.lr, state.global_step, warmup, total_steps);
-            let (next, stats) = opt.step_masked(model, accumulator.grads(), lr, child_mask.as_ref());
+            let mask = child_mask
+                .as_ref()
+                .map(|m| m as &dyn crate::optim::GradientTransform<B::InnerBackend>);
+            let (next, stats) = opt.step_masked(model, accumulator.grads(), lr, mask);
             model = next;
             if !stats.grad_norm.is_finite() {
                 return Err(TrainError::NonFinite {
@@ -777,10 +832,14 @@ pub fn train<B: AutodiffBackend>(
                         "train"
                     );
                 }
-                log.write(serde_json::json!({
-                    "kind": "train", "step": state.global_step, "epoch": epoch, "loss": window_loss / window_n.max(1) as f64,
-                    "lr": lr, "grad_norm": stats.grad_norm, "seq_per_s": seq_per_s,
-                }))?;
+                log.write(MetricsLine::Train {
+                    step: state.global_step,
+                    epoch,
+                    loss: window_loss / window_n.max(1) as f64,
+                    lr,
+                    grad_norm: stats.grad_norm,
+                    seq_per_s,
+                })?;
                 window_loss = 0.0;
                 window_n = 0;
             }
@@ -801,13 +860,17 @@ pub fn train<B: AutodiffBackend>(
                     value
                 ));
                 tracing::info!(step = state.global_step, epoch, metric = %metrics.primary, value, "evaluation");
-                log.write(serde_json::json!({ "kind": "eval", "step": state.global_step, "epoch": epoch, "metrics": metrics.values }))?;
+                log.write(MetricsLine::Eval {
+                    step: state.global_step,
+                    epoch,
+                    metrics: metrics.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                })?;
                 if cfg.data_map && last_of_epoch && !data.task.is_regression() {
                     let (p_gold, correct) =
                         gold_probabilities(&model.valid(), tok, train_examples, cfg.eval_batch_size, device)?;
                     let line = serde_json::json!({ "epoch": epoch, "step": state.global_step, "p_gold": p_gold, "correct": correct });
                     if let Some(d) = &dynamics {
-                        d.write(line)?;
+                        d.write_value(line)?;
                     }
                 }
                 if state.best.is_none_or(|(b, _)| value > b) {

@@ -24,7 +24,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::classifier::SequenceClassifier;
 use crate::optim::{AdamW, AdamWConfig, ParamGroup};
-use crate::params::{is_fixed, param_infos, set_trainable};
+use crate::params::{param_infos, set_trainable};
+use burn::module::ParamId;
+use kiln_model::roles::{ModelRoles, Part};
 
 /// What the feature maps imitate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,12 +212,17 @@ pub fn decoder_attention_transfer<B: AutodiffBackend>(
 
 /// The optimisation both share: everything but the feature maps frozen, AdamW without
 /// decay, clip 1, constant `cfg.lr`, `cfg.steps` steps.
-fn transfer_loop<B: AutodiffBackend, M: AutodiffModule<B>>(
+fn transfer_loop<B: AutodiffBackend, M: AutodiffModule<B> + ModelRoles>(
     model: M,
     cfg: &TransferConfig,
     mut loss_at: impl FnMut(&M, usize) -> Tensor<B, 1>,
 ) -> (M, Vec<f64>) {
-    let is_map = |p: &str| p.contains(".feature_map.") && !is_fixed(p);
+    let roles = model.param_roles();
+    let is_map = |id: ParamId| {
+        roles
+            .get(id)
+            .is_some_and(|r| r.part == Part::Mechanism { fixed: false })
+    };
     let infos = param_infos(&model);
     let mut model = set_trainable(model, is_map);
     let adam = AdamWConfig {
@@ -224,7 +231,7 @@ fn transfer_loop<B: AutodiffBackend, M: AutodiffModule<B>>(
         ..AdamWConfig::default()
     };
     let mut opt = AdamW::<B::InnerBackend>::new(adam, &infos, |info| ParamGroup {
-        trainable: is_map(&info.path),
+        trainable: is_map(info.id),
         lr_scale: 1.0,
         weight_decay: false,
     });

@@ -109,17 +109,7 @@ pub fn validate_train(cfg: &TrainConfig, model: &ModelLimits) -> Result<(), Conf
     if let Some(p) = cfg.dropout {
         unit_interval("train.dropout", p, false)?;
     }
-    let prompt: usize = cfg
-        .tuning
-        .iter()
-        .filter_map(|c| {
-            if let crate::strategy::StrategyConfig::PromptTuning { n_virtual } = c {
-                Some(*n_virtual)
-            } else {
-                None
-            }
-        })
-        .sum();
+    let prompt: usize = cfg.tuning.iter().map(|c| c.strategy().extra_positions()).sum();
     // The soft prompt's virtual tokens take positions too.
     validate_max_length(
         cfg.max_length,

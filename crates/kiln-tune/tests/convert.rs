@@ -6,9 +6,11 @@ use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_attention::AttentionVariant;
+use kiln_model::roles::ModelRoles;
 use kiln_model::{BertConfig, BertModel};
 use kiln_tune::classifier::SequenceClassifier;
 use kiln_tune::params::param_infos;
+use kiln_tune::strategy::{BitFit, Lora};
 use kiln_tune::strategy::{StrategyConfig, Tuning};
 
 type A = Autodiff<Flex>;
@@ -49,6 +51,12 @@ fn conversion_adds_only_feature_maps_and_they_train_under_any_strategy() {
         .bert
         .convert_attention(&AttentionVariant::T2r { features: 8, eps: 1e-2 }, Some(&[1]), 0.0);
     let after = param_infos(&converted);
+    let roles = converted.param_roles();
+    let new_ids: Vec<_> = after
+        .iter()
+        .filter(|p| !before.contains(&p.path))
+        .map(|p| p.id)
+        .collect();
     let new: Vec<(String, usize)> = after
         .iter()
         .filter(|p| !before.contains(&p.path))
@@ -63,15 +71,18 @@ fn conversion_adds_only_feature_maps_and_they_train_under_any_strategy() {
     );
     assert_eq!(new.iter().map(|(_, n)| n).sum::<usize>(), 2 * 8 * 8 + 2 * 8);
     assert_ne!(logits(&converted), logits(&base));
-    let lora = Tuning::new(&[StrategyConfig::Lora {
+    let lora = Tuning::new(&[StrategyConfig::Lora(Lora {
         r: 2,
         alpha: 4.0,
         dropout: 0.0,
         targets: vec!["query".into()],
-    }])
+    })])
     .unwrap();
-    for (path, _) in &new {
-        assert!(lora.trains(path) && Tuning::new(&[StrategyConfig::BitFit]).unwrap().trains(path));
+    let bitfit = Tuning::new(&[StrategyConfig::BitFit(BitFit {})]).unwrap();
+    for id in new_ids {
+        let role = roles.get(id).expect("a feature map has a role");
+        assert_eq!(role.part, kiln_model::roles::Part::Mechanism { fixed: false });
+        assert!(lora.trains(role) && bitfit.trains(role));
     }
 }
 
@@ -130,7 +141,7 @@ fn converted_full_finetuning_resumes_bit_for_bit() {
         &tok,
         &data,
         &cfg,
-        &RunDir(a.path().into()),
+        &RunDir::new(a.path()),
         false,
         StopAt::default(),
         &device,
@@ -142,7 +153,7 @@ fn converted_full_finetuning_resumes_bit_for_bit() {
         &tok,
         &data,
         &cfg,
-        &RunDir(b.path().into()),
+        &RunDir::new(b.path()),
         false,
         StopAt { step: Some(2) },
         &device,
@@ -153,7 +164,7 @@ fn converted_full_finetuning_resumes_bit_for_bit() {
         &tok,
         &data,
         &cfg,
-        &RunDir(b.path().into()),
+        &RunDir::new(b.path()),
         true,
         StopAt::default(),
         &device,
@@ -161,6 +172,14 @@ fn converted_full_finetuning_resumes_bit_for_bit() {
     .unwrap();
     assert!(res.resumed);
     assert_eq!(logits_wide(&full), logits_wide(&resumed));
+    // What `lens analyse` and `export` load: the run's config converts a fresh base the same
+    // way before the checkpoint goes in, so the restored model is the trained one (loading
+    // it into an unconverted softmax model used to fail or analyse the wrong mechanism).
+    let config = kiln_tune::run_files::RunConfig::read(a.path()).unwrap();
+    assert_eq!(config.format, kiln_tune::run_files::FORMAT_VERSION);
+    let (restored, tuning) = config.restore(wide(), a.path(), "last", &device).unwrap();
+    assert_eq!(tuning.name(), "full");
+    assert_eq!(logits_wide(&full), logits_wide(&restored));
 }
 
 fn logits_wide(m: &SequenceClassifier<A>) -> Vec<f32> {

@@ -8,6 +8,7 @@ use kiln_model::{BertConfig, BertModel};
 use kiln_tune::checkpoint::load_model;
 use kiln_tune::classifier::SequenceClassifier;
 use kiln_tune::export::{export_hf_model, export_peft_lora, import_peft_lora, merge_lora, PeftLoraConfig};
+use kiln_tune::strategy::Lora;
 use kiln_tune::strategy::{StrategyConfig, Tuning};
 
 type A = Autodiff<Flex>;
@@ -39,12 +40,12 @@ fn logits(m: &SequenceClassifier<A>) -> Vec<f32> {
 /// A LoRA model whose deltas are non-zero (B is zero at init: perturb it).
 fn trained_lora(targets: &[&str]) -> (SequenceClassifier<A>, Tuning) {
     let device = Default::default();
-    let tuning = Tuning::new(&[StrategyConfig::Lora {
+    let tuning = Tuning::new(&[StrategyConfig::Lora(Lora {
         r: 4,
         alpha: 8.0,
         dropout: 0.0,
         targets: targets.iter().map(|s| s.to_string()).collect(),
-    }])
+    })])
     .unwrap();
     let mut m = tuning.insert(tiny(1), &device).unwrap();
     for layer in &mut m.bert.encoder.layer {

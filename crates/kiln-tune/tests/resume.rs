@@ -9,6 +9,7 @@ use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
 use kiln_model::{BertConfig, BertModel};
 use kiln_tune::checkpoint::model_bytes;
 use kiln_tune::classifier::SequenceClassifier;
+use kiln_tune::strategy::{Houlsby, Lora};
 use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig, TrainError};
 
 type A = Autodiff<Flex>;
@@ -78,7 +79,7 @@ fn config() -> TrainConfig {
 /// The reference of the resume tests: an uninterrupted run of [`config`] on a fresh directory.
 fn uninterrupted(tok: &TextTokenizer, data: &TaskData) -> (SequenceClassifier<A>, kiln_tune::trainer::TrainResults) {
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir(dir.path().into());
+    let run = RunDir::new(dir.path());
     train(
         tiny_model(7, 2),
         tok,
@@ -103,7 +104,7 @@ fn stopped_and_resumed_run_equals_uninterrupted_run_bit_for_bit() {
     assert_eq!(res_a.steps, 6);
 
     let dir_b = tempfile::tempdir().unwrap();
-    let run_b = RunDir(dir_b.path().into());
+    let run_b = RunDir::new(dir_b.path());
     let (_, stopped) = train(
         tiny_model(7, 2),
         &tok,
@@ -150,7 +151,7 @@ fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     let tok = tokenizer();
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir(dir.path().into());
+    let run = RunDir::new(dir.path());
     let mut good = data(|i| Label::Score((i % 5) as f32));
     good.task = GlueTask::Stsb;
     let (_, res) = train(
@@ -222,7 +223,7 @@ fn a_run_directory_holding_a_run_is_refused_resumed_or_overwritten_never_mixed()
     let data = data(|i| Label::Class(i % 2));
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir(dir.path().into());
+    let run = RunDir::new(dir.path());
     let go = |cfg: &TrainConfig, on: OnExisting| {
         train(tiny_model(1, 2), &tok, &data, cfg, &run, on, StopAt::default(), &device)
     };
@@ -272,7 +273,7 @@ fn a_run_directory_holding_a_run_is_refused_resumed_or_overwritten_never_mixed()
         &tok,
         &data,
         &short(),
-        &RunDir(empty.path().into()),
+        &RunDir::new(empty.path()),
         OnExisting::ResumeIfPresent,
         StopAt::default(),
         &device,
@@ -286,7 +287,7 @@ fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
     use kiln_tune::run_dir::RunDirError;
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir(dir.path().into());
+    let run = RunDir::new(dir.path());
     let held = run.lock().unwrap();
     let err = train(
         tiny_model(1, 2),
@@ -322,7 +323,7 @@ fn a_crash_inside_the_checkpoint_swap_is_recovered_on_resume() {
     let (full, _) = uninterrupted(&tok, &data);
     for leftover in [".last.staging", ".last.old"] {
         let dir = tempfile::tempdir().unwrap();
-        let run = RunDir(dir.path().into());
+        let run = RunDir::new(dir.path());
         train(
             tiny_model(7, 2),
             &tok,
@@ -358,11 +359,13 @@ fn out_of_range_settings_are_errors_before_anything_is_written() {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let data = data(|i| Label::Class(i % 2));
     let device = Default::default();
-    let lora = |r, alpha, dropout| StrategyConfig::Lora {
-        r,
-        alpha,
-        dropout,
-        targets: vec!["query".into(), "value".into()],
+    let lora = |r, alpha, dropout| {
+        StrategyConfig::Lora(Lora {
+            r,
+            alpha,
+            dropout,
+            targets: vec!["query".into(), "value".into()],
+        })
     };
     let cases: Vec<(TrainConfig, usize, &str)> = vec![
         (
@@ -407,7 +410,7 @@ fn out_of_range_settings_are_errors_before_anything_is_written() {
         ),
         (
             TrainConfig {
-                tuning: vec![StrategyConfig::Houlsby { reduction: 32 }],
+                tuning: vec![StrategyConfig::Houlsby(Houlsby { reduction: 32 })],
                 ..short()
             },
             32,
@@ -425,7 +428,7 @@ fn out_of_range_settings_are_errors_before_anything_is_written() {
             &tok,
             &data,
             &cfg,
-            &RunDir(dir.path().into()),
+            &RunDir::new(dir.path()),
             false,
             StopAt::default(),
             &device,

@@ -62,7 +62,7 @@ fn a_seeded_run_reproduces_its_pinned_loss_curve() {
         dev: split("dev.tsv"),
     };
     let dir = tempfile::tempdir().unwrap();
-    let run = RunDir(dir.path().into());
+    let run = RunDir::new(dir.path());
     train(model, &tok, &data, &cfg, &run, false, StopAt::default(), &device).unwrap();
     let losses: Vec<f64> = std::fs::read_to_string(run.metrics())
         .unwrap()

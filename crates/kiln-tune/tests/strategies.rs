@@ -1,6 +1,10 @@
 //! Tuning strategies: what trains (and nothing else moves), closed-form parameter counts,
 //! tuned-part save/load, LoRA identities, Child-Tuning mask statistics, composition rules.
 
+use kiln_tune::strategy::{
+    BitFit, ChildTuningD, ChildTuningF, Compacter, Full, Houlsby, Ia3, Ladder, LearnedMask, Lna, Lora, Pfeiffer,
+    PromptTuning, Ulmfit,
+};
 use std::collections::HashMap;
 
 use burn::backend::{Autodiff, Flex};
@@ -11,12 +15,14 @@ use burn::tensor::TensorData;
 use kiln_data::{Example, GlueTask, Label, TextInput, TextTokenizer};
 use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
 use kiln_model::peft::set_merged;
+use kiln_model::roles::{ModelRoles, ParamRole, Site};
 use kiln_model::{BertConfig, BertModel};
 use kiln_tune::classifier::{SequenceClassifier, Targets};
+use kiln_tune::optim::GradientTransform;
 use kiln_tune::optim::{AdamW, AdamWConfig, ParamGroup};
 use kiln_tune::params::param_infos;
 use kiln_tune::strategy::{
-    child_d_eligible, child_tuning_d_mask, load_tuned, percentile, save_tuned, ChildMask, StrategyConfig,
+    child_d_eligible, child_tuning_d_mask, load_tuned, percentile, save_tuned, ChildMask, GradientMask, StrategyConfig,
     StrategyError, TrainableReport, Tuning,
 };
 use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig};
@@ -89,6 +95,23 @@ fn snapshot(m: &SequenceClassifier<A>) -> HashMap<String, Vec<f32>> {
         .collect()
 }
 
+/// Paths of the parameters of `model` that `tuning` trains (decided by role).
+fn trained_paths<BB: Backend>(tuning: &Tuning, model: &SequenceClassifier<BB>) -> std::collections::HashSet<String> {
+    let roles = model.param_roles();
+    param_infos(model)
+        .into_iter()
+        .filter(|p| roles.get(p.id).is_some_and(|r| tuning.trains(r)))
+        .map(|p| p.path)
+        .collect()
+}
+
+/// The role of the parameter at `path` of `model`.
+fn role_at<BB: Backend>(model: &SequenceClassifier<BB>, path: &str) -> ParamRole {
+    let roles = model.param_roles();
+    let info = param_infos(model).into_iter().find(|p| p.path == path).expect(path);
+    *roles.get(info.id).expect("every parameter has a role")
+}
+
 /// Inserts, freezes and takes `steps` AdamW steps (no weight decay on frozen: they get no
 /// update at all) with `tuning`'s gradient mask.
 fn run_steps(tuning: &Tuning, model: SequenceClassifier<A>, steps: usize, wd: f64) -> SequenceClassifier<A> {
@@ -100,16 +123,21 @@ fn run_steps(tuning: &Tuning, model: SequenceClassifier<A>, steps: usize, wd: f6
         max_grad_norm: None,
         ..Default::default()
     };
+    let roles = model.param_roles();
     let mut opt = AdamW::<I>::new(cfg, &param_infos(&model), |info| ParamGroup {
-        trainable: tuning.trains(&info.path),
+        trainable: roles.get(info.id).is_some_and(|r| tuning.trains(r)),
         ..ParamGroup::hf_default(info)
     });
-    let mask = tuning.child_tuning_f().map(ChildMask::<I>::Bernoulli);
+    let mask = match tuning.gradient_mask() {
+        Some(GradientMask::Bernoulli { keep }) => Some(ChildMask::<I>::Bernoulli(keep)),
+        Some(GradientMask::Fisher { .. }) | None => None,
+    };
     for _ in 0..steps {
         let (ids, targets) = batch(&device);
         let loss = model.loss(fwd(&model, ids), &targets);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
-        model = opt.step_masked(model, grads, 1e-2, mask.as_ref()).0;
+        let mask = mask.as_ref().map(|m| m as &dyn GradientTransform<I>);
+        model = opt.step_masked(model, grads, 1e-2, mask).0;
     }
     model
 }
@@ -143,33 +171,36 @@ fn expected_trainable(kind: &str) -> usize {
 fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let cases: Vec<(&str, Vec<StrategyConfig>)> = vec![
-        ("bit_fit", vec![StrategyConfig::BitFit]),
-        ("lna", vec![StrategyConfig::Lna]),
+        ("bit_fit", vec![StrategyConfig::BitFit(BitFit {})]),
+        ("lna", vec![StrategyConfig::Lna(Lna {})]),
         (
             "lora_qv_r4",
-            vec![StrategyConfig::Lora {
+            vec![StrategyConfig::Lora(Lora {
                 r: 4,
                 alpha: 8.0,
                 dropout: 0.0,
                 targets: vec!["query".into(), "re:.*value".into()],
-            }],
+            })],
         ),
-        ("houlsby_r4", vec![StrategyConfig::Houlsby { reduction: 4 }]),
-        ("pfeiffer_r4", vec![StrategyConfig::Pfeiffer { reduction: 4 }]),
-        ("ia3", vec![StrategyConfig::Ia3]),
-        ("prompt_5", vec![StrategyConfig::PromptTuning { n_virtual: 5 }]),
-        ("ladder_r4", vec![StrategyConfig::Ladder { reduction: 4 }]),
+        ("houlsby_r4", vec![StrategyConfig::Houlsby(Houlsby { reduction: 4 })]),
+        ("pfeiffer_r4", vec![StrategyConfig::Pfeiffer(Pfeiffer { reduction: 4 })]),
+        ("ia3", vec![StrategyConfig::Ia3(Ia3 {})]),
+        (
+            "prompt_5",
+            vec![StrategyConfig::PromptTuning(PromptTuning { n_virtual: 5 })],
+        ),
+        ("ladder_r4", vec![StrategyConfig::Ladder(Ladder { reduction: 4 })]),
         (
             "compacter_r4_n2",
-            vec![StrategyConfig::Compacter { reduction: 4, n: 2 }],
+            vec![StrategyConfig::Compacter(Compacter { reduction: 4, n: 2 })],
         ),
         (
             "learned_mask",
-            vec![StrategyConfig::LearnedMask {
+            vec![StrategyConfig::LearnedMask(LearnedMask {
                 targets: vec!["re:.*".into()],
                 init: 0.01,
                 threshold: 0.005,
-            }],
+            })],
         ),
     ];
     for (name, components) in cases {
@@ -179,11 +210,12 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
         let before = snapshot(&tuning.insert(base.clone(), &device).unwrap());
         let after_model = run_steps(&tuning, base, 2, 0.01);
         let after = snapshot(&after_model);
-        let report = TrainableReport::new(&tuning, &param_infos(&after_model));
+        let report = TrainableReport::new(&tuning, &param_infos(&after_model), &after_model.param_roles());
         assert_eq!(report.trainable, expected_trainable(name), "{name}: {report:?}");
+        let trained = trained_paths(&tuning, &after_model);
         for (path, b) in &before {
             let a = &after[path];
-            if tuning.trains(path) {
+            if trained.contains(path) {
                 assert!(a != b, "{name}: trained {path} did not change");
             } else {
                 assert!(a == b, "{name}: frozen {path} changed");
@@ -197,14 +229,17 @@ fn tuned_part_alone_reproduces_the_logits() {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     for components in [
-        vec![StrategyConfig::Lora {
+        vec![StrategyConfig::Lora(Lora {
             r: 4,
             alpha: 8.0,
             dropout: 0.0,
             targets: vec!["query".into(), "value".into(), "output".into()],
-        }],
-        vec![StrategyConfig::Houlsby { reduction: 4 }],
-        vec![StrategyConfig::BitFit, StrategyConfig::ChildTuningF { reserve_p: 0.5 }],
+        })],
+        vec![StrategyConfig::Houlsby(Houlsby { reduction: 4 })],
+        vec![
+            StrategyConfig::BitFit(BitFit {}),
+            StrategyConfig::ChildTuningF(ChildTuningF { reserve_p: 0.5 }),
+        ],
     ] {
         let tuning = Tuning::new(&components).unwrap();
         let trained = run_steps(&tuning, tiny(5), 3, 0.01);
@@ -233,12 +268,12 @@ fn tuned_part_alone_reproduces_the_logits() {
 fn lora_starts_as_the_base_model_and_merging_is_exact() {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
-    let lora = StrategyConfig::Lora {
+    let lora = StrategyConfig::Lora(Lora {
         r: 4,
         alpha: 8.0,
         dropout: 0.0,
         targets: vec!["re:.*".into()],
-    };
+    });
     let tuning = Tuning::new(&[lora]).unwrap();
     let base = tiny(9);
     assert_eq!(logits(&tuning.insert(base.clone(), &device).unwrap()), logits(&base));
@@ -286,7 +321,7 @@ fn child_tuning_f_keeps_a_binomial_fraction_scaled_by_inverse_p() {
     I::seed(&device, 1);
     let n = 200_000usize;
     for p in [0.1, 0.3, 0.9] {
-        let masked = ChildMask::<I>::Bernoulli(p).apply("x", Tensor::ones([n], &device));
+        let masked = GradientTransform::apply(&ChildMask::<I>::Bernoulli(p), "x", Tensor::ones([n], &device));
         let v: Vec<f32> = masked.into_data().to_vec().unwrap();
         let kept = v.iter().filter(|&&x| x != 0.0).count() as f64;
         let (mean, sd) = (n as f64 * p, (n as f64 * p * (1.0 - p)).sqrt());
@@ -313,9 +348,10 @@ fn child_tuning_d_keeps_reserve_p_of_encoder_elements_and_masked_ones_do_not_mov
     let ChildMask::Fixed(masks) = &mask else {
         panic!("fixed mask expected")
     };
+    let roles = model.param_roles();
     let eligible: Vec<_> = param_infos(&model)
         .into_iter()
-        .filter(|p| child_d_eligible(&p.path))
+        .filter(|p| child_d_eligible(roles.get(p.id).unwrap()))
         .collect();
     assert_eq!(masks.len(), eligible.len());
     assert!(masks.keys().all(|k| k.starts_with("bert.encoder.layer.")));
@@ -325,7 +361,7 @@ fn child_tuning_d_keeps_reserve_p_of_encoder_elements_and_masked_ones_do_not_mov
     assert!((kept - want).abs() <= 2.0, "kept {kept} of {total}, want ≈ {want}");
 
     // One step without weight decay from zero momentum: masked-out elements stay put.
-    let tuning = Tuning::new(&[StrategyConfig::ChildTuningD { reserve_p }]).unwrap();
+    let tuning = Tuning::new(&[StrategyConfig::ChildTuningD(ChildTuningD { reserve_p })]).unwrap();
     let mut model = tuning.freeze(model);
     let before = snapshot(&model);
     let cfg = AdamWConfig {
@@ -365,48 +401,51 @@ fn percentile_matches_numpy_linear_interpolation() {
 fn nonsensical_compositions_are_clear_errors() {
     let err = |c: &[StrategyConfig]| Tuning::new(c).unwrap_err();
     assert!(matches!(
-        err(&[StrategyConfig::Full, StrategyConfig::BitFit]),
+        err(&[StrategyConfig::Full(Full {}), StrategyConfig::BitFit(BitFit {})]),
         StrategyError::Incompatible("full", "bit_fit", _)
     ));
     assert!(matches!(
         err(&[
-            StrategyConfig::ChildTuningF { reserve_p: 0.3 },
-            StrategyConfig::ChildTuningD { reserve_p: 0.3 }
+            StrategyConfig::ChildTuningF(ChildTuningF { reserve_p: 0.3 }),
+            StrategyConfig::ChildTuningD(ChildTuningD { reserve_p: 0.3 })
         ]),
         StrategyError::Incompatible(..)
     ));
     assert!(matches!(
         err(&[
-            StrategyConfig::Houlsby { reduction: 16 },
-            StrategyConfig::Pfeiffer { reduction: 16 }
+            StrategyConfig::Houlsby(Houlsby { reduction: 16 }),
+            StrategyConfig::Pfeiffer(Pfeiffer { reduction: 16 })
         ]),
         StrategyError::Incompatible(..)
     ));
-    let e = err(&[StrategyConfig::Lora {
+    let e = err(&[StrategyConfig::Lora(Lora {
         r: 8,
         alpha: 16.0,
         dropout: 0.0,
         targets: vec!["qeury".into()],
-    }]);
+    })]);
     assert!(
         e.to_string().contains("qeury") && e.to_string().contains("query"),
         "{e}"
     );
     assert!(matches!(
-        err(&[StrategyConfig::ChildTuningF { reserve_p: 0.0 }]),
+        err(&[StrategyConfig::ChildTuningF(ChildTuningF { reserve_p: 0.0 })]),
         StrategyError::Invalid { .. }
     ));
     // Sensible compositions are accepted.
     for ok in [
-        vec![StrategyConfig::BitFit, StrategyConfig::ChildTuningF { reserve_p: 0.3 }],
         vec![
-            StrategyConfig::Lora {
+            StrategyConfig::BitFit(BitFit {}),
+            StrategyConfig::ChildTuningF(ChildTuningF { reserve_p: 0.3 }),
+        ],
+        vec![
+            StrategyConfig::Lora(Lora {
                 r: 8,
                 alpha: 16.0,
                 dropout: 0.1,
                 targets: vec!["query".into(), "value".into()],
-            },
-            StrategyConfig::ChildTuningD { reserve_p: 0.3 },
+            }),
+            StrategyConfig::ChildTuningD(ChildTuningD { reserve_p: 0.3 }),
         ],
     ] {
         Tuning::new(&ok).unwrap();
@@ -444,13 +483,13 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
         eval_every: Some(2),
         data_map: true,
         tuning: vec![
-            StrategyConfig::Lora {
+            StrategyConfig::Lora(Lora {
                 r: 4,
                 alpha: 8.0,
                 dropout: 0.1,
                 targets: vec!["query".into(), "value".into()],
-            },
-            StrategyConfig::ChildTuningF { reserve_p: 0.5 },
+            }),
+            StrategyConfig::ChildTuningF(ChildTuningF { reserve_p: 0.5 }),
         ],
         ..TrainConfig::default()
     };
@@ -461,7 +500,7 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
         &tok,
         &data,
         &cfg,
-        &RunDir(dir_a.path().into()),
+        &RunDir::new(dir_a.path()),
         false,
         StopAt::default(),
         &device,
@@ -472,7 +511,7 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
     let last = dir_a.path().join("checkpoints/last");
     assert!(last.join("tuned.safetensors").exists() && !last.join("model.safetensors").exists());
     let dir_b = tempfile::tempdir().unwrap();
-    let run_b = RunDir(dir_b.path().into());
+    let run_b = RunDir::new(dir_b.path());
     train(
         tiny(7),
         &tok,
@@ -509,12 +548,12 @@ fn ia3_and_learned_masks_start_as_the_base_model() {
     let device = Default::default();
     let base = tiny(21);
     for c in [
-        StrategyConfig::Ia3,
-        StrategyConfig::LearnedMask {
+        StrategyConfig::Ia3(Ia3 {}),
+        StrategyConfig::LearnedMask(LearnedMask {
             targets: vec!["query".into(), "intermediate".into()],
             init: 0.01,
             threshold: 0.005,
-        },
+        }),
     ] {
         let tuning = Tuning::new(&[c]).unwrap();
         assert_eq!(
@@ -538,11 +577,11 @@ fn learned_mask_scores_get_the_straight_through_gradient() {
     let w = base.bert.encoder.layer[1].attention.self_attention.query.weight.val();
     let g_w = w.grad(&grads).unwrap();
     // ... times W is ∂L/∂s of the masked one (at init the mask is all ones, W ⊙ m = W).
-    let tuning = Tuning::new(&[StrategyConfig::LearnedMask {
+    let tuning = Tuning::new(&[StrategyConfig::LearnedMask(LearnedMask {
         targets: vec!["query".into()],
         init: 0.01,
         threshold: 0.005,
-    }])
+    })])
     .unwrap();
     let masked = tuning.freeze(tuning.insert(base.clone(), &device).unwrap());
     let loss = masked.loss(fwd(&masked, ids), &targets);
@@ -574,19 +613,22 @@ fn slanted_triangular_rate_follows_the_paper() {
     assert!((lr(100) - 1.0).abs() < 1e-12);
     assert!((lr(550) - 16.5 / 32.0).abs() < 1e-12);
     assert!((lr(1000) - 1.0 / 32.0).abs() < 1e-12);
-    let t = Tuning::new(&[StrategyConfig::Ulmfit {
+    let t = Tuning::new(&[StrategyConfig::Ulmfit(Ulmfit {
         cut_frac: 0.1,
         ratio: 32.0,
         decay: 2.6,
         gradual_unfreezing: true,
-    }])
+    })])
     .unwrap();
     assert_eq!(t.learning_rate(1.0, 550, 0, 1000), lr(550));
     // Discriminative rates: head 1, top layer (of 2) 1/2.6, bottom 1/2.6², embeddings 1/2.6³.
-    assert_eq!(t.lr_scale("classifier.weight", 2), 1.0);
-    assert!((t.lr_scale("bert.encoder.layer.1.output.dense.weight", 2) - 1.0 / 2.6).abs() < 1e-12);
-    assert!((t.lr_scale("bert.encoder.layer.0.output.dense.weight", 2) - 1.0 / 2.6f64.powi(2)).abs() < 1e-12);
-    assert!((t.lr_scale("bert.embeddings.word_embeddings.weight", 2) - 1.0 / 2.6f64.powi(3)).abs() < 1e-12);
+    let m = tiny(2);
+    let scale = |path: &str| t.lr_scale(&role_at(&m, path), 2);
+    assert_eq!(scale("classifier.weight"), 1.0);
+    assert_eq!(role_at(&m, "classifier.weight").site, Site::Head);
+    assert!((scale("bert.encoder.layer.1.output.dense.weight") - 1.0 / 2.6).abs() < 1e-12);
+    assert!((scale("bert.encoder.layer.0.output.dense.weight") - 1.0 / 2.6f64.powi(2)).abs() < 1e-12);
+    assert!((scale("bert.embeddings.word_embeddings.weight") - 1.0 / 2.6f64.powi(3)).abs() < 1e-12);
 }
 
 #[test]
@@ -598,12 +640,12 @@ fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
         epochs: 4,
         batch_size: 8,
         lr: 1e-2,
-        tuning: vec![StrategyConfig::Ulmfit {
+        tuning: vec![StrategyConfig::Ulmfit(Ulmfit {
             cut_frac: 0.1,
             ratio: 32.0,
             decay: 2.6,
             gradual_unfreezing: true,
-        }],
+        })],
         ..TrainConfig::default()
     };
     let device = Default::default();
@@ -615,7 +657,7 @@ fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
             &tok,
             &data,
             &cfg,
-            &RunDir(dir.path().into()),
+            &RunDir::new(dir.path()),
             false,
             StopAt { step: Some(stop) },
             &device,
@@ -653,7 +695,7 @@ fn soft_prompt_is_prepended_as_vocabulary_rows() {
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let base = tiny(31);
-    let tuning = Tuning::new(&[StrategyConfig::PromptTuning { n_virtual: 3 }]).unwrap();
+    let tuning = Tuning::new(&[StrategyConfig::PromptTuning(PromptTuning { n_virtual: 3 })]).unwrap();
     let prompted = tuning.insert(base.clone(), &device).unwrap();
     let prompt = prompted.bert.prompt.as_ref().unwrap().val();
     assert_eq!(prompt.dims(), [3, H]);
@@ -693,10 +735,12 @@ fn soft_prompt_is_prepended_as_vocabulary_rows() {
             > 1e-4
     );
     // A too-long prompt is a clear error.
-    assert!(Tuning::new(&[StrategyConfig::PromptTuning { n_virtual: 40 }])
-        .unwrap()
-        .insert(base, &device)
-        .is_err());
+    assert!(
+        Tuning::new(&[StrategyConfig::PromptTuning(PromptTuning { n_virtual: 40 })])
+            .unwrap()
+            .insert(base, &device)
+            .is_err()
+    );
 }
 
 #[test]
@@ -731,8 +775,10 @@ fn phm_weight_is_the_sum_of_kronecker_products() {
             }
         }
     }
-    assert!(Tuning::new(&[StrategyConfig::Compacter { reduction: 4, n: 3 }])
-        .unwrap()
-        .insert(tiny(1), &device)
-        .is_err());
+    assert!(
+        Tuning::new(&[StrategyConfig::Compacter(Compacter { reduction: 4, n: 3 })])
+            .unwrap()
+            .insert(tiny(1), &device)
+            .is_err()
+    );
 }
