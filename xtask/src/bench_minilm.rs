@@ -325,7 +325,7 @@ fn measure(
     Ok(Measurement {
         name: workload.name().into(),
         device: device.to_string(),
-        backend: crate::backend_name(device).into(),
+        backend: crate::cli::common::backend_name(device).into(),
         batch,
         seq,
         seq_per_s,
@@ -509,7 +509,7 @@ fn machine_line(threads: usize) -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
         "{cores} cores; kiln {} release build; PyTorch threads: {}.",
-        crate::backend_name(DeviceKind::Cpu),
+        crate::cli::common::backend_name(DeviceKind::Cpu),
         if threads == 0 {
             "default".into()
         } else {
@@ -702,7 +702,7 @@ pub fn leak(args: LeakArgs) -> Result<()> {
     let max_rss = samples.iter().map(|s| s.1).fold(0.0, f64::max);
     let growth = last_rss - first_rss;
     let summary = serde_json::json!({
-        "steps": args.steps, "batch": args.batch, "seq": args.seq, "backend": crate::backend_name(args.device),
+        "steps": args.steps, "batch": args.batch, "seq": args.seq, "backend": crate::cli::common::backend_name(args.device),
         "rss_after_step_1_mb": samples.first().map(|s| s.1), "rss_at_half_mb": first_rss,
         "rss_at_end_mb": last_rss, "max_rss_mb": max_rss, "growth_second_half_mb": growth,
         "max_growth_mb": args.max_growth_mb, "seconds": start.elapsed().as_secs_f64(),

@@ -1,0 +1,201 @@
+//! `lens neurons | analyse | mixing`: interpretability commands.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use kiln::backend::run_on;
+use kiln::model::hub::DEFAULT_MODEL_ID;
+
+use super::common::*;
+use crate::{analyse, export, lens, model_files, neurons};
+
+#[derive(clap::Args)]
+pub struct NeuronsArgs {
+    /// Model directory with an MLM head (cls.predictions.*) and tokenizer.json.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSON list of {"prompt": "... [MASK] ...", "target": "word"}.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output JSON file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Integrated-gradients steps.
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+    /// Per prompt, keep neurons above this fraction of the largest attribution.
+    #[arg(long, default_value_t = 0.2)]
+    pub threshold: f32,
+    /// Keep neurons found in at least this share of the prompts.
+    #[arg(long, default_value_t = 0.7)]
+    pub share: f32,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl NeuronsArgs {
+    pub fn run(self) -> Result<()> {
+        let Self {
+            model,
+            prompts,
+            out,
+            steps,
+            threshold,
+            share,
+            device,
+        } = self;
+        let device = device.device;
+        let result = run_on(
+            device,
+            neurons::NeuronsJob {
+                model,
+                prompts,
+                out: out.clone(),
+                steps,
+                threshold,
+                share,
+            },
+        )??;
+        println!(
+            "{} knowledge neurons; P(target) mean relative change: suppressed {:+.3}, amplified {:+.3}",
+            result["knowledge_neurons"].as_array().map_or(0, Vec::len),
+            result["mean_relative_change"]["suppressed"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            result["mean_relative_change"]["amplified"].as_f64().unwrap_or(f64::NAN)
+        );
+        println!("Written: {}", out.display());
+
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct AnalyseArgs {
+    pub run: PathBuf,
+    /// Model directory the run started from (default: located like demo).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// GLUE directory (default: shared/data/glue).
+    #[arg(long)]
+    pub glue_dir: Option<PathBuf>,
+    /// Dev examples analysed (projection, table).
+    #[arg(long, default_value_t = 1000)]
+    pub max_examples: usize,
+    /// Dev examples used for head importance and the pruning curve.
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub importance_examples: usize,
+    /// Examples with token-level views.
+    #[arg(long, default_value_t = 12)]
+    pub instances: usize,
+    /// Integrated-gradients steps.
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub ig_steps: usize,
+    /// t-SNE iterations.
+    #[arg(long, default_value_t = 750, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub tsne_epochs: usize,
+    /// Project the mean over real tokens instead of the [CLS] state (then the embedding
+    /// layer is projected too; at [CLS] it is one point for every example).
+    #[arg(long)]
+    pub mean_pool: bool,
+    /// Checkpoint to analyse: `best` (shown by the report) or another name under
+    /// RUN/checkpoints/ (e.g. `last`), written as a snapshot analysis-<name>.json.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    /// Re-evaluate with each head masked alone (layers × heads evaluations of the
+    /// importance subset), shown in the head grid.
+    #[arg(long)]
+    pub head_effects: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl AnalyseArgs {
+    pub fn run(self) -> Result<()> {
+        let Self {
+            run,
+            model,
+            glue_dir,
+            max_examples,
+            importance_examples,
+            instances,
+            ig_steps,
+            tsne_epochs,
+            mean_pool,
+            checkpoint,
+            head_effects,
+            device,
+        } = self;
+        let device = device.device;
+        require_run(&run)?;
+        let model = export::run_model(&run, model.as_deref())?;
+        let data = run_data(&run, glue_dir.clone())?;
+        let dev = data.dev;
+        let path = run_on(
+            device,
+            analyse::AnalyseJob {
+                model,
+                run: run.clone(),
+                dev,
+                max_examples,
+                importance_examples,
+                instances,
+                ig_steps,
+                tsne_epochs,
+                mean_pool,
+                checkpoint,
+                head_effects,
+            },
+        )??;
+        println!("Analysis: {}", path.display());
+        let texts = report_texts(&run, glue_dir);
+        println!("Report: {}", kiln::viz::write_report(&run, texts)?.display());
+        report_plots(&run);
+
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct MixingArgs {
+    /// Model directory (default: located like demo).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// JSON list of strings or [a, b] pairs.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Output safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 128)]
+    pub max_length: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl MixingArgs {
+    pub fn run(self) -> Result<()> {
+        let Self {
+            model,
+            input,
+            out,
+            max_length,
+            device,
+        } = self;
+        let device = device.device;
+        let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
+        let summary = run_on(
+            device,
+            lens::MixingJob {
+                model,
+                input,
+                out: out.clone(),
+                max_length,
+            },
+        )??;
+        lens::print_summary(&summary);
+        println!("\nPer-token values: {}", out.display());
+
+        Ok(())
+    }
+}

@@ -1,0 +1,145 @@
+//! `lm decoder`: the decoder language-model experiment.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use kiln::backend::run_on;
+
+use super::common::*;
+use crate::lm;
+
+#[derive(clap::Args)]
+pub struct DecoderArgs {
+    /// Text file (default: shared/data/lm/tinyshakespeare/input.txt).
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    #[arg(long, default_value = "runs/lm")]
+    pub out: PathBuf,
+    /// Held-out fraction at the end of the text.
+    #[arg(long, default_value_t = 0.1)]
+    pub tail: f64,
+    #[arg(long, default_value_t = 256)]
+    pub n_embd: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 4)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 1500)]
+    pub pretrain_steps: usize,
+    #[arg(long, default_value_t = 1e-3)]
+    pub pretrain_lr: f64,
+    #[arg(long, default_value_t = 300)]
+    pub finetune_steps: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    pub finetune_lr: f64,
+    #[arg(long, default_value_t = 100)]
+    pub transfer_steps: usize,
+    #[arg(long, default_value_t = 1e-2)]
+    pub transfer_lr: f64,
+    /// cross_entropy (Hedgehog) or output_mse (LoLCATs).
+    #[arg(long, default_value = "cross_entropy")]
+    pub transfer_loss: String,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub block: usize,
+    /// Variants: elu, t2r, performer, hedgehog, hybrid (LoLCATs, window 64), window<N>.
+    #[arg(long, value_delimiter = ',', default_value = "elu,t2r,performer,hedgehog")]
+    pub variants: Vec<String>,
+    #[arg(long, default_value = "ROMEO:")]
+    pub prompt: String,
+    /// Pretrained model directory (default OUT/pretrained; reused when it matches).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Skip the softmax control row.
+    #[arg(long)]
+    pub no_control: bool,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl DecoderArgs {
+    pub fn run(self) -> Result<()> {
+        let Self {
+            text,
+            out,
+            tail,
+            n_embd,
+            layers,
+            heads,
+            pretrain_steps,
+            pretrain_lr,
+            finetune_steps,
+            finetune_lr,
+            transfer_steps,
+            transfer_lr,
+            transfer_loss,
+            batch,
+            block,
+            variants,
+            prompt,
+            pretrained,
+            no_control,
+            seed,
+            device,
+        } = self;
+        let device = device.device;
+        let text = text
+            .or_else(|| kiln::model::hub::shared_dir().map(|s| s.join("data/lm/tinyshakespeare/input.txt")))
+            .context("no --text given and shared/data/lm not found")?;
+        let mut model = lm::default_model();
+        model.n_embd = n_embd;
+        model.n_layer = layers;
+        model.n_head = heads;
+        model.n_positions = model.n_positions.max(block);
+        model
+            .validate()
+            .with_context(|| format!("--n-embd {n_embd} --heads {heads}"))?;
+        let schedule = |steps: usize, lr: f64, warmup: usize| kiln::tune::lm::LmTrainConfig {
+            steps,
+            batch_size: batch,
+            block_len: block,
+            lr,
+            warmup_steps: warmup,
+            seed,
+            eval_every: (steps / 5).max(1),
+            eval_tokens: 16_384,
+            ..Default::default()
+        };
+        let loss = match transfer_loss.as_str() {
+            "cross_entropy" => kiln::tune::transfer::TransferLoss::CrossEntropy,
+            "output_mse" => kiln::tune::transfer::TransferLoss::OutputMse,
+            other => bail!("--transfer-loss {other:?}: cross_entropy or output_mse"),
+        };
+        let variants = variants
+            .iter()
+            .map(|v| Ok((v.clone(), lm::variant(v)?)))
+            .collect::<Result<Vec<_>>>()?;
+        run_on(
+            device,
+            lm::DecoderJob {
+                text,
+                out: out.clone(),
+                tail,
+                model,
+                pretrain: schedule(pretrain_steps, pretrain_lr, pretrain_steps / 20),
+                finetune: schedule(finetune_steps, finetune_lr, finetune_steps / 10),
+                transfer: kiln::tune::transfer::TransferConfig {
+                    steps: transfer_steps,
+                    lr: transfer_lr,
+                    batch_size: batch,
+                    loss,
+                },
+                variants,
+                prompt,
+                pretrained,
+                control: !no_control,
+            },
+        )??;
+        println!("Written: {}", out.join("results.json").display());
+
+        Ok(())
+    }
+}

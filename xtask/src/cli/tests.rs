@@ -1,0 +1,101 @@
+//! Command-line behaviour tests.
+
+use kiln::backend::{run_on, DeviceKind};
+
+use super::common::*;
+use crate::{demo, export, lens};
+use kiln::tune::run_dir::DataSource;
+use kiln::tune::trainer::RunDir;
+
+#[test]
+fn commands_on_a_missing_or_foreign_directory_name_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope");
+    let err = require_run(&missing).unwrap_err().to_string();
+    assert!(
+        err.starts_with(&format!("{} does not exist", missing.display())),
+        "{err}"
+    );
+    let err = require_run(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("is not a run directory (no config.json)"), "{err}");
+}
+
+/// `lens mixing` on `[]` used to panic in a shape index.
+#[test]
+fn lens_mixing_on_an_empty_list_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("t.json"), "[]").unwrap();
+    let job = lens::MixingJob {
+        model: dir.path().join("no-model"),
+        input: dir.path().join("t.json"),
+        out: dir.path().join("m.safetensors"),
+        max_length: 128,
+    };
+    let err = run_on(DeviceKind::Flex, job).unwrap().unwrap_err().to_string();
+    assert!(err.ends_with("t.json: the list of texts is empty"), "{err}");
+}
+
+/// A demo run (SST-2 task, bundled fixture) is analysed on the fixture even where a GLUE
+/// directory with SST-2 exists (it used to be analysed on GLUE SST-2); a GLUE run reads its
+/// recorded directory; a run without data.json (older kiln) needs a GLUE directory.
+#[test]
+fn a_run_is_read_back_with_the_data_it_was_trained_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(run.join("config.json"), r#"{"task": "sst2", "train": {}}"#).unwrap();
+    let glue = dir.path().join("glue");
+    std::fs::create_dir_all(glue.join("SST-2")).unwrap();
+    std::fs::write(glue.join("SST-2/train.tsv"), "sentence\tlabel\na b\t1\n").unwrap();
+    std::fs::write(glue.join("SST-2/dev.tsv"), "sentence\tlabel\nc d\t0\n").unwrap();
+
+    DataSource::Fixture {
+        name: "sentiment".into(),
+    }
+    .write(&RunDir::new(run.clone()))
+    .unwrap();
+    let data = run_data(&run, Some(glue.clone())).unwrap();
+    assert_eq!(data.dev.len(), demo::fixture().unwrap().dev.len());
+    assert!(data.dev.len() > 1);
+
+    DataSource::Glue {
+        dir: glue.clone(),
+        task: "sst2".into(),
+    }
+    .write(&RunDir::new(run.clone()))
+    .unwrap();
+    assert_eq!(run_data(&run, None).unwrap().dev.len(), 1);
+
+    std::fs::remove_file(DataSource::path(&RunDir::new(run.clone()))).unwrap();
+    assert_eq!(run_data(&run, Some(glue)).unwrap().dev.len(), 1);
+}
+
+/// `lens analyse` / `export` load a run through `export::load_run`, which refuses a model
+/// whose weights differ from the ones recorded in the run's provenance, naming both hashes,
+/// before loading anything; an unversioned (format 1) run without provenance still loads.
+#[test]
+fn a_run_refuses_a_changed_model_naming_both_hashes() {
+    use kiln::tune::run_files::{sha256_file, ModelRecord, Provenance, RunConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let (model, run) = (dir.path().join("model"), dir.path().join("run"));
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::create_dir_all(&run).unwrap();
+    std::fs::write(model.join("model.safetensors"), b"the weights trained from").unwrap();
+    let record = ModelRecord::of_dir(&model, None).unwrap();
+    let config = RunConfig::new(
+        "sst2",
+        kiln::tune::trainer::TrainConfig::default(),
+        Some(Provenance::now(record.clone(), None, "flex")),
+    );
+    std::fs::write(run.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
+    std::fs::write(model.join("model.safetensors"), b"other weights").unwrap();
+    let now = sha256_file(&model.join("model.safetensors")).unwrap();
+    let Err(err) = export::load_run::<kiln::burn::backend::Flex>(&model, &run, "best", &Default::default()) else {
+        panic!("a changed model is refused")
+    };
+    let err = err.to_string();
+    assert!(err.contains(&record.sha256) && err.contains(&now), "{err}");
+    assert!(err.contains("is not the model this run was trained from"), "{err}");
+    // The default model directory of a run is the one it recorded.
+    assert_eq!(export::run_model(&run, None).unwrap(), model);
+}
