@@ -20,6 +20,7 @@
 //! materialise the probabilities.
 #![warn(missing_docs)]
 
+mod decode;
 mod hybrid;
 mod kind;
 pub mod linear;
@@ -27,6 +28,7 @@ mod mask;
 mod softmax;
 mod window;
 
+pub use decode::LayerState;
 pub use hybrid::{HybridAttention, HybridState};
 pub use kind::{AttentionKind, AttentionVariant};
 pub use linear::{FeatureKind, FeatureMap, LinearAttention, RecurrentState};

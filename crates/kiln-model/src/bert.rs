@@ -447,15 +447,21 @@ impl<B: Backend> BertModel<B> {
         layers: Option<&[usize]>,
         dropout: f64,
     ) {
-        let n = self.encoder.layer.len();
-        let chosen: Vec<usize> = layers.map_or_else(|| (0..n).collect(), <[usize]>::to_vec);
-        for i in chosen {
-            assert!(i < n, "layer {i} out of range (the model has {n})");
-            let sa = &mut self.encoder.layer[i].attention.self_attention;
-            let [_, width] = sa.query.weight.dims();
-            let device = sa.query.weight.device();
-            sa.mechanism = variant.build(sa.num_heads, width / sa.num_heads, dropout, &device);
-        }
+        let slots = self
+            .encoder
+            .layer
+            .iter_mut()
+            .map(|layer| {
+                let sa = &mut layer.attention.self_attention;
+                crate::layers::MechanismSlot {
+                    width: sa.query.weight.dims()[1],
+                    device: sa.query.weight.device(),
+                    num_heads: sa.num_heads,
+                    mechanism: &mut sa.mechanism,
+                }
+            })
+            .collect();
+        crate::layers::convert_attention(slots, variant, layers, dropout);
     }
 
     /// Checks a batch of host-side inputs against what this model can embed: at least one row,

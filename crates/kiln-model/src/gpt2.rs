@@ -7,6 +7,7 @@
 
 use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
 use burn::prelude::*;
+pub use kiln_attention::LayerState;
 use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
 
 use crate::activation::Activation;
@@ -173,15 +174,7 @@ impl<B: Backend> Gpt2Block<B> {
             .mechanism
             .attend(q, k.clone(), v.clone(), &mask, false)
             .context;
-        let state = match &self.attn.mechanism {
-            AttentionKind::Linear(m) => LayerState::Recurrent(m.state_of(k, v)),
-            AttentionKind::Hybrid(m) => LayerState::Hybrid(m.state_of(k, v)),
-            AttentionKind::SlidingWindow(m) => LayerState::KvCache {
-                k: Some(keep_last(k, m.window)),
-                v: Some(keep_last(v, m.window)),
-            },
-            AttentionKind::Softmax(_) => LayerState::KvCache { k: Some(k), v: Some(v) },
-        };
+        let state = self.attn.mechanism.prefill_state(k, v);
         let a = x + self.attention_output(context);
         (self.mlp_residual(a), state)
     }
@@ -191,89 +184,9 @@ impl<B: Backend> Gpt2Block<B> {
     /// recurrent state in O(1).
     pub fn step(&self, x: Tensor<B, 3>, state: LayerState<B>) -> (Tensor<B, 3>, LayerState<B>) {
         let [q, k, v] = self.qkv(x.clone());
-        // A fresh state (`DecodeState::new` does not know the mechanisms) becomes the
-        // mechanism's own empty state on the first step.
-        let state = match (&self.attn.mechanism, state) {
-            (AttentionKind::Linear(m), LayerState::KvCache { k: None, .. }) => {
-                let [batch, heads, _, d] = k.dims();
-                LayerState::Recurrent(m.initial_state(batch, heads, d, v.dims()[3], &k.device()))
-            }
-            (AttentionKind::Hybrid(m), LayerState::KvCache { k: None, .. }) => {
-                let [batch, heads, _, d] = k.dims();
-                LayerState::Hybrid(m.initial_state(batch, heads, d, v.dims()[3], &k.device()))
-            }
-            (_, state) => state,
-        };
-        let (context, state) = match (&self.attn.mechanism, state) {
-            (AttentionKind::Linear(m), LayerState::Recurrent(s)) => {
-                let (context, s) = m.step(s, q, k, v);
-                (context, LayerState::Recurrent(s))
-            }
-            (AttentionKind::Hybrid(m), LayerState::Hybrid(s)) => {
-                let (context, s) = m.step(s, q, k, v);
-                (context, LayerState::Hybrid(s))
-            }
-            (mechanism, LayerState::KvCache { k: ck, v: cv }) => {
-                let append = |cache: Option<Tensor<B, 4>>, new: Tensor<B, 4>| match cache {
-                    Some(c) => Tensor::cat(vec![c, new], 2),
-                    None => new,
-                };
-                let (mut k, mut v) = (append(ck, k), append(cv, v));
-                if let AttentionKind::SlidingWindow(m) = mechanism {
-                    k = keep_last(k, m.window);
-                    v = keep_last(v, m.window);
-                }
-                let mask = AttentionMask::none().with_causal(true);
-                let context = mechanism.attend(q, k.clone(), v.clone(), &mask, false).context;
-                (context, LayerState::KvCache { k: Some(k), v: Some(v) })
-            }
-            (_, LayerState::Recurrent(_) | LayerState::Hybrid(_)) => {
-                panic!("a layer's state does not match its mechanism; start from DecodeState::new")
-            }
-        };
+        let (context, state) = self.attn.mechanism.step(state, q, k, v);
         let a = x + self.attention_output(context);
         (self.mlp_residual(a), state)
-    }
-}
-
-/// The last `n` positions of `[batch, heads, seq, d]`.
-fn keep_last<B: Backend>(t: Tensor<B, 4>, n: usize) -> Tensor<B, 4> {
-    let [b, h, seq, d] = t.dims();
-    if seq <= n {
-        t
-    } else {
-        t.slice([0..b, 0..h, seq - n..seq, 0..d])
-    }
-}
-
-/// What one block keeps between decoding steps.
-#[derive(Debug, Clone)]
-pub enum LayerState<B: Backend> {
-    /// Softmax attention: keys and values of every earlier position (sliding window: the
-    /// last `w`), `[batch, heads, t, d_head]`; `None` before the first token.
-    KvCache {
-        /// Cached keys.
-        k: Option<Tensor<B, 4>>,
-        /// Cached values.
-        v: Option<Tensor<B, 4>>,
-    },
-    /// Linear attention: `S` and `z`, whose size does not depend on the position.
-    Recurrent(kiln_attention::RecurrentState<B>),
-    /// LoLCATs hybrid: the window's keys and values and the linear state of older ones.
-    Hybrid(kiln_attention::HybridState<B>),
-}
-
-impl<B: Backend> LayerState<B> {
-    /// Number of values held.
-    pub fn numel(&self) -> usize {
-        match self {
-            Self::KvCache { k, v } => [k, v]
-                .iter()
-                .map(|t| t.as_ref().map_or(0, |t| t.shape().num_elements()))
-                .sum(),
-            Self::Recurrent(s) => s.numel(),
-            Self::Hybrid(s) => s.numel(),
-        }
     }
 }
 
@@ -292,9 +205,7 @@ impl<B: Backend> DecodeState<B> {
     /// state on the first step).
     pub fn new(num_layers: usize) -> Self {
         Self {
-            layers: (0..num_layers)
-                .map(|_| LayerState::KvCache { k: None, v: None })
-                .collect(),
+            layers: (0..num_layers).map(|_| LayerState::empty()).collect(),
             position: 0,
         }
     }
@@ -425,15 +336,20 @@ impl<B: Backend> Gpt2Model<B> {
         layers: Option<&[usize]>,
         dropout: f64,
     ) {
-        let n = self.h.len();
-        let chosen: Vec<usize> = layers.map_or_else(|| (0..n).collect(), <[usize]>::to_vec);
-        for i in chosen {
-            assert!(i < n, "layer {i} out of range (the model has {n})");
-            let attn = &mut self.h[i].attn;
-            let [width, _] = attn.c_attn.weight.dims();
-            let device = attn.c_attn.weight.device();
-            attn.mechanism = variant.build(attn.num_heads, width / attn.num_heads, dropout, &device);
-        }
+        let slots = self
+            .h
+            .iter_mut()
+            .map(|block| {
+                let attn = &mut block.attn;
+                crate::layers::MechanismSlot {
+                    width: attn.c_attn.weight.dims()[0],
+                    device: attn.c_attn.weight.device(),
+                    num_heads: attn.num_heads,
+                    mechanism: &mut attn.mechanism,
+                }
+            })
+            .collect();
+        crate::layers::convert_attention(slots, variant, layers, dropout);
     }
 
     /// Longest sequence the position embeddings cover.

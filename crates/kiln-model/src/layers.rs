@@ -87,3 +87,37 @@ pub fn norm<B: Backend, const D: usize>(ln: &LayerNorm<B>, eps: f64, x: Tensor<B
         Err((x, _, _)) => ln.forward(x),
     }
 }
+
+/// One layer's attention, as [`convert_attention`] sees it: the mechanism slot, the head
+/// count and width, and the device of its projections.
+pub(crate) struct MechanismSlot<'a, B: Backend> {
+    pub mechanism: &'a mut kiln_attention::AttentionKind<B>,
+    pub num_heads: usize,
+    pub width: usize,
+    pub device: B::Device,
+}
+
+/// Replaces the mechanism of every layer in `slots` (or only those listed in `layers`) by
+/// `variant`, built as the variant's paper does; the model's projections are untouched. Both
+/// model families convert through this one function.
+///
+/// # Panics
+/// When a listed layer does not exist.
+pub(crate) fn convert_attention<B: Backend>(
+    slots: Vec<MechanismSlot<'_, B>>,
+    variant: &kiln_attention::AttentionVariant,
+    layers: Option<&[usize]>,
+    dropout: f64,
+) {
+    let n = slots.len();
+    if let Some(layers) = layers {
+        if let Some(i) = layers.iter().find(|&&i| i >= n) {
+            panic!("layer {i} out of range (the model has {n})");
+        }
+    }
+    for (i, slot) in slots.into_iter().enumerate() {
+        if layers.is_none_or(|l| l.contains(&i)) {
+            *slot.mechanism = variant.build(slot.num_heads, slot.width / slot.num_heads, dropout, &slot.device);
+        }
+    }
+}
