@@ -10,7 +10,9 @@
 //! mechanisms themselves: exact [`SoftmaxAttention`], [`SlidingWindowAttention`], and kernelised
 //! [`LinearAttention`] with ELU+1, T2R, Performer and Hedgehog feature maps (bidirectional, causal in
 //! chunked parallel form, and recurrent with O(1) state per token), and the LoLCATs
-//! [`HybridAttention`] (window softmax + linear attention, one normaliser).
+//! [`HybridAttention`] (window softmax + linear attention, one normaliser); what each keeps
+//! between incremental decoding steps and how it advances ([`LayerState`],
+//! [`AttentionKind::step`]), so models decode without knowing the mechanisms.
 //! **Must not touch:** model layout, weight loading, tokenization, training.
 //!
 //! When the caller does not ask for the probabilities, the softmax mechanism runs
