@@ -13,12 +13,7 @@ use kiln::burn::tensor::{Distribution, TensorData};
 use kiln::model::{DecodeState, Gpt2Model, GptConfig};
 use serde::Serialize;
 
-/// Current resident set size of this process in MiB (Linux; `None` elsewhere).
-fn rss_mb() -> Option<f64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096.0 / (1024.0 * 1024.0))
-}
+use kiln::tune::trainer::rss_mb;
 
 pub struct GenerateJob {
     pub model: GptConfig,
