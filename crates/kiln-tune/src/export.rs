@@ -33,12 +33,28 @@ use crate::strategy::{Effect, Lora, StrategyConfig, Tuning};
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
     /// File system.
-    #[error("{path}: {message}")]
+    #[error("{path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
-        /// What failed.
-        message: String,
+        /// Cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Writing an exported file.
+    #[error(transparent)]
+    Write(#[from] crate::checkpoint::CheckpointError),
+    /// The strategy does not fit.
+    #[error(transparent)]
+    Strategy(#[from] crate::strategy::StrategyError),
+    /// An adapter's configuration is not a valid kiln LoRA strategy for the model.
+    #[error("{path}: {source}")]
+    Adapter {
+        /// The adapter's `adapter_config.json`.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: crate::strategy::StrategyError,
     },
     /// The adapter or model does not fit.
     #[error("{0}")]
@@ -46,9 +62,9 @@ pub enum ExportError {
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> ExportError + '_ {
-    move |e| ExportError::Io {
+    move |source| ExportError::Io {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     }
 }
 
@@ -129,7 +145,7 @@ pub fn export_peft_lora<B: Backend>(
     dir: &Path,
 ) -> Result<(), ExportError> {
     let lora_cfg = lora_of(tuning)?;
-    let slots = lora_cfg.slots().map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let slots = lora_cfg.slots()?;
     let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, layer) in model.bert.encoder.layer.iter().enumerate() {
         let lora = layer
@@ -183,15 +199,9 @@ pub fn export_peft_lora<B: Backend>(
         inference_mode: true,
     };
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    write_atomic(&dir.join("adapter_model.safetensors"), &bytes).map_err(|e| ExportError::Io {
-        path: dir.join("adapter_model.safetensors"),
-        message: e.to_string(),
-    })?;
+    write_atomic(&dir.join("adapter_model.safetensors"), &bytes)?;
     let json = serde_json::to_string_pretty(&config).expect("json");
-    write_atomic(&dir.join("adapter_config.json"), json.as_bytes()).map_err(|e| ExportError::Io {
-        path: dir.join("adapter_config.json"),
-        message: e.to_string(),
-    })
+    Ok(write_atomic(&dir.join("adapter_config.json"), json.as_bytes())?)
 }
 
 /// Reads a PEFT LoRA adapter directory onto `model` (the base, without inserts): inserts the
@@ -226,10 +236,14 @@ pub fn import_peft_lora<B: Backend>(
         dropout: cfg.lora_dropout,
         targets: cfg.target_modules.clone(),
     })])
-    .map_err(|e| ExportError::Invalid(e.to_string()))?;
-    let mut model = tuning
-        .insert(model, device)
-        .map_err(|e| ExportError::Invalid(e.to_string()))?;
+    .map_err(|source| ExportError::Adapter {
+        path: cfg_path.clone(),
+        source,
+    })?;
+    let mut model = tuning.insert(model, device).map_err(|source| ExportError::Adapter {
+        path: cfg_path.clone(),
+        source,
+    })?;
     let st_path = dir.join("adapter_model.safetensors");
     let bytes = std::fs::read(&st_path).map_err(io(&st_path))?;
     let st =
@@ -364,13 +378,8 @@ pub fn export_hf_model<B: Backend>(
         json["problem_type"] = serde_json::json!("regression");
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let bytes = model_bytes(&model).map_err(|e| ExportError::Invalid(e.to_string()))?;
-    let write = |name: &str, bytes: &[u8]| {
-        write_atomic(&dir.join(name), bytes).map_err(|e| ExportError::Io {
-            path: dir.join(name),
-            message: e.to_string(),
-        })
-    };
+    let bytes = model_bytes(&model)?;
+    let write = |name: &str, bytes: &[u8]| -> Result<(), ExportError> { Ok(write_atomic(&dir.join(name), bytes)?) };
     write("model.safetensors", &bytes)?;
     write(
         "config.json",

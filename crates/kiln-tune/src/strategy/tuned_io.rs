@@ -13,6 +13,9 @@ use crate::classifier::SequenceClassifier;
 /// Errors of saving or loading a tuned part.
 #[derive(Debug, thiserror::Error)]
 pub enum TunedIoError {
+    /// Writing the file.
+    #[error(transparent)]
+    Write(#[from] crate::checkpoint::CheckpointError),
     /// File system.
     #[error("{path}: {source}")]
     Io {
@@ -148,10 +151,7 @@ pub fn save_tuned<B: Backend>(
     tuning: &Tuning,
     path: &std::path::Path,
 ) -> Result<(), TunedIoError> {
-    crate::checkpoint::write_atomic(path, &tuned_bytes(model, tuning)).map_err(|e| TunedIoError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })
+    Ok(crate::checkpoint::write_atomic(path, &tuned_bytes(model, tuning))?)
 }
 
 /// The strategy stored in a tuned-part file.
