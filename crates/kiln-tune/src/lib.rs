@@ -32,6 +32,7 @@ pub mod params;
 pub mod run_dir;
 pub mod run_files;
 pub mod strategy;
+mod train_loop;
 pub mod train_parity;
 pub mod trainer;
 pub mod transfer;

@@ -23,20 +23,17 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
-use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
-use indicatif::{ProgressBar, ProgressStyle};
-use kiln_data::batching::{encode_indices, epoch_batches, BatchPlan};
+use kiln_data::batching::{encode_indices, BatchPlan};
 use kiln_data::metrics::{glue_metrics, Predictions, TaskMetrics};
 use kiln_data::{BatchEncoding, DataError, Example, GlueTask, Label, TextInput, TextTokenizer};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, CheckpointError, TrainState};
+use crate::checkpoint::{self, CheckpointError};
 use crate::classifier::{SequenceClassifier, Targets};
-use crate::optim::{AdamW, AdamWConfig, ParamGroup};
+use crate::optim::AdamWConfig;
 use crate::params::param_infos;
 use crate::run_dir::OnExisting;
 use kiln_model::roles::ModelRoles;
@@ -423,13 +420,13 @@ pub fn evaluate<B: Backend>(
     Ok(glue_metrics(task, &predictions))
 }
 
-struct MetricsLog {
+pub(crate) struct MetricsLog {
     path: PathBuf,
 }
 
 impl MetricsLog {
     /// Keeps only lines of steps ≤ `keep_until` (a resumed run rewrites what followed).
-    fn open(path: PathBuf, keep_until: Option<usize>) -> Result<Self, TrainError> {
+    pub(crate) fn open(path: PathBuf, keep_until: Option<usize>) -> Result<Self, TrainError> {
         let kept = match (keep_until, std::fs::read_to_string(&path)) {
             (Some(step), Ok(text)) => text
                 .lines()
@@ -447,11 +444,11 @@ impl MetricsLog {
         Ok(Self { path })
     }
 
-    fn write(&self, line: MetricsLine) -> Result<(), TrainError> {
+    pub(crate) fn write(&self, line: MetricsLine) -> Result<(), TrainError> {
         self.write_value(serde_json::to_value(line).expect("a metrics line serialises"))
     }
 
-    fn write_value(&self, value: serde_json::Value) -> Result<(), TrainError> {
+    pub(crate) fn write_value(&self, value: serde_json::Value) -> Result<(), TrainError> {
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -467,10 +464,10 @@ impl MetricsLog {
 }
 
 /// RNG streams besides the micro-steps (which use `0..`): module insertion and the Fisher pass.
-const INSERT_STREAM: u64 = u64::MAX;
+pub(crate) const INSERT_STREAM: u64 = u64::MAX;
 const FISHER_STREAM: u64 = 1 << 48;
 
-fn mix(seed: u64, x: u64) -> u64 {
+pub(crate) fn mix(seed: u64, x: u64) -> u64 {
     kiln_data::batching::SplitMix64(seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
 }
 
@@ -574,122 +571,19 @@ pub fn train<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(SequenceClassifier<B>, TrainResults), TrainError> {
     let start = Instant::now();
-    let limits = crate::validate::ModelLimits::of(&model.bert);
-    crate::validate::validate_train(
-        &TrainConfig {
-            max_length: tok.max_length(),
-            ..cfg.clone()
-        },
-        &limits,
-    )?;
-    let tuning = Tuning::new(&cfg.tuning)?;
-    tuning.check_fits(&model.bert)?;
-    let _lock = run.lock()?;
-    let config_json =
-        crate::run_files::RunConfig::new(data.task.short_name(), cfg.clone(), run.provenance().cloned()).to_value();
-    let resumed = check_run_dir(run, on_existing.into(), &config_json)?;
-    checkpoint::write_atomic(
-        &run.0.join("config.json"),
-        serde_json::to_string_pretty(&config_json).expect("json").as_bytes(),
-    )?;
+    let (tuning, resumed, _lock) = open_run(&model, tok, data, cfg, run, on_existing.into())?;
+    let set = TrainSet::new(data, cfg)?;
     let mut model = model;
     if let Some(p) = cfg.dropout {
         model.set_dropout(p);
     }
-    let train_examples = &data.train[..cfg.max_train_examples.unwrap_or(usize::MAX).min(data.train.len())];
-    if train_examples.is_empty() || data.dev.is_empty() {
-        return Err(TrainError::Invalid("training and dev sets must not be empty".into()));
-    }
-    let inputs: Vec<TextInput> = train_examples.iter().map(|e| e.input.clone()).collect();
-    let lengths: Vec<usize> = inputs
-        .iter()
-        .map(|t| match t {
-            TextInput::Single(a) => a.len(),
-            TextInput::Pair(a, b) => a.len() + b.len(),
-        })
-        .collect();
-    let plan = BatchPlan {
-        batch_size: cfg.batch_size,
-        shuffle: true,
-        length_group_factor: cfg.length_group_factor,
-        seed: cfg.seed,
-    };
-    let batches_per_epoch = train_examples.len().div_ceil(cfg.batch_size.max(1));
-    let accum = cfg.grad_accum.max(1);
-    let steps_per_epoch = batches_per_epoch.div_ceil(accum);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    let warmup = (total_steps as f64 * cfg.warmup_ratio).ceil() as usize;
-
-    let mut state = TrainState {
-        global_step: 0,
-        epoch: 0,
-        next_batch: 0,
-        best: None,
-        seed: cfg.seed,
-    };
     B::seed(device, mix(cfg.seed, INSERT_STREAM));
-    if let Some(variant) = &cfg.attention {
-        // `attention_layers` was range-checked by `validate_train` above.
-        let dropout = cfg.dropout.unwrap_or(0.1);
-        let teacher = cfg
-            .attention_transfer
-            .as_ref()
-            .map(|_| crate::transfer::teacher_of(&model));
-        model
-            .bert
-            .convert_attention(variant, cfg.attention_layers.as_deref(), dropout);
-        tracing::info!(?variant, layers = ?cfg.attention_layers, "attention converted");
-        // On resume the checkpoint holds the transferred (and fine-tuned) feature maps.
-        if let (Some(teacher), Some(tc), false) = (teacher, &cfg.attention_transfer, resumed) {
-            let mut batches = Vec::new();
-            let order: Vec<usize> = (0..train_examples.len()).collect();
-            for chunk in order.chunks(tc.batch_size.max(1)).take(tc.steps.max(1)) {
-                let enc = encode_indices(tok, &inputs, chunk)?;
-                batches.push(crate::transfer::TransferBatch {
-                    ids: enc.input_ids,
-                    types: enc.token_type_ids,
-                    mask: enc.attention_mask,
-                    shape: [enc.batch, enc.seq],
-                });
-            }
-            let (student, losses) = crate::transfer::attention_transfer(model, &teacher, &batches, tc, device);
-            model = student;
-            let text: String = losses
-                .iter()
-                .enumerate()
-                .map(|(i, l)| format!("{}\n", serde_json::json!({"kind": "transfer", "step": i, "loss": l})))
-                .collect();
-            checkpoint::write_atomic(&run.0.join("transfer.jsonl"), text.as_bytes())?;
-            tracing::info!(
-                first = losses.first().copied().unwrap_or(f64::NAN),
-                last = losses.last().copied().unwrap_or(f64::NAN),
-                "attention transfer done"
-            );
-        }
-    }
-    let mut model = tuning.insert(model, device)?;
+    let model = convert_attention(model, cfg, &set, tok, run, resumed, device)?;
+    let model = tuning.insert(model, device)?;
     // Child-Tuning_D's Fisher pass sees the pretrained weights, also when resuming (the mask
     // is recomputed, not stored: it is a function of the seed and the pretrained model).
-    let child_mask: Option<ChildMask<B::InnerBackend>> = match tuning.gradient_mask() {
-        Some(GradientMask::Fisher { keep: reserve_p }) => {
-            let order: Vec<usize> = (0..train_examples.len()).collect();
-            let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
-            tracing::info!(
-                batches = chunks.len(),
-                reserve_p,
-                "Child-Tuning_D: Fisher pass over the training set"
-            );
-            Some(child_tuning_d_mask(&model, chunks.len(), reserve_p, |m, i| {
-                B::seed(device, mix(cfg.seed, FISHER_STREAM + i as u64));
-                let enc = encode_indices(tok, &inputs, chunks[i])?;
-                let [ids, types, mask] = tensors::<B>(&enc, device);
-                let logits = m.forward(ids, types, mask);
-                Ok::<_, TrainError>(m.loss(logits, &targets::<B>(train_examples, chunks[i], device)?))
-            })?)
-        }
-        Some(GradientMask::Bernoulli { keep }) => Some(ChildMask::Bernoulli(keep)),
-        None => None,
-    };
+    let mask = gradient_mask(&tuning, &model, &set, tok, cfg, device)?;
+    let mut model = model;
     if resumed {
         if tuning.restricts() {
             model = load_tuned(model, &tuning, &run.last().join(checkpoint::TUNED_FILE))?;
@@ -697,209 +591,31 @@ pub fn train<B: AutodiffBackend>(
             checkpoint::load_model(&mut model, &run.last().join(checkpoint::MODEL_FILE))?;
         }
     }
-    let model_infos = param_infos(&model);
-    let roles = model.param_roles();
-    let report = TrainableReport::new(&tuning, &model_infos, &roles);
+    let report = TrainableReport::new(&tuning, &param_infos(&model), &model.param_roles());
     tracing::info!(strategy = %report.strategy, trainable = report.trainable, total = report.total, percent = format!("{:.3}", report.percent), "trainable parameters");
     checkpoint::write_atomic(
         &run.0.join("trainable.json"),
         serde_json::to_string_pretty(&report).expect("json").as_bytes(),
     )?;
-    let num_layers = model.bert.num_layers();
-    let group_at = |info: &crate::params::ParamInfo, epoch: usize| match roles.get(info.id) {
-        Some(role) => ParamGroup {
-            trainable: tuning.trains_at(role, epoch, num_layers),
-            lr_scale: tuning.lr_scale(role, num_layers),
-            ..ParamGroup::hf_default(info)
-        },
-        None => ParamGroup {
-            trainable: false,
-            ..ParamGroup::hf_default(info)
-        },
+    let session = crate::train_loop::Session {
+        tok,
+        data,
+        cfg,
+        set: &set,
+        tuning: &tuning,
+        mask: mask.as_ref(),
+        run,
+        stop,
+        device,
     };
-    let mut model = tuning.freeze(model);
-    let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &model_infos, |info| group_at(info, 0));
-    if resumed {
-        state = checkpoint::load_optimizer_and_state(&run.last(), &mut opt, device)?;
-        tracing::info!(
-            step = state.global_step,
-            epoch = state.epoch,
-            "resuming from {}",
-            run.last().display()
-        );
-    }
-    let log = MetricsLog::open(run.metrics(), Some(state.global_step).filter(|_| resumed))?;
-    let dynamics = match cfg.data_map {
-        true => Some(MetricsLog::open(
-            run.0.join("dynamics.jsonl"),
-            Some(state.global_step).filter(|_| resumed),
-        )?),
-        false => None,
-    };
-    let bar = ProgressBar::new(total_steps as u64).with_style(
-        ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
-            .expect("template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(data.task.short_name());
-    bar.set_position(state.global_step as u64);
-    let mut seen_examples = 0usize;
-    let mut last_metrics = None;
-    let mut window_loss = 0.0;
-    let mut window_n = 0usize;
-    let mut accumulator = GradientsAccumulator::new();
-    let mut in_accum = 0usize;
-    let checkpoint_dir = run.last();
-    let train_start = Instant::now();
-
-    'epochs: for epoch in state.epoch..cfg.epochs {
-        if tuning.unfreezes_gradually() {
-            model = tuning.freeze_at(model, epoch);
-            for info in &model_infos {
-                opt.set_group(info.id, group_at(info, epoch));
-            }
-            tracing::info!(epoch, "gradual unfreezing: depth {epoch} and above train");
-        }
-        let batches = epoch_batches(&plan, &lengths, epoch as u64);
-        let first = if epoch == state.epoch { state.next_batch } else { 0 };
-        for (bi, batch) in batches.iter().enumerate().skip(first) {
-            let micro = (epoch * batches_per_epoch + bi) as u64;
-            B::seed(device, mix(cfg.seed, micro));
-            let enc = encode_indices(tok, &inputs, batch)?;
-            let [ids, types, mask] = tensors::<B>(&enc, device);
-            let logits = model.forward(ids, types, mask);
-            let loss = model.loss(logits, &targets::<B>(train_examples, batch, device)?);
-            let loss_value = loss.clone().into_scalar().elem::<f64>();
-            if !loss_value.is_finite() {
-                return Err(TrainError::NonFinite {
-                    what: "loss",
-                    step: state.global_step + 1,
-                    epoch,
-                    checkpoint: checkpoint_dir.join("state.json").exists().then_some(checkpoint_dir),
-                });
-            }
-            let loss = if accum > 1 { loss.div_scalar(accum as f64) } else { loss };
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            accumulator.accumulate(&model, grads);
-            in_accum += 1;
-            window_loss += loss_value;
-            window_n += 1;
-            seen_examples += batch.len();
-            let last_of_epoch = bi + 1 == batches.len();
-            if in_accum < accum && !last_of_epoch {
-                continue;
-            }
-            in_accum = 0;
-            let lr = tuning.learning_rate(cfg.lr, state.global_step, warmup, total_steps);
-            let mask = child_mask
-                .as_ref()
-                .map(|m| m as &dyn crate::optim::GradientTransform<B::InnerBackend>);
-            let (next, stats) = opt.step_masked(model, accumulator.grads(), lr, mask);
-            model = next;
-            if !stats.grad_norm.is_finite() {
-                return Err(TrainError::NonFinite {
-                    what: "gradient norm",
-                    step: state.global_step + 1,
-                    epoch,
-                    checkpoint: checkpoint_dir.join("state.json").exists().then_some(checkpoint_dir),
-                });
-            }
-            state.global_step += 1;
-            state.epoch = epoch;
-            state.next_batch = bi + 1;
-            if last_of_epoch {
-                state.epoch = epoch + 1;
-                state.next_batch = 0;
-            }
-            let elapsed = train_start.elapsed().as_secs_f64();
-            let seq_per_s = seen_examples as f64 / elapsed.max(1e-9);
-            bar.set_position(state.global_step as u64);
-            bar.set_message(format!(
-                "loss {:.4}  lr {lr:.2e}  {seq_per_s:.1} seq/s",
-                window_loss / window_n.max(1) as f64
-            ));
-            if state.global_step.is_multiple_of(cfg.log_every.max(1)) {
-                if bar.is_hidden() {
-                    // No terminal (a log file, CI): the bar is invisible, so log the window instead.
-                    let loss = window_loss / window_n.max(1) as f64;
-                    tracing::info!(
-                        step = state.global_step,
-                        total = total_steps,
-                        epoch,
-                        loss,
-                        lr,
-                        seq_per_s,
-                        "train"
-                    );
-                }
-                log.write(MetricsLine::Train {
-                    step: state.global_step,
-                    epoch,
-                    loss: window_loss / window_n.max(1) as f64,
-                    lr,
-                    grad_norm: stats.grad_norm,
-                    seq_per_s,
-                })?;
-                window_loss = 0.0;
-                window_n = 0;
-            }
-            let eval_now = last_of_epoch
-                || cfg
-                    .eval_every
-                    .is_some_and(|n| state.global_step.is_multiple_of(n.max(1)));
-            let stopping = stop.step == Some(state.global_step);
-            if eval_now {
-                let metrics = evaluate(&model.valid(), tok, data.task, &data.dev, cfg.eval_batch_size, device)?;
-                let value = metrics.primary_value();
-                bar.println(format!(
-                    "{} step {} epoch {}: dev {} = {:.4}",
-                    data.task.short_name(),
-                    state.global_step,
-                    epoch,
-                    metrics.primary,
-                    value
-                ));
-                tracing::info!(step = state.global_step, epoch, metric = %metrics.primary, value, "evaluation");
-                log.write(MetricsLine::Eval {
-                    step: state.global_step,
-                    epoch,
-                    metrics: metrics.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-                })?;
-                if cfg.data_map && last_of_epoch && !data.task.is_regression() {
-                    let (p_gold, correct) =
-                        gold_probabilities(&model.valid(), tok, train_examples, cfg.eval_batch_size, device)?;
-                    let line = serde_json::json!({ "epoch": epoch, "step": state.global_step, "p_gold": p_gold, "correct": correct });
-                    if let Some(d) = &dynamics {
-                        d.write_value(line)?;
-                    }
-                }
-                if state.best.is_none_or(|(b, _)| value > b) {
-                    state.best = Some((value, state.global_step));
-                    checkpoint::write_weights(&run.best(), &model, &tuning)?;
-                }
-                last_metrics = Some(metrics);
-            }
-            if eval_now || stopping {
-                checkpoint::save(&checkpoint_dir, &model, &tuning, &opt, &state)?;
-            }
-            if stopping {
-                break 'epochs;
-            }
-        }
-    }
-    bar.finish_and_clear();
-    let final_metrics = match last_metrics {
-        Some(m) => m,
-        None => evaluate(&model.valid(), tok, data.task, &data.dev, cfg.eval_batch_size, device)?,
-    };
-    let wall = start.elapsed().as_secs_f64();
+    let (model, outcome) = session.run(model, resumed)?;
     let results = TrainResults {
         task: data.task.short_name().into(),
-        final_metrics,
-        best: state.best,
-        steps: state.global_step,
-        wall_time_s: wall,
-        train_seq_per_s: seen_examples as f64 / train_start.elapsed().as_secs_f64().max(1e-9),
+        final_metrics: outcome.final_metrics,
+        best: outcome.state.best,
+        steps: outcome.state.global_step,
+        wall_time_s: start.elapsed().as_secs_f64(),
+        train_seq_per_s: outcome.train_seq_per_s,
         peak_rss_mb: peak_rss_mb(),
         resumed,
         strategy: report.strategy,
@@ -911,6 +627,188 @@ pub fn train<B: AutodiffBackend>(
         serde_json::to_string_pretty(&results).expect("json").as_bytes(),
     )?;
     Ok((model, results))
+}
+
+/// Validates everything, takes the run directory's lock, checks what the directory holds
+/// against `on_existing` and writes `config.json`: the strategy, whether this resumes, and
+/// the lock (held until it is dropped).
+fn open_run<B: Backend>(
+    model: &SequenceClassifier<B>,
+    tok: &TextTokenizer,
+    data: &TaskData,
+    cfg: &TrainConfig,
+    run: &RunDir,
+    on_existing: OnExisting,
+) -> Result<(Tuning, bool, crate::run_dir::RunLock), TrainError> {
+    let limits = crate::validate::ModelLimits::of(&model.bert);
+    crate::validate::validate_train(
+        &TrainConfig {
+            max_length: tok.max_length(),
+            ..cfg.clone()
+        },
+        &limits,
+    )?;
+    let tuning = Tuning::new(&cfg.tuning)?;
+    tuning.check_fits(&model.bert)?;
+    let lock = run.lock()?;
+    let config_json =
+        crate::run_files::RunConfig::new(data.task.short_name(), cfg.clone(), run.provenance().cloned()).to_value();
+    let resumed = check_run_dir(run, on_existing, &config_json)?;
+    checkpoint::write_atomic(
+        &run.0.join("config.json"),
+        serde_json::to_string_pretty(&config_json).expect("json").as_bytes(),
+    )?;
+    Ok((tuning, resumed, lock))
+}
+
+/// The examples a run trains on (after `max_train_examples`), their inputs and lengths, the
+/// batching plan and the step counts.
+pub(crate) struct TrainSet<'a> {
+    /// Training examples.
+    pub examples: &'a [Example],
+    /// Their inputs, in order.
+    pub inputs: Vec<TextInput>,
+    /// Their lengths in characters (length grouping).
+    pub lengths: Vec<usize>,
+    /// Shuffling and grouping.
+    pub plan: BatchPlan,
+    /// Micro-batches per epoch.
+    pub batches_per_epoch: usize,
+    /// Micro-batches per optimizer step.
+    pub accum: usize,
+    /// Optimizer steps over all epochs.
+    pub total_steps: usize,
+    /// Warm-up steps.
+    pub warmup: usize,
+}
+
+impl<'a> TrainSet<'a> {
+    fn new(data: &'a TaskData, cfg: &TrainConfig) -> Result<Self, TrainError> {
+        let examples = &data.train[..cfg.max_train_examples.unwrap_or(usize::MAX).min(data.train.len())];
+        if examples.is_empty() || data.dev.is_empty() {
+            return Err(TrainError::Invalid("training and dev sets must not be empty".into()));
+        }
+        let inputs: Vec<TextInput> = examples.iter().map(|e| e.input.clone()).collect();
+        let lengths = inputs
+            .iter()
+            .map(|t| match t {
+                TextInput::Single(a) => a.len(),
+                TextInput::Pair(a, b) => a.len() + b.len(),
+            })
+            .collect();
+        let batches_per_epoch = examples.len().div_ceil(cfg.batch_size.max(1));
+        let accum = cfg.grad_accum.max(1);
+        let total_steps = batches_per_epoch.div_ceil(accum) * cfg.epochs;
+        Ok(Self {
+            examples,
+            inputs,
+            lengths,
+            plan: BatchPlan {
+                batch_size: cfg.batch_size,
+                shuffle: true,
+                length_group_factor: cfg.length_group_factor,
+                seed: cfg.seed,
+            },
+            batches_per_epoch,
+            accum,
+            total_steps,
+            warmup: (total_steps as f64 * cfg.warmup_ratio).ceil() as usize,
+        })
+    }
+
+    /// The encoded tensors of the examples at `indices`.
+    pub fn tensors<B: Backend>(
+        &self,
+        tok: &TextTokenizer,
+        indices: &[usize],
+        device: &B::Device,
+    ) -> Result<[Tensor<B, 2, Int>; 3], TrainError> {
+        Ok(tensors::<B>(&encode_indices(tok, &self.inputs, indices)?, device))
+    }
+}
+
+/// Converts the attention as configured and, on a fresh run, runs attention transfer
+/// (written to `transfer.jsonl`); on resume the checkpoint holds the transferred maps.
+fn convert_attention<B: AutodiffBackend>(
+    mut model: SequenceClassifier<B>,
+    cfg: &TrainConfig,
+    set: &TrainSet<'_>,
+    tok: &TextTokenizer,
+    run: &RunDir,
+    resumed: bool,
+    device: &B::Device,
+) -> Result<SequenceClassifier<B>, TrainError> {
+    let Some(variant) = &cfg.attention else {
+        return Ok(model);
+    };
+    // `attention_layers` was range-checked by `validate_train`.
+    let dropout = cfg.dropout.unwrap_or(0.1);
+    let teacher = cfg
+        .attention_transfer
+        .as_ref()
+        .map(|_| crate::transfer::teacher_of(&model));
+    model
+        .bert
+        .convert_attention(variant, cfg.attention_layers.as_deref(), dropout);
+    tracing::info!(?variant, layers = ?cfg.attention_layers, "attention converted");
+    let (Some(teacher), Some(tc), false) = (teacher, &cfg.attention_transfer, resumed) else {
+        return Ok(model);
+    };
+    let mut batches = Vec::new();
+    let order: Vec<usize> = (0..set.examples.len()).collect();
+    for chunk in order.chunks(tc.batch_size.max(1)).take(tc.steps.max(1)) {
+        let enc = encode_indices(tok, &set.inputs, chunk)?;
+        batches.push(crate::transfer::TransferBatch {
+            ids: enc.input_ids,
+            types: enc.token_type_ids,
+            mask: enc.attention_mask,
+            shape: [enc.batch, enc.seq],
+        });
+    }
+    let (student, losses) = crate::transfer::attention_transfer(model, &teacher, &batches, tc, device);
+    let text: String = losses
+        .iter()
+        .enumerate()
+        .map(|(i, l)| format!("{}\n", serde_json::json!({"kind": "transfer", "step": i, "loss": l})))
+        .collect();
+    checkpoint::write_atomic(&run.0.join("transfer.jsonl"), text.as_bytes())?;
+    tracing::info!(
+        first = losses.first().copied().unwrap_or(f64::NAN),
+        last = losses.last().copied().unwrap_or(f64::NAN),
+        "attention transfer done"
+    );
+    Ok(student)
+}
+
+/// The strategy's gradient mask: Child-Tuning_F's Bernoulli draw, or Child-Tuning_D's
+/// Fisher mask computed here over the training set.
+fn gradient_mask<B: AutodiffBackend>(
+    tuning: &Tuning,
+    model: &SequenceClassifier<B>,
+    set: &TrainSet<'_>,
+    tok: &TextTokenizer,
+    cfg: &TrainConfig,
+    device: &B::Device,
+) -> Result<Option<ChildMask<B::InnerBackend>>, TrainError> {
+    Ok(match tuning.gradient_mask() {
+        Some(GradientMask::Fisher { keep: reserve_p }) => {
+            let order: Vec<usize> = (0..set.examples.len()).collect();
+            let chunks: Vec<&[usize]> = order.chunks(cfg.batch_size.max(1)).collect();
+            tracing::info!(
+                batches = chunks.len(),
+                reserve_p,
+                "Child-Tuning_D: Fisher pass over the training set"
+            );
+            Some(child_tuning_d_mask(model, chunks.len(), reserve_p, |m, i| {
+                B::seed(device, mix(cfg.seed, FISHER_STREAM + i as u64));
+                let [ids, types, mask] = set.tensors::<B>(tok, chunks[i], device)?;
+                let logits = m.forward(ids, types, mask);
+                Ok::<_, TrainError>(m.loss(logits, &targets::<B>(set.examples, chunks[i], device)?))
+            })?)
+        }
+        Some(GradientMask::Bernoulli { keep }) => Some(ChildMask::Bernoulli(keep)),
+        None => None,
+    })
 }
 
 /// Loads a task's `train.tsv` and dev file from `glue_dir/<TaskDir>/`.
