@@ -81,7 +81,7 @@ impl<B: Backend> LadderSide<B> {
         let mu = sigmoid(self.gates.val().div_scalar(GATE_TEMPERATURE));
         let mut side = project(&self.down[0], hidden_states[0].clone().detach());
         for (i, layer) in self.layers.iter().enumerate() {
-            let m = mu.clone().slice([i..i + 1]).reshape([1, 1, 1]);
+            let m = mu.clone().slice(i..i + 1).reshape([1, 1, 1]);
             let backbone = project(&self.down[i + 1], hidden_states[i + 1].clone().detach());
             let input = side * m.clone() + backbone * m.neg().add_scalar(1.0);
             side = layer.forward(input, mask, kiln_model::Capture::none()).0;
