@@ -7,6 +7,11 @@ use kiln::backend::DeviceKind;
 
 use crate::{demo, export, lm};
 
+/// A GLUE task name for clap (`--task`, `--tasks`): refused at parse time with the valid names.
+pub fn glue_task(name: &str) -> Result<kiln::data::GlueTask, String> {
+    kiln::data::GlueTask::parse(name).map_err(|e| e.to_string())
+}
+
 /// `--device`, shared by every command that runs a model.
 #[derive(clap::Args, Clone, Copy, Debug)]
 pub struct DeviceArgs {

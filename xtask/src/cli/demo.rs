@@ -17,8 +17,8 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// A GLUE task (cola, sst2, mrpc, stsb, rte, qnli, mnli, qqp, wnli) instead of the fixture.
-    #[arg(long)]
-    pub task: Option<String>,
+    #[arg(long, value_parser = glue_task)]
+    pub task: Option<kiln::data::GlueTask>,
     /// GLUE directory holding the task's folder (default: shared/data/glue when found).
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -49,7 +49,6 @@ impl DemoArgs {
         } = self;
         let device = device.device;
         let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), !offline)?;
-        let task = task.as_deref().map(kiln::data::GlueTask::parse).transpose()?;
         let (data, source) = demo::demo_data(task, data.as_deref())?;
         let what = match task {
             None => format!(

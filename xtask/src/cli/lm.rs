@@ -2,11 +2,22 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use kiln::backend::run_on;
 
 use super::common::*;
 use crate::lm;
+
+/// `--transfer-loss`: what attention transfer minimises.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TransferLossArg {
+    /// Cross-entropy between teacher and student attention (Hedgehog).
+    #[value(name = "cross_entropy")]
+    CrossEntropy,
+    /// Mean squared error of the attention outputs (LoLCATs).
+    #[value(name = "output_mse")]
+    OutputMse,
+}
 
 #[derive(clap::Args)]
 pub struct DecoderArgs {
@@ -37,8 +48,8 @@ pub struct DecoderArgs {
     #[arg(long, default_value_t = 1e-2)]
     pub transfer_lr: f64,
     /// cross_entropy (Hedgehog) or output_mse (LoLCATs).
-    #[arg(long, default_value = "cross_entropy")]
-    pub transfer_loss: String,
+    #[arg(long, value_enum, default_value = "cross_entropy")]
+    pub transfer_loss: TransferLossArg,
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
     #[arg(long, default_value_t = 128)]
@@ -108,10 +119,9 @@ impl DecoderArgs {
             eval_tokens: 16_384,
             ..Default::default()
         };
-        let loss = match transfer_loss.as_str() {
-            "cross_entropy" => kiln::tune::transfer::TransferLoss::CrossEntropy,
-            "output_mse" => kiln::tune::transfer::TransferLoss::OutputMse,
-            other => bail!("--transfer-loss {other:?}: cross_entropy or output_mse"),
+        let loss = match transfer_loss {
+            TransferLossArg::CrossEntropy => kiln::tune::transfer::TransferLoss::CrossEntropy,
+            TransferLossArg::OutputMse => kiln::tune::transfer::TransferLoss::OutputMse,
         };
         let variants = variants
             .iter()

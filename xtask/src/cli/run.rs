@@ -13,8 +13,8 @@ pub struct SweepArgs {
     /// Experiment files (e.g. experiments/strategies-*.toml).
     pub files: Vec<PathBuf>,
     /// Comma-separated tasks.
-    #[arg(long, value_delimiter = ',', default_value = "cola,mrpc,rte,stsb")]
-    pub tasks: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "cola,mrpc,rte,stsb", value_parser = glue_task)]
+    pub tasks: Vec<kiln::data::GlueTask>,
     /// Comma-separated seeds.
     #[arg(long, value_delimiter = ',', default_value = "42,43,44")]
     pub seeds: Vec<u64>,
@@ -38,10 +38,6 @@ impl SweepArgs {
             device,
         } = self;
         let device = device.device;
-        let tasks = tasks
-            .iter()
-            .map(|t| kiln::data::GlueTask::parse(t))
-            .collect::<Result<Vec<_>, _>>()?;
         sweep::sweep(&files, &tasks, &seeds, &out, &sets, device)?;
 
         Ok(())
