@@ -36,16 +36,38 @@ pub struct AnalyseJob {
     pub run: PathBuf,
     /// The run's dev examples (GLUE dev file, or the demo fixture's).
     pub dev: Vec<Example>,
+    pub settings: AnalyseSettings,
+}
+
+/// What `lens analyse` computes and on how much (its command-line options).
+#[derive(clap::Args, Clone, Debug)]
+pub struct AnalyseSettings {
+    /// Dev examples analysed (projection, table).
+    #[arg(long, default_value_t = 1000)]
     pub max_examples: usize,
+    /// Dev examples used for head importance and the pruning curve.
+    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub importance_examples: usize,
+    /// Examples with token-level views.
+    #[arg(long, default_value_t = 12)]
     pub instances: usize,
+    /// Integrated-gradients steps.
+    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub ig_steps: usize,
+    /// t-SNE iterations.
+    #[arg(long, default_value_t = 750, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub tsne_epochs: usize,
+    /// Project the mean over real tokens instead of the [CLS] state (then the embedding
+    /// layer is projected too; at [CLS] it is one point for every example).
+    #[arg(long)]
     pub mean_pool: bool,
-    /// `best` (written as `analysis.json`, which the report shows) or another checkpoint
-    /// name under `RUN/checkpoints/` (a snapshot, `analysis-<name>.json`).
+    /// Checkpoint to analyse: `best` (shown by the report) or another name under
+    /// RUN/checkpoints/ (e.g. `last`), written as a snapshot analysis-<name>.json.
+    #[arg(long, default_value = "best")]
     pub checkpoint: String,
-    /// Also re-evaluate with each head masked alone (one evaluation per head).
+    /// Re-evaluate with each head masked alone (layers × heads evaluations of the
+    /// importance subset), shown in the head grid.
+    #[arg(long)]
     pub head_effects: bool,
 }
 
@@ -89,14 +111,16 @@ impl AnalyseJob {
             model,
             run,
             dev,
-            max_examples: 300,
-            importance_examples: 64,
-            instances: 8,
-            ig_steps: 16,
-            tsne_epochs: 500,
-            mean_pool: false,
-            checkpoint: "best".into(),
-            head_effects: true,
+            settings: AnalyseSettings {
+                max_examples: 300,
+                importance_examples: 64,
+                instances: 8,
+                ig_steps: 16,
+                tsne_epochs: 500,
+                mean_pool: false,
+                checkpoint: "best".into(),
+                head_effects: true,
+            },
         }
     }
 }
@@ -107,12 +131,12 @@ impl BackendJob for AnalyseJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
         type I<B> = <B as AutodiffBackend>::InnerBackend;
         let (mut model, tuning, task) =
-            crate::export::load_run::<B>(&self.model, &self.run, &self.checkpoint, &device)?;
+            crate::export::load_run::<B>(&self.model, &self.run, &self.settings.checkpoint, &device)?;
         model.set_dropout(0.0);
         let (run_config, _) = crate::export::run_config(&self.run)?;
         let max_length = run_config.train.max_length;
         let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), max_length)?;
-        let dev = &self.dev[..self.dev.len().min(self.max_examples)];
+        let dev = &self.dev[..self.dev.len().min(self.settings.max_examples)];
         let inputs: Vec<TextInput> = dev.iter().map(|e| e.input.clone()).collect();
         let all: Vec<usize> = (0..dev.len()).collect();
         let layer_norm_eps = BertConfig::from_file(CheckpointDir::new(&self.model).config())?.layer_norm_eps;
@@ -143,7 +167,7 @@ impl BackendJob for AnalyseJob {
             for (l, h) in out.hidden_states.iter().enumerate() {
                 let [n, _, d] = h.dims();
                 hidden = d;
-                let pooled = if self.mean_pool {
+                let pooled = if self.settings.mean_pool {
                     kiln::model::mean_pool(h.clone(), mask.clone())
                 } else {
                     h.clone().slice([0..n, 0..1, 0..d]).reshape([n, d])
@@ -190,7 +214,7 @@ impl BackendJob for AnalyseJob {
         let bar = progress(layers + 1, "projections");
         let mut projections = Vec::new();
         for (l, points) in cls.iter().enumerate() {
-            if l == 0 && !self.mean_pool {
+            if l == 0 && !self.settings.mean_pool {
                 // The embedding output at [CLS] is the same vector for every example.
                 bar.inc(1);
                 continue;
@@ -202,7 +226,7 @@ impl BackendJob for AnalyseJob {
                 hidden,
                 TsneConfig {
                     perplexity: 30.0,
-                    epochs: self.tsne_epochs,
+                    epochs: self.settings.tsne_epochs,
                     theta: 0.5,
                 },
             );
@@ -238,7 +262,7 @@ impl BackendJob for AnalyseJob {
         //    heads are not the backbone's alone).
         let mut heads = Value::Null;
         if model.side.is_none() && model.bert.prompt.is_none() {
-            let subset = &dev[..dev.len().min(self.importance_examples)];
+            let subset = &dev[..dev.len().min(self.settings.importance_examples)];
             let batches: Vec<&[usize]> = all[..subset.len()].chunks(BATCH).collect();
             let bar = progress(2 * batches.len(), "importance");
             let loss_of = |bert: &kiln::model::BertModel<B>, i: usize| {
@@ -266,7 +290,7 @@ impl BackendJob for AnalyseJob {
             }
             // Each head masked alone: the precomputed effect the head grid shows.
             let mut masked = Value::Null;
-            if self.head_effects {
+            if self.settings.head_effects {
                 let bar = progress(total, "head masking");
                 let mut rows = Vec::new();
                 for (l, row) in gate.iter().enumerate() {
@@ -300,7 +324,7 @@ impl BackendJob for AnalyseJob {
 
         // 4. Instances.
         let mut instances = Vec::new();
-        let chosen = dev.len().min(self.instances);
+        let chosen = dev.len().min(self.settings.instances);
         let bar = progress(chosen, "instances");
         for index in 0..chosen {
             let enc = encode_indices(&tok, &inputs, &[index])?;
@@ -386,7 +410,8 @@ impl BackendJob for AnalyseJob {
                         out.slice([0..rows, class..class + 1]).reshape([rows])
                     };
                     let (gx, _) = gradient_x_input(emb.clone(), f);
-                    let (ig, ig_tok) = integrated_gradients(emb.clone(), Some(pad.clone()), self.ig_steps, 8, f);
+                    let (ig, ig_tok) =
+                        integrated_gradients(emb.clone(), Some(pad.clone()), self.settings.ig_steps, 8, f);
                     let fx = floats(f(emb.clone()).inner())[0];
                     let f0 = floats(f(pad.clone()).inner())[0];
                     let ig_sum: f32 = floats(ig_tok.clone()).iter().sum();
@@ -396,7 +421,7 @@ impl BackendJob for AnalyseJob {
                         "grad_x_input_l2": r5(l2(gx)),
                         "integrated_gradients": r5(floats(ig_tok.reshape([s]))),
                         "integrated_gradients_l2": r5(l2(ig)),
-                        "ig_completeness": {"sum": ig_sum, "f_x": fx, "f_baseline": f0, "steps": self.ig_steps},
+                        "ig_completeness": {"sum": ig_sum, "f_x": fx, "f_baseline": f0, "steps": self.settings.ig_steps},
                     }));
                 }
                 // The predicted output's set at the top level; all of them under `per_class`.
@@ -425,21 +450,21 @@ impl BackendJob for AnalyseJob {
             "format": "kiln.analysis.v1",
             "task": task.short_name(),
             "strategy": tuning.name(),
-            "checkpoint": self.checkpoint,
+            "checkpoint": self.settings.checkpoint,
             "regression": regression,
             "num_labels": task.num_labels(),
             "split": "dev",
             "examples": examples,
-            "projection": {"of": if self.mean_pool { "mean of the hidden states over real tokens" } else { "[CLS] hidden state" }, "k": K, "layers": projections},
+            "projection": {"of": if self.settings.mean_pool { "mean of the hidden states over real tokens" } else { "[CLS] hidden state" }, "k": K, "layers": projections},
             "heads": heads,
             "instances": instances,
         });
         let dir = self.run.join("analysis");
         std::fs::create_dir_all(&dir)?;
-        let path = if self.checkpoint == "best" {
+        let path = if self.settings.checkpoint == "best" {
             dir.join("analysis.json")
         } else {
-            dir.join(format!("analysis-{}.json", self.checkpoint))
+            dir.join(format!("analysis-{}.json", self.settings.checkpoint))
         };
         kiln::tune::checkpoint::write_atomic(&path, serde_json::to_string(&analysis)?.as_bytes())?;
         Ok(path)

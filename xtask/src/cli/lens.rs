@@ -79,33 +79,8 @@ pub struct AnalyseArgs {
     /// GLUE directory (default: shared/data/glue).
     #[arg(long)]
     pub glue_dir: Option<PathBuf>,
-    /// Dev examples analysed (projection, table).
-    #[arg(long, default_value_t = 1000)]
-    pub max_examples: usize,
-    /// Dev examples used for head importance and the pruning curve.
-    #[arg(long, default_value_t = 256, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub importance_examples: usize,
-    /// Examples with token-level views.
-    #[arg(long, default_value_t = 12)]
-    pub instances: usize,
-    /// Integrated-gradients steps.
-    #[arg(long, default_value_t = 32, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub ig_steps: usize,
-    /// t-SNE iterations.
-    #[arg(long, default_value_t = 750, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub tsne_epochs: usize,
-    /// Project the mean over real tokens instead of the [CLS] state (then the embedding
-    /// layer is projected too; at [CLS] it is one point for every example).
-    #[arg(long)]
-    pub mean_pool: bool,
-    /// Checkpoint to analyse: `best` (shown by the report) or another name under
-    /// RUN/checkpoints/ (e.g. `last`), written as a snapshot analysis-<name>.json.
-    #[arg(long, default_value = "best")]
-    pub checkpoint: String,
-    /// Re-evaluate with each head masked alone (layers × heads evaluations of the
-    /// importance subset), shown in the head grid.
-    #[arg(long)]
-    pub head_effects: bool,
+    #[command(flatten)]
+    pub settings: analyse::AnalyseSettings,
     #[command(flatten)]
     pub device: DeviceArgs,
 }
@@ -116,14 +91,7 @@ impl AnalyseArgs {
             run,
             model,
             glue_dir,
-            max_examples,
-            importance_examples,
-            instances,
-            ig_steps,
-            tsne_epochs,
-            mean_pool,
-            checkpoint,
-            head_effects,
+            settings,
             device,
         } = self;
         let device = device.device;
@@ -137,14 +105,7 @@ impl AnalyseArgs {
                 model,
                 run: run.clone(),
                 dev,
-                max_examples,
-                importance_examples,
-                instances,
-                ig_steps,
-                tsne_epochs,
-                mean_pool,
-                checkpoint,
-                head_effects,
+                settings,
             },
         )??;
         println!("Analysis: {}", path.display());

@@ -40,68 +40,54 @@ fn selects_adapters(role: &ParamRole) -> bool {
     matches!(role.part, Part::Insert(Insert::AttentionAdapter | Insert::FfnAdapter)) || role.is_norm()
 }
 
-/// Houlsby adapters: after the attention output and after the FFN output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Houlsby {
-    /// Hidden size / bottleneck width.
-    #[serde(default = "default_reduction")]
-    pub reduction: usize,
+/// A bottleneck-adapter strategy: its config struct (`reduction`) and its [`Strategy`] impl,
+/// which differ between Houlsby and Pfeiffer only in name and placement.
+macro_rules! adapter_strategy {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, after_attention = $after:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $ty {
+            /// Hidden size / bottleneck width.
+            #[serde(default = "default_reduction")]
+            pub reduction: usize,
+        }
+
+        impl Strategy for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn effect(&self) -> Effect {
+                Effect::Selects
+            }
+            fn validate(&self) -> Result<(), StrategyError> {
+                check_reduction(self.name(), self.reduction)
+            }
+            fn check_fits(&self, model: &ModelShape) -> Result<(), StrategyError> {
+                check_bottleneck(self.name(), self.reduction, model)
+            }
+            fn inserts(&self) -> Result<Vec<InsertSpec>, StrategyError> {
+                Ok(vec![InsertSpec::Adapters {
+                    after_attention: $after,
+                    reduction: self.reduction,
+                }])
+            }
+            fn selects(&self, role: &ParamRole) -> bool {
+                selects_adapters(role)
+            }
+        }
+    };
 }
 
-impl Strategy for Houlsby {
-    fn name(&self) -> &'static str {
-        "houlsby"
-    }
-    fn effect(&self) -> Effect {
-        Effect::Selects
-    }
-    fn validate(&self) -> Result<(), StrategyError> {
-        check_reduction(self.name(), self.reduction)
-    }
-    fn check_fits(&self, model: &ModelShape) -> Result<(), StrategyError> {
-        check_bottleneck(self.name(), self.reduction, model)
-    }
-    fn inserts(&self) -> Result<Vec<InsertSpec>, StrategyError> {
-        Ok(vec![InsertSpec::Adapters {
-            after_attention: true,
-            reduction: self.reduction,
-        }])
-    }
-    fn selects(&self, role: &ParamRole) -> bool {
-        selects_adapters(role)
-    }
-}
-
-/// Pfeiffer adapters: after the FFN output only.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Pfeiffer {
-    /// Hidden size / bottleneck width.
-    #[serde(default = "default_reduction")]
-    pub reduction: usize,
-}
-
-impl Strategy for Pfeiffer {
-    fn name(&self) -> &'static str {
-        "pfeiffer"
-    }
-    fn effect(&self) -> Effect {
-        Effect::Selects
-    }
-    fn validate(&self) -> Result<(), StrategyError> {
-        check_reduction(self.name(), self.reduction)
-    }
-    fn check_fits(&self, model: &ModelShape) -> Result<(), StrategyError> {
-        check_bottleneck(self.name(), self.reduction, model)
-    }
-    fn inserts(&self) -> Result<Vec<InsertSpec>, StrategyError> {
-        Ok(vec![InsertSpec::Adapters {
-            after_attention: false,
-            reduction: self.reduction,
-        }])
-    }
-    fn selects(&self, role: &ParamRole) -> bool {
-        selects_adapters(role)
-    }
-}
+adapter_strategy!(
+    /// Houlsby adapters: after the attention output and after the FFN output.
+    Houlsby,
+    "houlsby",
+    after_attention = true
+);
+adapter_strategy!(
+    /// Pfeiffer adapters: after the FFN output only.
+    Pfeiffer,
+    "pfeiffer",
+    after_attention = false
+);
