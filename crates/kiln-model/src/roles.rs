@@ -335,47 +335,53 @@ impl<B: Backend> ModuleVisitor<B> for Tagger<'_> {
     }
 }
 
-impl<B: Backend> crate::peft::LayerLora<B> {
-    /// The delta on `slot`, if any.
-    pub fn get(&self, slot: LinearSlot) -> Option<&crate::peft::LoraDelta<B>> {
-        match slot {
-            LinearSlot::Query => self.query.as_ref(),
-            LinearSlot::Key => self.key.as_ref(),
-            LinearSlot::Value => self.value.as_ref(),
-            LinearSlot::AttentionOutput => self.attention_output.as_ref(),
-            LinearSlot::Intermediate => self.intermediate.as_ref(),
-            LinearSlot::Output => self.output.as_ref(),
+/// Slot-indexed access to a per-linear insert container (`LayerLora`, `LayerMasks`), whose
+/// six optional fields follow [`LinearSlot::ALL`].
+macro_rules! per_linear {
+    ($container:ident, $item:ident, $what:literal) => {
+        impl<B: Backend> crate::peft::$container<B> {
+            #[doc = concat!("The ", $what, " on `slot`, if any.")]
+            pub fn get(&self, slot: LinearSlot) -> Option<&crate::peft::$item<B>> {
+                match slot {
+                    LinearSlot::Query => self.query.as_ref(),
+                    LinearSlot::Key => self.key.as_ref(),
+                    LinearSlot::Value => self.value.as_ref(),
+                    LinearSlot::AttentionOutput => self.attention_output.as_ref(),
+                    LinearSlot::Intermediate => self.intermediate.as_ref(),
+                    LinearSlot::Output => self.output.as_ref(),
+                }
+            }
+
+            #[doc = concat!("The ", $what, " on `slot`, if any, mutably.")]
+            pub fn get_mut(&mut self, slot: LinearSlot) -> Option<&mut crate::peft::$item<B>> {
+                match slot {
+                    LinearSlot::Query => self.query.as_mut(),
+                    LinearSlot::Key => self.key.as_mut(),
+                    LinearSlot::Value => self.value.as_mut(),
+                    LinearSlot::AttentionOutput => self.attention_output.as_mut(),
+                    LinearSlot::Intermediate => self.intermediate.as_mut(),
+                    LinearSlot::Output => self.output.as_mut(),
+                }
+            }
+
+            #[doc = concat!("One ", $what, " per slot where `make` gives one, built in slot order.")]
+            pub fn from_slots(mut make: impl FnMut(LinearSlot) -> Option<crate::peft::$item<B>>) -> Self {
+                let [query, key, value, attention_output, intermediate, output] = LinearSlot::ALL.map(&mut make);
+                Self {
+                    query,
+                    key,
+                    value,
+                    attention_output,
+                    intermediate,
+                    output,
+                }
+            }
         }
-    }
+    };
 }
 
-impl<B: Backend> crate::peft::LayerLora<B> {
-    /// The delta on `slot`, if any, mutably.
-    pub fn get_mut(&mut self, slot: LinearSlot) -> Option<&mut crate::peft::LoraDelta<B>> {
-        match slot {
-            LinearSlot::Query => self.query.as_mut(),
-            LinearSlot::Key => self.key.as_mut(),
-            LinearSlot::Value => self.value.as_mut(),
-            LinearSlot::AttentionOutput => self.attention_output.as_mut(),
-            LinearSlot::Intermediate => self.intermediate.as_mut(),
-            LinearSlot::Output => self.output.as_mut(),
-        }
-    }
-}
-
-impl<B: Backend> crate::peft::LayerMasks<B> {
-    /// The mask on `slot`, if any.
-    pub fn get(&self, slot: LinearSlot) -> Option<&crate::peft::WeightMask<B>> {
-        match slot {
-            LinearSlot::Query => self.query.as_ref(),
-            LinearSlot::Key => self.key.as_ref(),
-            LinearSlot::Value => self.value.as_ref(),
-            LinearSlot::AttentionOutput => self.attention_output.as_ref(),
-            LinearSlot::Intermediate => self.intermediate.as_ref(),
-            LinearSlot::Output => self.output.as_ref(),
-        }
-    }
-}
+per_linear!(LayerLora, LoraDelta, "LoRA delta");
+per_linear!(LayerMasks, WeightMask, "weight mask");
 
 impl<B: Backend> crate::bert::BertLayer<B> {
     /// The pretrained linear in `slot`.

@@ -1,7 +1,8 @@
 //! A strategy defined only in this file (the extension point of docs/extending.md): it
 //! composes under the same rules as the built-in ones and trains exactly what it selects.
 
-use std::collections::HashMap;
+mod common;
+
 use std::sync::Arc;
 
 use burn::backend::{Autodiff, Flex};
@@ -65,22 +66,6 @@ fn tiny() -> SequenceClassifier<A> {
     SequenceClassifier::new_head(BertModel::new(&config, true, &device), &config, 2, &device)
 }
 
-fn values(m: &SequenceClassifier<A>) -> HashMap<String, Vec<f32>> {
-    let bytes = kiln_tune::strategy::tuned_bytes(m, &Tuning::new(&[]).unwrap());
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let d = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (n, d)
-        })
-        .collect()
-}
-
 #[test]
 fn a_strategy_defined_in_a_test_trains_exactly_what_it_selects() {
     let device = Default::default();
@@ -88,7 +73,7 @@ fn a_strategy_defined_in_a_test_trains_exactly_what_it_selects() {
     assert_eq!(tuning.name(), "queries_and_adapter");
     assert!(tuning.restricts());
     let model = tuning.insert(tiny(), &device).unwrap();
-    let before = values(&model);
+    let before = common::snapshot(&model);
     let roles = model.param_roles();
     let infos = param_infos(&model);
     let report = TrainableReport::new(&tuning, &infos, &roles);
@@ -114,7 +99,7 @@ fn a_strategy_defined_in_a_test_trains_exactly_what_it_selects() {
         let grads = GradientsParams::from_grads(model.loss(logits, &targets).backward(), &model);
         model = opt.step(model, grads, 1e-2).0;
     }
-    let after = values(&model);
+    let after = common::snapshot(&model);
     let selected: Vec<String> = infos
         .iter()
         .filter(|p| roles.get(p.id).is_some_and(|r| tuning.trains(r)))

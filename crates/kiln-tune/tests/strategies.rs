@@ -1,11 +1,12 @@
 //! Tuning strategies: what trains (and nothing else moves), closed-form parameter counts,
 //! tuned-part save/load, LoRA identities, Child-Tuning mask statistics, composition rules.
 
+mod common;
+
 use kiln_tune::strategy::{
     BitFit, ChildTuningD, ChildTuningF, Compacter, Full, Houlsby, Ia3, Ladder, LearnedMask, Lna, Lora, Pfeiffer,
     PromptTuning, Ulmfit,
 };
-use std::collections::HashMap;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
@@ -77,22 +78,6 @@ fn logits(m: &SequenceClassifier<A>) -> Vec<f32> {
     let m = m.valid();
     let ids = Tensor::<I, 2, Int>::from_data(ids.into_data(), &device);
     fwd(&m, ids).into_data().to_vec().unwrap()
-}
-
-fn snapshot(m: &SequenceClassifier<A>) -> HashMap<String, Vec<f32>> {
-    let bytes = kiln_tune::strategy::tuned_bytes(m, &Tuning::new(&[]).unwrap());
-    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    st.tensors()
-        .into_iter()
-        .map(|(n, v)| {
-            let d = v
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-                .collect();
-            (n, d)
-        })
-        .collect()
 }
 
 /// Paths of the parameters of `model` that `tuning` trains (decided by role).
@@ -207,9 +192,9 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
         let tuning = Tuning::new(&components).unwrap();
         let device = Default::default();
         let base = tiny(3);
-        let before = snapshot(&tuning.insert(base.clone(), &device).unwrap());
+        let before = common::snapshot(&tuning.insert(base.clone(), &device).unwrap());
         let after_model = run_steps(&tuning, base, 2, 0.01);
-        let after = snapshot(&after_model);
+        let after = common::snapshot(&after_model);
         let report = TrainableReport::new(&tuning, &param_infos(&after_model), &after_model.param_roles());
         assert_eq!(report.trainable, expected_trainable(name), "{name}: {report:?}");
         let trained = trained_paths(&tuning, &after_model);
@@ -363,7 +348,7 @@ fn child_tuning_d_keeps_reserve_p_of_encoder_elements_and_masked_ones_do_not_mov
     // One step without weight decay from zero momentum: masked-out elements stay put.
     let tuning = Tuning::new(&[StrategyConfig::ChildTuningD(ChildTuningD { reserve_p })]).unwrap();
     let mut model = tuning.freeze(model);
-    let before = snapshot(&model);
+    let before = common::snapshot(&model);
     let cfg = AdamWConfig {
         weight_decay: 0.0,
         max_grad_norm: None,
@@ -374,7 +359,7 @@ fn child_tuning_d_keeps_reserve_p_of_encoder_elements_and_masked_ones_do_not_mov
     let loss = model.loss(fwd(&model, ids), &targets);
     let grads = GradientsParams::from_grads(loss.backward(), &model);
     model = opt.step_masked(model, grads, 1e-2, Some(&mask)).0;
-    let after = snapshot(&model);
+    let after = common::snapshot(&model);
     for (path, m) in masks {
         let m: Vec<f32> = m.clone().into_data().to_vec().unwrap();
         for (i, keep) in m.iter().enumerate() {
@@ -537,7 +522,7 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
             assert!(p.iter().all(|v| (0.0..=1.0).contains(&v.as_f64().unwrap())));
         }
     }
-    let (a, b) = (snapshot(&full), snapshot(&resumed));
+    let (a, b) = (common::snapshot(&full), common::snapshot(&resumed));
     let differing: Vec<&String> = a.keys().filter(|k| a[*k] != b[*k]).collect();
     assert!(differing.is_empty(), "differ after resume: {differing:?}");
 }
@@ -649,7 +634,7 @@ fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
         ..TrainConfig::default()
     };
     let device = Default::default();
-    let initial = snapshot(&tiny(8));
+    let initial = common::snapshot(&tiny(8));
     let moved = |stop: usize| {
         let dir = tempfile::tempdir().unwrap();
         let (m, _) = train(
@@ -663,7 +648,7 @@ fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
             &device,
         )
         .unwrap();
-        let after = snapshot(&m);
+        let after = common::snapshot(&m);
         let mut groups: Vec<&str> = initial
             .keys()
             .filter(|k| initial[*k] != after[*k])

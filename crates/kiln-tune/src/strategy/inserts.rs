@@ -137,38 +137,22 @@ impl InsertSpec {
                 dropout,
             } => {
                 for layer in &mut model.bert.encoder.layer {
-                    let [query, key, value, attention_output, intermediate, output] = LinearSlot::ALL.map(|slot| {
+                    layer.inserts.lora = Some(LayerLora::from_slots(|slot| {
                         let (d_in, d_out) = shape.linear_dims(slot);
                         slots
                             .contains(&slot)
                             .then(|| LoraDelta::new(d_in, d_out, *r, *alpha, *dropout, device))
-                    });
-                    layer.inserts.lora = Some(LayerLora {
-                        query,
-                        key,
-                        value,
-                        attention_output,
-                        intermediate,
-                        output,
-                    });
+                    }));
                 }
             }
             Self::Masks { slots, init, threshold } => {
                 for layer in &mut model.bert.encoder.layer {
-                    let [query, key, value, attention_output, intermediate, output] = LinearSlot::ALL.map(|slot| {
+                    layer.inserts.masks = Some(LayerMasks::from_slots(|slot| {
                         let (d_in, d_out) = shape.linear_dims(slot);
                         slots
                             .contains(&slot)
                             .then(|| WeightMask::new(d_in, d_out, *init, *threshold, device))
-                    });
-                    layer.inserts.masks = Some(LayerMasks {
-                        query,
-                        key,
-                        value,
-                        attention_output,
-                        intermediate,
-                        output,
-                    });
+                    }));
                 }
             }
             Self::Ia3 => {
