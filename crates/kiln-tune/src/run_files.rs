@@ -350,6 +350,31 @@ pub enum MetricsLine {
     },
 }
 
+/// One line of `dynamics.jsonl` (training dynamics for data maps, Swayamdipta et al. 2020):
+/// after each epoch, every training example's probability of its gold label and whether the
+/// prediction was right, in file order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DynamicsLine {
+    /// Epoch (0-based).
+    pub epoch: usize,
+    /// Optimizer step.
+    pub step: usize,
+    /// `P(gold)` per training example.
+    pub p_gold: Vec<f32>,
+    /// Whether the argmax was the gold label, per training example.
+    pub correct: Vec<bool>,
+}
+
+/// One line of `transfer.jsonl`: the attention-transfer loss at a step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename = "transfer")]
+pub struct TransferLine {
+    /// Transfer step (0-based).
+    pub step: usize,
+    /// Loss.
+    pub loss: f64,
+}
+
 impl MetricsLine {
     /// Reads every line of a `metrics.jsonl`.
     ///

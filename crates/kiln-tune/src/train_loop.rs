@@ -19,7 +19,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::classifier::SequenceClassifier;
 use crate::optim::{AdamW, GradientTransform, ParamGroup};
 use crate::params::{param_infos, ParamInfo};
-use crate::run_files::MetricsLine;
+use crate::run_files::{DynamicsLine, MetricsLine};
 use crate::strategy::{ChildMask, Tuning};
 use crate::trainer::{
     evaluate, gold_probabilities, mix, targets, MetricsLog, RunDir, StopAt, TaskData, TrainConfig, TrainError, TrainSet,
@@ -324,7 +324,15 @@ impl<B: AutodiffBackend> Session<'_, B> {
                 self.cfg.eval_batch_size,
                 self.device,
             )?;
-            d.write_value(serde_json::json!({ "epoch": epoch, "step": step, "p_gold": p_gold, "correct": correct }))?;
+            d.write_value(
+                serde_json::to_value(DynamicsLine {
+                    epoch,
+                    step,
+                    p_gold,
+                    correct,
+                })
+                .expect("a dynamics line serialises"),
+            )?;
         }
         if progress.state.best.is_none_or(|(b, _)| value > b) {
             progress.state.best = Some((value, step));

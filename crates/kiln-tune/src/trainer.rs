@@ -769,7 +769,13 @@ fn convert_attention<B: AutodiffBackend>(
     let text: String = losses
         .iter()
         .enumerate()
-        .map(|(i, l)| format!("{}\n", serde_json::json!({"kind": "transfer", "step": i, "loss": l})))
+        .map(|(step, &loss)| {
+            let line = crate::run_files::TransferLine { step, loss };
+            format!(
+                "{}\n",
+                serde_json::to_string(&line).expect("a transfer line serialises")
+            )
+        })
         .collect();
     checkpoint::write_atomic(&run.0.join("transfer.jsonl"), text.as_bytes())?;
     tracing::info!(
