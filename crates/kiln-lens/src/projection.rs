@@ -6,7 +6,9 @@
 //!   |loading| of each component is positive, so runs are reproducible.
 //! - [`tsne`]: Barnes–Hut t-SNE from the `bhtsne` crate, started from the PCA coordinates
 //!   scaled to standard deviation 1e-4 (the deterministic initialisation recommended by
-//!   Kobak & Berens 2019) instead of the crate's unseeded random start.
+//!   Kobak & Berens 2019) instead of the crate's unseeded random start, and run on one thread:
+//!   the crate's parallel sums change with the thread schedule, so a parallel fit gives
+//!   different coordinates on every run.
 //! - [`umap`]: UMAP (McInnes, Healy & Melville 2018) written here, as umap-learn computes it:
 //!   exact `k`-nearest neighbours, per-point `ρ` and `σ` by bisection to `log₂ k`, fuzzy union
 //!   of the directed memberships, the low-dimensional curve `1/(1 + a d^{2b})` fitted to
@@ -238,18 +240,26 @@ pub fn tsne(points: &[f32], n: usize, d: usize, config: TsneConfig) -> Vec<f32> 
     let init: Vec<f32> = init.iter().map(|&x| (x as f64 / std * 1e-4) as f32).collect();
     let samples: Vec<&[f32]> = points.chunks(d).collect();
     let perplexity = config.perplexity.min((n as f32 - 1.0) / 3.0 - 1e-3).max(1.0);
-    let mut fit = tSNE::<f32, &[f32], 2>::new(&samples);
-    fit.perplexity(perplexity)
-        .epochs(config.epochs)
-        .initial_embedding(init)
-        .barnes_hut(config.theta, |a, b| {
-            a.iter()
-                .zip(b.iter())
-                .map(|(x, y)| (x - y) * (x - y))
-                .sum::<f32>()
-                .sqrt()
-        });
-    fit.embedding()
+    let fit = || {
+        let mut fit = tSNE::<f32, &[f32], 2>::new(&samples);
+        fit.perplexity(perplexity)
+            .epochs(config.epochs)
+            .initial_embedding(init.clone())
+            .barnes_hut(config.theta, |a, b| {
+                a.iter()
+                    .zip(b.iter())
+                    .map(|(x, y)| (x - y) * (x - y))
+                    .sum::<f32>()
+                    .sqrt()
+            });
+        fit.embedding()
+    };
+    // One thread: the crate's reductions are `par_iter().sum()`, whose float result depends on
+    // how rayon splits the work.
+    match rayon::ThreadPoolBuilder::new().num_threads(1).build() {
+        Ok(pool) => pool.install(fit),
+        Err(_) => fit(),
+    }
 }
 
 /// UMAP settings (umap-learn's defaults).
@@ -709,6 +719,16 @@ mod tests {
         );
         assert_eq!(y.len(), n * 2);
         assert!(neighbourhood_preservation(&points, d, &y, 2, 10) > 0.5);
+        let config = TsneConfig {
+            perplexity: 10.0,
+            epochs: 300,
+            theta: 0.5,
+        };
+        // Reproducible: a parallel fit differed from run to run (its float sums follow the
+        // thread schedule); three more fits must equal the first exactly.
+        for _ in 0..3 {
+            assert_eq!(y, tsne(&points, n, d, config), "same input, same embedding");
+        }
         // Every point's nearest projected neighbour is from its own cluster.
         for i in 0..n {
             let nearest = ranking(&y, n, 2, i)[0];
