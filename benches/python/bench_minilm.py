@@ -93,7 +93,7 @@ def main() -> int:
     secs = statistics.median(times)
     seq_per_s = a.batch / secs
     print(json.dumps({
-        "name": "minilm_" + a.mode, "device": a.device, "backend": "pytorch" + ("-tf32" if a.tf32 else ""),
+        "name": a.size.replace("-", "_") + "_" + a.mode, "device": a.device, "backend": "pytorch" + ("-tf32" if a.tf32 else ""),
         "batch": a.batch, "seq": a.seq, "seq_per_s": seq_per_s, "tokens_per_s": seq_per_s * a.seq,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "threads": torch.get_num_threads(), "torch": torch.__version__,

@@ -40,6 +40,11 @@ impl Workload {
             Self::TrainStep => "minilm_train_step",
         }
     }
+    /// The row name for a model of `size` (`minilm_forward`, `bert_base_train_step` …), as
+    /// benches/python/bench_minilm.py names its rows.
+    fn row_name(self, size: ModelSize) -> String {
+        format!("{}_{}", size.arg().replace('-', "_"), self.python_mode())
+    }
     fn python_mode(self) -> &'static str {
         match self {
             Self::Forward => "forward",
@@ -323,7 +328,7 @@ fn measure(
     )??;
     let seq_per_s = batch as f64 / secs;
     Ok(Measurement {
-        name: workload.name().into(),
+        name: workload.row_name(size),
         device: device.to_string(),
         backend: crate::cli::common::backend_name(device).into(),
         batch,
