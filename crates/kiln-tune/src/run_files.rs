@@ -235,6 +235,10 @@ impl RunConfig {
         };
         let value: serde_json::Value = serde_json::from_str(text).map_err(invalid)?;
         match value.get("format").map(serde_json::Value::as_u64) {
+            None if value.get("provenance").is_some() => Err(RunFileError::Invalid {
+                path: path.to_path_buf(),
+                message: "has `provenance` but no `format` (a format-2 file missing its version?)".into(),
+            }),
             None => {
                 let v1: RunConfigV1 = serde_json::from_value(value).map_err(invalid)?;
                 Ok(Self {
@@ -419,6 +423,10 @@ mod tests {
             e.contains("run format 3 was written by a newer kiln") && e.contains("1 to 2"),
             "{e}"
         );
+
+        let unversioned = r#"{"task": "rte", "train": {}, "provenance": {}}"#;
+        let e = RunConfig::parse(unversioned, path).unwrap_err().to_string();
+        assert!(e.contains("has `provenance` but no `format`"), "{e}");
 
         let bad = r#"{"format": 2, "task": "rte", "train": {"epoch": 2}}"#;
         let e = RunConfig::parse(bad, path).unwrap_err().to_string();
