@@ -131,10 +131,9 @@ impl BackendJob for AnalyseJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
         let settings = &self.settings;
-        let (mut model, tuning, task) =
+        let (mut model, tuning, run_config, task) =
             crate::export::load_run::<B>(&self.model, &self.run, &settings.checkpoint, &device)?;
         model.set_dropout(0.0);
-        let (run_config, _) = crate::export::run_config(&self.run)?;
         let tok = TextTokenizer::from_file(CheckpointDir::new(&self.model).tokenizer(), run_config.train.max_length)?;
         let dev = &self.dev[..self.dev.len().min(settings.max_examples)];
         if dev.len() < 2 * K + 2 {

@@ -46,13 +46,14 @@ pub fn run_model(run: &std::path::Path, given: Option<&std::path::Path>) -> Resu
 }
 
 /// A checkpoint (`best`, `last`) of a run: the classifier (strategy inserts included), its
-/// tuning and the task, from `RUN/config.json` and `RUN/checkpoints/<checkpoint>`.
+/// tuning, the run's config and its task, from `RUN/config.json` and
+/// `RUN/checkpoints/<checkpoint>`.
 pub fn load_run<B: kiln::burn::prelude::Backend>(
     model_dir: &std::path::Path,
     run: &std::path::Path,
     checkpoint: &str,
     device: &B::Device,
-) -> Result<(SequenceClassifier<B>, kiln::tune::strategy::Tuning, GlueTask)> {
+) -> Result<(SequenceClassifier<B>, kiln::tune::strategy::Tuning, RunConfig, GlueTask)> {
     let (config, task) = run_config(run)?;
     // The weights the run was trained from, checked where the run recorded them.
     if let Some(provenance) = &config.provenance {
@@ -60,7 +61,7 @@ pub fn load_run<B: kiln::burn::prelude::Backend>(
     }
     let (base, _) = SequenceClassifier::<B>::from_pretrained(model_dir, task.num_labels(), device)?;
     let (model, tuning) = config.restore(base, run, checkpoint, device)?;
-    Ok((model, tuning, task))
+    Ok((model, tuning, config, task))
 }
 
 pub struct ExportJob {
@@ -74,7 +75,7 @@ impl BackendJob for ExportJob {
     type Output = Result<()>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
-        let (model, tuning, _) = load_run::<B>(&self.model, &self.run, "best", &device)?;
+        let (model, tuning, ..) = load_run::<B>(&self.model, &self.run, "best", &device)?;
         match self.format {
             ExportFormat::Peft => export_peft_lora(&model, &tuning, &self.model.display().to_string(), &self.out)?,
             ExportFormat::Hf => {

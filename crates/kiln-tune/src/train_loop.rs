@@ -13,12 +13,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln_data::batching::epoch_batches;
 use kiln_data::metrics::TaskMetrics;
 use kiln_data::TextTokenizer;
-use kiln_model::roles::{ModelRoles, Roles};
+use kiln_model::roles::Roles;
 
 use crate::checkpoint::{self, TrainState};
 use crate::classifier::SequenceClassifier;
 use crate::optim::{AdamW, GradientTransform, ParamGroup};
-use crate::params::{param_infos, ParamInfo};
+use crate::params::ParamInfo;
 use crate::run_files::{DynamicsLine, MetricsLine};
 use crate::strategy::{ChildMask, Tuning};
 use crate::trainer::{
@@ -78,19 +78,19 @@ struct Outputs {
 }
 
 impl<B: AutodiffBackend> Session<'_, B> {
-    /// Trains `model` (inserts in place, frozen parameters marked) from the start or, when
-    /// `resumed`, from `checkpoints/last`'s optimizer and position.
+    /// Trains `model` (inserts in place; `infos` and `roles` its parameters) from the start
+    /// or, when `resumed`, from `checkpoints/last`'s optimizer and position.
     pub(crate) fn run(
         &self,
         model: SequenceClassifier<B>,
+        infos: &[ParamInfo],
+        roles: &Roles,
         resumed: bool,
     ) -> Result<(SequenceClassifier<B>, Outcome), TrainError> {
-        let infos = param_infos(&model);
-        let roles = model.param_roles();
         let num_layers = model.bert.num_layers();
         let mut model = self.tuning.freeze(model);
         let mut opt =
-            AdamW::<B::InnerBackend>::new(self.cfg.adamw, &infos, |info| self.group(&roles, info, 0, num_layers));
+            AdamW::<B::InnerBackend>::new(self.cfg.adamw, infos, |info| self.group(roles, info, 0, num_layers));
         let mut state = TrainState {
             global_step: 0,
             epoch: 0,
@@ -121,8 +121,8 @@ impl<B: AutodiffBackend> Session<'_, B> {
         'epochs: for epoch in progress.state.epoch..self.cfg.epochs {
             if self.tuning.unfreezes_gradually() {
                 model = self.tuning.freeze_at(model, epoch);
-                for info in &infos {
-                    opt.set_group(info.id, self.group(&roles, info, epoch, num_layers));
+                for info in infos {
+                    opt.set_group(info.id, self.group(roles, info, epoch, num_layers));
                 }
                 tracing::info!(epoch, "gradual unfreezing: depth {epoch} and above train");
             }

@@ -591,7 +591,8 @@ pub fn train<B: AutodiffBackend>(
             checkpoint::load_model(&mut model, &run.last().join(checkpoint::MODEL_FILE))?;
         }
     }
-    let report = TrainableReport::new(&tuning, &param_infos(&model), &model.param_roles());
+    let (infos, roles) = (param_infos(&model), model.param_roles());
+    let report = TrainableReport::new(&tuning, &infos, &roles);
     tracing::info!(strategy = %report.strategy, trainable = report.trainable, total = report.total, percent = format!("{:.3}", report.percent), "trainable parameters");
     checkpoint::write_atomic(
         &run.0.join("trainable.json"),
@@ -608,7 +609,7 @@ pub fn train<B: AutodiffBackend>(
         stop,
         device,
     };
-    let (model, outcome) = session.run(model, resumed)?;
+    let (model, outcome) = session.run(model, &infos, &roles, resumed)?;
     let results = TrainResults {
         task: data.task.short_name().into(),
         final_metrics: outcome.final_metrics,

@@ -27,54 +27,51 @@ fn check_reserve_p(strategy: &'static str, reserve_p: f64) -> Result<(), Strateg
     }
 }
 
-/// Child-Tuning_F: each step keep every gradient element with probability `reserve_p` and
-/// scale kept ones by `1/reserve_p`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChildTuningF {
-    /// Keep probability.
-    #[serde(default = "default_reserve_p")]
-    pub reserve_p: f64,
+/// A Child-Tuning variant: its config struct (`reserve_p`) and its [`Strategy`] impl, which
+/// differ between _F and _D only in name and the mask asked of the trainer.
+macro_rules! child_tuning {
+    ($(#[$doc:meta])* $ty:ident, $name:literal, $mask:ident, $field_doc:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct $ty {
+            #[doc = $field_doc]
+            #[serde(default = "default_reserve_p")]
+            pub reserve_p: f64,
+        }
+
+        impl Strategy for $ty {
+            fn name(&self) -> &'static str {
+                $name
+            }
+            fn effect(&self) -> Effect {
+                Effect::MasksGradients
+            }
+            fn validate(&self) -> Result<(), StrategyError> {
+                check_reserve_p(self.name(), self.reserve_p)
+            }
+            fn gradient_mask(&self) -> Option<GradientMask> {
+                Some(GradientMask::$mask { keep: self.reserve_p })
+            }
+        }
+    };
 }
 
-impl Strategy for ChildTuningF {
-    fn name(&self) -> &'static str {
-        "child_tuning_f"
-    }
-    fn effect(&self) -> Effect {
-        Effect::MasksGradients
-    }
-    fn validate(&self) -> Result<(), StrategyError> {
-        check_reserve_p(self.name(), self.reserve_p)
-    }
-    fn gradient_mask(&self) -> Option<GradientMask> {
-        Some(GradientMask::Bernoulli { keep: self.reserve_p })
-    }
-}
-
-/// Child-Tuning_D: a fixed mask from the empirical Fisher information of the task loss.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChildTuningD {
-    /// Fraction of encoder-layer gradient elements kept.
-    #[serde(default = "default_reserve_p")]
-    pub reserve_p: f64,
-}
-
-impl Strategy for ChildTuningD {
-    fn name(&self) -> &'static str {
-        "child_tuning_d"
-    }
-    fn effect(&self) -> Effect {
-        Effect::MasksGradients
-    }
-    fn validate(&self) -> Result<(), StrategyError> {
-        check_reserve_p(self.name(), self.reserve_p)
-    }
-    fn gradient_mask(&self) -> Option<GradientMask> {
-        Some(GradientMask::Fisher { keep: self.reserve_p })
-    }
-}
+child_tuning!(
+    /// Child-Tuning_F: each step keep every gradient element with probability `reserve_p` and
+    /// scale kept ones by `1/reserve_p`.
+    ChildTuningF,
+    "child_tuning_f",
+    Bernoulli,
+    "Keep probability."
+);
+child_tuning!(
+    /// Child-Tuning_D: a fixed mask from the empirical Fisher information of the task loss.
+    ChildTuningD,
+    "child_tuning_d",
+    Fisher,
+    "Fraction of encoder-layer gradient elements kept."
+);
 
 /// Gradient masks of Child-Tuning.
 #[derive(Debug, Clone)]
