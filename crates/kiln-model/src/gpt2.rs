@@ -17,6 +17,8 @@ use crate::error::ModelError;
 use crate::layers::{
     dropout, embedding, layer_norm, linear, linear_tokens, merge_heads, norm, position_ids, split_heads,
 };
+use crate::peft::{LayerInserts, LinearWeights, Sublayer};
+use crate::roles::LinearSlot;
 
 const INIT_STD: f64 = 0.02;
 
@@ -63,6 +65,10 @@ pub struct Gpt2Block<B: Backend> {
     /// ε of `ln_1` and `ln_2` (for the fused LayerNorm kernel).
     #[module(skip)]
     pub ln_eps: f64,
+    /// Modules inserted by tuning strategies; empty for a pretrained model. The query, key and
+    /// value slots are the column blocks of `c_attn`; `attn.c_proj`, `mlp.c_fc` and
+    /// `mlp.c_proj` are the attention-output, intermediate and output slots.
+    pub inserts: LayerInserts<B>,
 }
 
 /// GPT-2 with its tied language-modelling head.
@@ -107,33 +113,70 @@ impl<B: Backend> Gpt2Block<B> {
                 dropout: DropoutConfig::new(config.resid_pdrop).init(),
             },
             ln_eps: eps,
+            inserts: LayerInserts::empty(),
+        }
+    }
+
+    /// The pretrained linear in `slot`: for the query, key and value, the fused `attn.c_attn`
+    /// whose column blocks they are.
+    pub fn linear(&self, slot: LinearSlot) -> &Linear<B> {
+        match slot {
+            LinearSlot::Query | LinearSlot::Key | LinearSlot::Value => &self.attn.c_attn,
+            LinearSlot::AttentionOutput => &self.attn.c_proj,
+            LinearSlot::Intermediate => &self.mlp.c_fc,
+            LinearSlot::Output => &self.mlp.c_proj,
         }
     }
 
     /// Per-head queries, keys and values of `ln_1(x)`, each `[batch, heads, seq, d_head]`.
     fn qkv(&self, x: Tensor<B, 3>) -> [Tensor<B, 4>; 3] {
         let heads = self.attn.num_heads;
-        let qkv = linear_tokens(&self.attn.c_attn, norm(&self.ln_1, self.ln_eps, x));
-        let [batch, seq, width3] = qkv.dims();
-        let d = width3 / 3;
+        let h = norm(&self.ln_1, self.ln_eps, x);
+        let slots = [LinearSlot::Query, LinearSlot::Key, LinearSlot::Value];
+        let c_attn = &self.attn.c_attn;
+        let d = c_attn.weight.dims()[0];
+        if slots.iter().any(|&slot| self.inserts.touches(slot)) {
+            // Something is inserted on a column block: project each block on its own.
+            let (w, b) = (c_attn.weight.val(), c_attn.bias.as_ref().map(|b| b.val()));
+            return [0, 1, 2].map(|i| {
+                let cols = i * d..(i + 1) * d;
+                let weights = LinearWeights {
+                    weight: w.clone().slice([0..d, cols.clone()]),
+                    bias: b.clone().map(|b| b.slice([cols])),
+                };
+                split_heads(self.inserts.project_parts(slots[i], weights, h.clone()), heads)
+            });
+        }
+        let qkv = linear_tokens(c_attn, h);
+        let [batch, seq, _] = qkv.dims();
         [0, 1, 2].map(|i| split_heads(qkv.clone().slice([0..batch, 0..seq, i * d..(i + 1) * d]), heads))
     }
 
-    /// Output projection of the per-head context (`resid_dropout` applied).
+    /// Output projection of the per-head context (head gates, `resid_dropout`, then what is
+    /// inserted after attention).
     fn attention_output(&self, context: Tensor<B, 4>) -> Tensor<B, 3> {
-        dropout(
+        let context = merge_heads(self.inserts.gate_heads(context));
+        let out = dropout(
             &self.attn.resid_dropout,
-            linear_tokens(&self.attn.c_proj, merge_heads(context)),
-        )
+            self.inserts
+                .project(LinearSlot::AttentionOutput, &self.attn.c_proj, context),
+        );
+        self.inserts.after(Sublayer::Attention, out, None)
     }
 
-    /// `a + mlp(ln_2(a))`.
+    /// `a + mlp(ln_2(a))` (with what is inserted in and after the MLP).
     fn mlp_residual(&self, a: Tensor<B, 3>) -> Tensor<B, 3> {
+        let h = norm(&self.ln_2, self.ln_eps, a.clone());
         let inner = self
             .mlp
             .activation
-            .forward(linear_tokens(&self.mlp.c_fc, norm(&self.ln_2, self.ln_eps, a.clone())));
-        a + dropout(&self.mlp.dropout, linear_tokens(&self.mlp.c_proj, inner))
+            .forward(self.inserts.project(LinearSlot::Intermediate, &self.mlp.c_fc, h));
+        let inner = self.inserts.scale_ffn(inner);
+        let out = dropout(
+            &self.mlp.dropout,
+            self.inserts.project(LinearSlot::Output, &self.mlp.c_proj, inner),
+        );
+        a + self.inserts.after(Sublayer::Ffn, out, None)
     }
 
     /// One block on `[batch, seq, n_embd]`.

@@ -14,7 +14,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 
 use crate::activation::Activation;
-use crate::layers::linear;
+use crate::layers::{linear, linear_2d};
+use crate::roles::{Insert, LinearSlot, Part, Roles, Site, TensorKind};
 
 /// `Δ(x) = scale · Dropout(x) A B` with `A: [d_in, r]`, `B: [r, d_out]` (burn layout; PEFT's
 /// `lora_A.weight` is `Aᵀ`, `lora_B.weight` is `Bᵀ`). `B` starts at zero, so the model is
@@ -329,4 +330,157 @@ impl<B: Backend> LayerInserts<B> {
             head_gate: None,
         }
     }
+
+    /// Whether anything is inserted on the linear in `slot` (a LoRA delta, a mask or, on the
+    /// key and value, an (IA)³ scale): a host with a fused projection splits it only then.
+    pub fn touches(&self, slot: LinearSlot) -> bool {
+        self.lora.as_ref().is_some_and(|l| l.get(slot).is_some())
+            || self.masks.as_ref().is_some_and(|m| m.get(slot).is_some())
+            || (self.ia3.is_some() && matches!(slot, LinearSlot::Key | LinearSlot::Value))
+    }
+
+    /// The linear in `slot` on `x: [batch, seq, d_in]` with what this layer inserts there:
+    /// its weight mask, its LoRA delta (unless merged) and, on the key and value, the (IA)³
+    /// scale. The host calls this for each of its linears and so names no strategy.
+    pub fn project(&self, slot: LinearSlot, linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let weights = LinearWeights {
+            weight: linear.weight.val(),
+            bias: linear.bias.as_ref().map(|b| b.val()),
+        };
+        self.project_weights(slot, Some(linear), weights, x)
+    }
+
+    /// [`LayerInserts::project`] for a linear given as tensors (a slice of a fused
+    /// projection, as GPT-2's `c_attn`).
+    pub fn project_parts(&self, slot: LinearSlot, weights: LinearWeights<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.project_weights(slot, None, weights, x)
+    }
+
+    fn project_weights(
+        &self,
+        slot: LinearSlot,
+        linear: Option<&Linear<B>>,
+        weights: LinearWeights<B>,
+        x: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, d_in] = x.dims();
+        let x = x.reshape([batch * seq, d_in]);
+        let base = match (self.masks.as_ref().and_then(|m| m.get(slot)), linear) {
+            (None, Some(linear)) => linear_2d(linear, x.clone()),
+            (mask, _) => {
+                let w = match mask {
+                    Some(mask) => weights.weight * mask.mask(),
+                    None => weights.weight,
+                };
+                let y = x.clone().matmul(w);
+                match weights.bias {
+                    Some(b) => y + b.unsqueeze(),
+                    None => y,
+                }
+            }
+        };
+        let y = match self.lora.as_ref().and_then(|l| l.get(slot)).and_then(|l| l.forward(x)) {
+            Some(delta) => base + delta,
+            None => base,
+        };
+        let d_out = y.dims()[1];
+        let y = y.reshape([batch, seq, d_out]);
+        let scale = self.ia3.as_ref().and_then(|s| match slot {
+            LinearSlot::Key => Some(s.key.val()),
+            LinearSlot::Value => Some(s.value.val()),
+            LinearSlot::Query | LinearSlot::AttentionOutput | LinearSlot::Intermediate | LinearSlot::Output => None,
+        });
+        match scale {
+            Some(s) => y * s.unsqueeze(),
+            None => y,
+        }
+    }
+
+    /// The FFN's activations `[batch, seq, intermediate]` times the (IA)³ FFN scale, if any.
+    pub fn scale_ffn(&self, inner: Tensor<B, 3>) -> Tensor<B, 3> {
+        match &self.ia3 {
+            Some(s) => inner * s.ffn.val().unsqueeze(),
+            None => inner,
+        }
+    }
+
+    /// Per-head contexts `[batch, heads, seq, d_head]` times the head gates, if any.
+    pub fn gate_heads(&self, context: Tensor<B, 4>) -> Tensor<B, 4> {
+        match &self.head_gate {
+            Some(gate) => {
+                let heads = context.dims()[1];
+                context * gate.val().reshape([1, heads, 1, 1])
+            }
+            None => context,
+        }
+    }
+
+    /// A sublayer's output `[batch, seq, d]` (before its residual) through what is inserted
+    /// after it: a bottleneck adapter, then a Compacter adapter (with the model's shared PHM
+    /// rules).
+    pub fn after(&self, sublayer: Sublayer, h: Tensor<B, 3>, phm_rules: Option<Tensor<B, 3>>) -> Tensor<B, 3> {
+        let (adapter, compacter) = match sublayer {
+            Sublayer::Attention => (&self.attention_adapter, &self.attention_compacter),
+            Sublayer::Ffn => (&self.ffn_adapter, &self.ffn_compacter),
+        };
+        let [batch, seq, d] = h.dims();
+        let h = match adapter {
+            Some(adapter) => adapter.forward(h.reshape([batch * seq, d])).reshape([batch, seq, d]),
+            None => h,
+        };
+        match (compacter, phm_rules) {
+            (Some(adapter), Some(rules)) => adapter
+                .forward(h.reshape([batch * seq, d]), rules)
+                .reshape([batch, seq, d]),
+            _ => h,
+        }
+    }
+
+    /// Records the roles of what is inserted here, at `site`.
+    pub fn param_roles(&self, site: Site, roles: &mut Roles) {
+        for slot in LinearSlot::ALL {
+            if let Some(d) = self.lora.as_ref().and_then(|l| l.get(slot)) {
+                roles.tag_module(d, site, Part::Insert(Insert::Lora(slot)));
+            }
+            if let Some(m) = self.masks.as_ref().and_then(|l| l.get(slot)) {
+                roles.tag_module(m, site, Part::Insert(Insert::Mask(slot)));
+            }
+        }
+        if let Some(m) = &self.ia3 {
+            roles.tag_module(m, site, Part::Insert(Insert::Ia3));
+        }
+        if let Some(m) = &self.attention_adapter {
+            roles.tag_module(m, site, Part::Insert(Insert::AttentionAdapter));
+        }
+        if let Some(m) = &self.ffn_adapter {
+            roles.tag_module(m, site, Part::Insert(Insert::FfnAdapter));
+        }
+        if let Some(m) = &self.attention_compacter {
+            roles.tag_module(m, site, Part::Insert(Insert::AttentionCompacter));
+        }
+        if let Some(m) = &self.ffn_compacter {
+            roles.tag_module(m, site, Part::Insert(Insert::FfnCompacter));
+        }
+        if let Some(g) = &self.head_gate {
+            roles.tag_param(g, site, Part::Insert(Insert::HeadGate), TensorKind::Other);
+        }
+    }
+}
+
+/// A linear's weight `[d_in, d_out]` and bias as tensors.
+#[derive(Debug, Clone)]
+pub struct LinearWeights<B: Backend> {
+    /// `[d_in, d_out]`.
+    pub weight: Tensor<B, 2>,
+    /// `[d_out]`.
+    pub bias: Option<Tensor<B, 1>>,
+}
+
+/// The two sublayers of a transformer block, after each of which adapters can sit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sublayer {
+    /// Self-attention (after its output projection).
+    Attention,
+    /// The feed-forward network (after its down projection).
+    Ffn,
 }

@@ -131,6 +131,9 @@ pub enum Part {
     Embedding,
     /// One of a layer's six pretrained linears.
     Linear(LinearSlot),
+    /// A fused query/key/value projection (GPT-2's `c_attn`): the query, key and value
+    /// [`LinearSlot`]s are its three column blocks.
+    FusedQkv,
     /// A LayerNorm of the pretrained model (embeddings, after attention, after the FFN).
     Norm,
     /// The attention mechanism's own parameters (feature maps of converted attention);
@@ -215,7 +218,9 @@ impl ParamRole {
     pub fn insert(&self) -> Option<Insert> {
         match self.part {
             Part::Insert(i) => Some(i),
-            Part::Embedding | Part::Linear(_) | Part::Norm | Part::Mechanism { .. } | Part::Whole => None,
+            Part::Embedding | Part::Linear(_) | Part::FusedQkv | Part::Norm | Part::Mechanism { .. } | Part::Whole => {
+                None
+            }
         }
     }
 
@@ -417,33 +422,7 @@ impl<B: Backend> crate::bert::BertLayer<B> {
         roles.tag_norm(&self.attention.output.layer_norm, site, Part::Norm);
         roles.tag_norm(&self.output.layer_norm, site, Part::Norm);
         tag_mechanism(roles, &self.attention.self_attention.mechanism, site);
-        let ins = &self.inserts;
-        for slot in LinearSlot::ALL {
-            if let Some(d) = ins.lora.as_ref().and_then(|l| l.get(slot)) {
-                roles.tag_module(d, site, Part::Insert(Insert::Lora(slot)));
-            }
-            if let Some(m) = ins.masks.as_ref().and_then(|l| l.get(slot)) {
-                roles.tag_module(m, site, Part::Insert(Insert::Mask(slot)));
-            }
-        }
-        if let Some(m) = &ins.ia3 {
-            roles.tag_module(m, site, Part::Insert(Insert::Ia3));
-        }
-        if let Some(m) = &ins.attention_adapter {
-            roles.tag_module(m, site, Part::Insert(Insert::AttentionAdapter));
-        }
-        if let Some(m) = &ins.ffn_adapter {
-            roles.tag_module(m, site, Part::Insert(Insert::FfnAdapter));
-        }
-        if let Some(m) = &ins.attention_compacter {
-            roles.tag_module(m, site, Part::Insert(Insert::AttentionCompacter));
-        }
-        if let Some(m) = &ins.ffn_compacter {
-            roles.tag_module(m, site, Part::Insert(Insert::FfnCompacter));
-        }
-        if let Some(g) = &ins.head_gate {
-            roles.tag_param(g, site, Part::Insert(Insert::HeadGate), TensorKind::Other);
-        }
+        self.inserts.param_roles(site, roles);
     }
 }
 
@@ -464,7 +443,8 @@ impl<B: Backend> ModelRoles for crate::BertModel<B> {
 
 impl<B: Backend> ModelRoles for crate::Gpt2Model<B> {
     /// Token and position tables (embeddings), each block's LayerNorms, linears (the fused
-    /// `c_attn` and the others as [`Part::Whole`]) and mechanism, and the final LayerNorm.
+    /// `c_attn` as [`Part::FusedQkv`], the others by slot), inserts and mechanism, and the
+    /// final LayerNorm.
     fn param_roles(&self) -> Roles {
         let mut roles = Roles::new();
         roles.tag_param(&self.wte.weight, Site::Embeddings, Part::Embedding, TensorKind::Weight);
@@ -473,14 +453,15 @@ impl<B: Backend> ModelRoles for crate::Gpt2Model<B> {
             let site = Site::Layer(i);
             roles.tag_norm(&block.ln_1, site, Part::Norm);
             roles.tag_norm(&block.ln_2, site, Part::Norm);
-            for linear in [
-                &block.attn.c_attn,
-                &block.attn.c_proj,
-                &block.mlp.c_fc,
-                &block.mlp.c_proj,
+            roles.tag_linear(&block.attn.c_attn, site, Part::FusedQkv);
+            for slot in [
+                LinearSlot::AttentionOutput,
+                LinearSlot::Intermediate,
+                LinearSlot::Output,
             ] {
-                roles.tag_linear(linear, site, Part::Whole);
+                roles.tag_linear(block.linear(slot), site, Part::Linear(slot));
             }
+            block.inserts.param_roles(site, &mut roles);
             tag_mechanism(&mut roles, &block.attn.mechanism, site);
         }
         roles.tag_norm(&self.ln_f, Site::Final, Part::Norm);

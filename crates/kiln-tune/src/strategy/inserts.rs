@@ -9,8 +9,8 @@ use burn::tensor::Distribution;
 use kiln_model::peft::{Bottleneck, CompacterAdapter, LayerIa3, LayerLora, LayerMasks, LoraDelta, WeightMask};
 use kiln_model::roles::LinearSlot;
 
+use super::host::{unsupported, TunableModel};
 use super::StrategyError;
-use crate::classifier::SequenceClassifier;
 
 /// The sizes strategies check themselves against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,14 +121,14 @@ impl InsertSpec {
     /// Builds the modules into `model`, drawing their initialisation from the backend RNG.
     ///
     /// # Errors
-    /// A side network that does not fit (see [`crate::ladder::LadderSide::new`]).
-    pub fn apply<B: Backend>(
-        &self,
-        mut model: SequenceClassifier<B>,
-        device: &B::Device,
-    ) -> Result<SequenceClassifier<B>, StrategyError> {
-        let shape = ModelShape::of(&model.bert);
+    /// A side network that does not fit (see [`crate::ladder::LadderSide::new`]);
+    /// [`StrategyError::Unsupported`] when the host lacks the slot (a soft prompt, a side
+    /// network or Compacter's shared rules on GPT-2).
+    pub fn apply<B: Backend, M: TunableModel<B>>(&self, mut model: M, device: &B::Device) -> Result<M, StrategyError> {
+        let shape = model.shape();
         let h = shape.hidden;
+        let act = model.activation();
+        let family = model.family();
         match self {
             Self::Lora {
                 slots,
@@ -136,8 +136,8 @@ impl InsertSpec {
                 alpha,
                 dropout,
             } => {
-                for layer in &mut model.bert.encoder.layer {
-                    layer.inserts.lora = Some(LayerLora::from_slots(|slot| {
+                for inserts in model.layer_inserts_mut() {
+                    inserts.lora = Some(LayerLora::from_slots(|slot| {
                         let (d_in, d_out) = shape.linear_dims(slot);
                         slots
                             .contains(&slot)
@@ -146,8 +146,8 @@ impl InsertSpec {
                 }
             }
             Self::Masks { slots, init, threshold } => {
-                for layer in &mut model.bert.encoder.layer {
-                    layer.inserts.masks = Some(LayerMasks::from_slots(|slot| {
+                for inserts in model.layer_inserts_mut() {
+                    inserts.masks = Some(LayerMasks::from_slots(|slot| {
                         let (d_in, d_out) = shape.linear_dims(slot);
                         slots
                             .contains(&slot)
@@ -156,47 +156,48 @@ impl InsertSpec {
                 }
             }
             Self::Ia3 => {
-                for layer in &mut model.bert.encoder.layer {
-                    layer.inserts.ia3 = Some(LayerIa3::new(h, shape.intermediate, device));
+                for inserts in model.layer_inserts_mut() {
+                    inserts.ia3 = Some(LayerIa3::new(h, shape.intermediate, device));
                 }
             }
             Self::Adapters {
                 after_attention,
                 reduction,
             } => {
-                for layer in &mut model.bert.encoder.layer {
-                    let act = layer.intermediate.activation;
+                for inserts in model.layer_inserts_mut() {
                     if *after_attention {
-                        layer.inserts.attention_adapter = Some(Bottleneck::new(h, *reduction, act, device));
+                        inserts.attention_adapter = Some(Bottleneck::new(h, *reduction, act, device));
                     }
-                    layer.inserts.ffn_adapter = Some(Bottleneck::new(h, *reduction, act, device));
+                    inserts.ffn_adapter = Some(Bottleneck::new(h, *reduction, act, device));
                 }
             }
             Self::Compacter { reduction, n } => {
-                model.bert.encoder.shared.phm_rules = Some(Param::from_tensor(Tensor::random(
+                let rules = Param::from_tensor(Tensor::random(
                     [*n, *n, *n],
                     Distribution::Normal(0.0, 1.0 / *n as f64),
                     device,
-                )));
-                for layer in &mut model.bert.encoder.layer {
-                    let act = layer.intermediate.activation;
-                    layer.inserts.attention_compacter = Some(CompacterAdapter::new(h, *reduction, *n, act, device));
-                    layer.inserts.ffn_compacter = Some(CompacterAdapter::new(h, *reduction, *n, act, device));
+                ));
+                *model.phm_rules_mut().ok_or_else(|| unsupported(family, self.place()))? = Some(rules);
+                for inserts in model.layer_inserts_mut() {
+                    inserts.attention_compacter = Some(CompacterAdapter::new(h, *reduction, *n, act, device));
+                    inserts.ffn_compacter = Some(CompacterAdapter::new(h, *reduction, *n, act, device));
                 }
             }
             Self::Side { reduction } => {
-                let act = model.bert.encoder.layer[0].intermediate.activation;
-                model.side = Some(
+                let side =
                     crate::ladder::LadderSide::new(h, shape.layers, *reduction, act, device).map_err(|message| {
                         StrategyError::Invalid {
                             strategy: "ladder",
                             message,
                         }
-                    })?,
-                );
+                    })?;
+                *model.side_mut().ok_or_else(|| unsupported(family, self.place()))? = Some(side);
             }
             Self::Prompt { n_virtual } => {
-                let [vocab, hidden] = model.bert.embeddings.word_embeddings.weight.dims();
+                let Some(slot) = model.prompt_mut() else {
+                    return Err(unsupported(family, self.place()));
+                };
+                let [vocab, hidden] = slot.vocabulary.dims();
                 // Lester et al. initialise from sampled vocabulary embeddings; skip the first
                 // 1000 ids, which hold BERT's [PAD]/[unused*]/special tokens.
                 let low = 1000.min(vocab - 1) as f64;
@@ -204,9 +205,9 @@ impl InsertSpec {
                     .floor()
                     .int()
                     .clamp(0, vocab as i64 - 1);
-                let rows = model.bert.embeddings.word_embeddings.weight.val().select(0, ids);
+                let rows = slot.vocabulary.select(0, ids);
                 debug_assert_eq!(rows.dims(), [*n_virtual, hidden]);
-                model.bert.prompt = Some(Param::from_tensor(rows.detach()));
+                *slot.prompt = Some(Param::from_tensor(rows.detach()));
             }
         }
         Ok(model)

@@ -21,7 +21,7 @@ impl Strategy for Lna {
     fn selects(&self, role: &ParamRole) -> bool {
         let attention = match role.part {
             Part::Linear(slot) => slot.in_attention(),
-            Part::Norm | Part::Mechanism { .. } => true,
+            Part::FusedQkv | Part::Norm | Part::Mechanism { .. } => true,
             Part::Embedding | Part::Insert(_) | Part::Whole => false,
         };
         role.is_norm() || (matches!(role.site, Site::Layer(_)) && attention)

@@ -24,6 +24,7 @@ mod child_tuning;
 mod compacter;
 pub mod compose;
 mod full;
+mod host;
 mod ia3;
 mod inserts;
 mod ladder;
@@ -47,6 +48,7 @@ pub use bitfit::BitFit;
 pub use child_tuning::{child_d_eligible, child_tuning_d_mask, percentile, ChildMask, ChildTuningD, ChildTuningF};
 pub use compacter::Compacter;
 pub use full::Full;
+pub use host::{PromptSlot, TunableModel};
 pub use ia3::Ia3;
 pub use inserts::{InsertSpec, ModelShape};
 pub use ladder::Ladder;
@@ -244,6 +246,14 @@ pub enum StrategyError {
         pattern: String,
         /// What it could have matched.
         candidates: Vec<String>,
+    },
+    /// The model has no slot for what a strategy inserts.
+    #[error("{model} has no place for {place}: the strategy that inserts it cannot tune this model")]
+    Unsupported {
+        /// What would be inserted.
+        place: &'static str,
+        /// The model family.
+        model: &'static str,
     },
 }
 

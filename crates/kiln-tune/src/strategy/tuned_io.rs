@@ -8,7 +8,6 @@ use burn::prelude::*;
 use kiln_model::roles::{ModelRoles, Roles};
 
 use super::{StrategyConfig, Tuning};
-use crate::classifier::SequenceClassifier;
 
 /// Errors of saving or loading a tuned part.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +70,7 @@ impl<B: Backend> burn::module::ModuleVisitor<B> for Collect<'_> {
 
 /// The trained tensors of `model` under `tuning` as a safetensors file (kiln paths, f32), with
 /// the strategy in the metadata (`kiln.tuning`). Full fine-tuning saves everything.
-pub fn tuned_bytes<B: Backend>(model: &SequenceClassifier<B>, tuning: &Tuning) -> Vec<u8> {
+pub fn tuned_bytes<B: Backend, M: Module<B> + ModelRoles>(model: &M, tuning: &Tuning) -> Vec<u8> {
     let roles = model.param_roles();
     let mut c = Collect {
         tuning,
@@ -146,8 +145,8 @@ impl<B: Backend> ModuleMapper<B> for Apply<'_> {
 ///
 /// # Errors
 /// [`TunedIoError::Io`].
-pub fn save_tuned<B: Backend>(
-    model: &SequenceClassifier<B>,
+pub fn save_tuned<B: Backend, M: Module<B> + ModelRoles>(
+    model: &M,
     tuning: &Tuning,
     path: &std::path::Path,
 ) -> Result<(), TunedIoError> {
@@ -182,11 +181,11 @@ pub fn read_tuning(path: &std::path::Path) -> Result<Tuning, TunedIoError> {
 ///
 /// # Errors
 /// [`TunedIoError`]: unreadable file, or tensors missing or of the wrong shape.
-pub fn load_tuned<B: Backend>(
-    model: SequenceClassifier<B>,
+pub fn load_tuned<B: Backend, M: Module<B> + ModelRoles>(
+    model: M,
     tuning: &Tuning,
     path: &std::path::Path,
-) -> Result<SequenceClassifier<B>, TunedIoError> {
+) -> Result<M, TunedIoError> {
     let bytes = std::fs::read(path).map_err(|source| TunedIoError::Io {
         path: path.to_path_buf(),
         source,

@@ -4,10 +4,9 @@ use std::sync::Arc;
 
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use kiln_model::roles::{ModelRoles, ParamRole, Part, Site};
+use kiln_model::roles::{ParamRole, Part, Site};
 
-use super::{compose, Effect, GradientMask, ModelShape, Strategy, StrategyConfig, StrategyError};
-use crate::classifier::SequenceClassifier;
+use super::{compose, Effect, GradientMask, ModelShape, Strategy, StrategyConfig, StrategyError, TunableModel};
 
 /// A composed strategy: the configured components plus any plug-ins added in code.
 #[derive(Debug, Clone)]
@@ -74,7 +73,7 @@ impl Tuning {
         match role.part {
             Part::Mechanism { fixed: true } => return false,
             Part::Mechanism { fixed: false } => return true,
-            Part::Embedding | Part::Linear(_) | Part::Norm | Part::Insert(_) | Part::Whole => {}
+            Part::Embedding | Part::Linear(_) | Part::FusedQkv | Part::Norm | Part::Insert(_) | Part::Whole => {}
         }
         if role.site == Site::Head {
             return true;
@@ -111,28 +110,23 @@ impl Tuning {
         self.parts().find_map(|p| p.gradient_mask())
     }
 
-    /// Checks that every component fits `bert` before anything is inserted (LoRA's rank, an
-    /// adapter's bottleneck, Compacter's `n`, the prompt length …). [`Tuning::insert`] calls
-    /// it first; the trainer calls it before it writes anything.
+    /// Checks that every component fits a model of `shape` before anything is inserted
+    /// (LoRA's rank, an adapter's bottleneck, Compacter's `n`, the prompt length …).
+    /// [`Tuning::insert`] calls it first; the trainer calls it before it writes anything.
     ///
     /// # Errors
     /// [`StrategyError::Invalid`] naming the component, the value and the model's limit.
-    pub fn check_fits<B: Backend>(&self, bert: &kiln_model::BertModel<B>) -> Result<(), StrategyError> {
-        let shape = ModelShape::of(bert);
-        self.parts().try_for_each(|p| p.check_fits(&shape))
+    pub fn check_fits(&self, shape: &ModelShape) -> Result<(), StrategyError> {
+        self.parts().try_for_each(|p| p.check_fits(shape))
     }
 
     /// Inserts the modules the components ask for, in component order, drawing their
     /// initialisation from the backend RNG.
     ///
     /// # Errors
-    /// A setting that does not fit the model.
-    pub fn insert<B: Backend>(
-        &self,
-        mut model: SequenceClassifier<B>,
-        device: &B::Device,
-    ) -> Result<SequenceClassifier<B>, StrategyError> {
-        self.check_fits(&model.bert)?;
+    /// A setting that does not fit the model, or a slot the model lacks.
+    pub fn insert<B: Backend, M: TunableModel<B>>(&self, mut model: M, device: &B::Device) -> Result<M, StrategyError> {
+        self.check_fits(&model.shape())?;
         for part in self.parts() {
             for spec in part.inserts()? {
                 model = spec.apply(model, device)?;
@@ -143,14 +137,14 @@ impl Tuning {
 
     /// Marks frozen parameters `require_grad = false` so backward computes no gradient for
     /// them (less time and memory), and returns the model.
-    pub fn freeze<B: AutodiffBackend>(&self, model: SequenceClassifier<B>) -> SequenceClassifier<B> {
+    pub fn freeze<B: AutodiffBackend, M: TunableModel<B>>(&self, model: M) -> M {
         let roles = model.param_roles();
         crate::params::set_trainable(model, |id| roles.get(id).is_some_and(|r| self.trains(r)))
     }
 
     /// [`Tuning::freeze`] for `epoch` of gradual unfreezing.
-    pub fn freeze_at<B: AutodiffBackend>(&self, model: SequenceClassifier<B>, epoch: usize) -> SequenceClassifier<B> {
-        let layers = model.bert.num_layers();
+    pub fn freeze_at<B: AutodiffBackend, M: TunableModel<B>>(&self, model: M, epoch: usize) -> M {
+        let layers = model.shape().layers;
         let roles = model.param_roles();
         crate::params::set_trainable(model, |id| {
             roles.get(id).is_some_and(|r| self.trains_at(r, epoch, layers))
