@@ -113,7 +113,7 @@ fn fit<B: AutodiffBackend>(
         train,
         held_out,
         cfg,
-        |_| true,
+        &kiln::tune::strategy::Tuning::new(&[])?,
         |s| {
             bar.inc(1);
             if s.step % 25 == 0 {

@@ -29,16 +29,20 @@ pub fn split_tail(ids: &[u32], tail_fraction: f64) -> (&[u32], &[u32]) {
 /// (a pure function of `seed`), row-major `[count, len]`. Empty when the stream is shorter
 /// than `len`.
 pub fn random_windows(ids: &[u32], len: usize, count: usize, seed: u64) -> Vec<u32> {
-    if ids.len() < len {
+    random_offsets(ids.len(), len, count, seed)
+        .into_iter()
+        .flat_map(|start| ids[start..start + len].iter().copied())
+        .collect()
+}
+
+/// The start offsets [`random_windows`] draws: `count` uniform starts of windows of `len` in
+/// a stream of `total` tokens (none when the stream is shorter than one window).
+pub fn random_offsets(total: usize, len: usize, count: usize, seed: u64) -> Vec<usize> {
+    if total < len {
         return Vec::new();
     }
     let mut rng = SplitMix64(seed);
-    let mut out = Vec::with_capacity(len * count);
-    for _ in 0..count {
-        let start = rng.below(ids.len() - len + 1);
-        out.extend_from_slice(&ids[start..start + len]);
-    }
-    out
+    (0..count).map(|_| rng.below(total - len + 1)).collect()
 }
 
 /// Evaluation windows: consecutive blocks of `block_len` predicted tokens, each with its one

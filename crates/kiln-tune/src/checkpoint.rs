@@ -294,9 +294,9 @@ fn load_optimizer<B: Backend>(opt: &mut AdamW<B>, path: &Path, device: &B::Devic
 ///
 /// # Errors
 /// [`CheckpointError`].
-pub fn save<B: Backend, O: Backend>(
+pub fn save<B: Backend, O: Backend, M: WholeWeights<B>>(
     dir: &Path,
-    model: &SequenceClassifier<B>,
+    model: &M,
     tuning: &Tuning,
     opt: &AdamW<O>,
     state: &TrainState,
@@ -338,15 +338,72 @@ pub fn save<B: Backend, O: Backend>(
 ///
 /// # Errors
 /// [`CheckpointError`] on I/O.
-pub fn write_weights<B: Backend>(
+pub fn write_weights<B: Backend, M: WholeWeights<B>>(
     dir: &Path,
-    model: &SequenceClassifier<B>,
+    model: &M,
     tuning: &Tuning,
 ) -> Result<(), CheckpointError> {
     if tuning.restricts() {
         write_atomic(&dir.join(TUNED_FILE), &crate::strategy::tuned_bytes(model, tuning))
     } else {
-        write_atomic(&dir.join(MODEL_FILE), &model_bytes(model)?)
+        write_atomic(&dir.join(MODEL_FILE), &model.whole_weights()?)
+    }
+}
+
+/// Loads what [`write_weights`] wrote into `dir` back into `model` (which carries the
+/// strategy's inserts).
+///
+/// # Errors
+/// [`CheckpointError`] when the file is unreadable or does not fit.
+pub fn read_weights<B: Backend, M: WholeWeights<B>>(
+    dir: &Path,
+    model: M,
+    tuning: &Tuning,
+) -> Result<M, CheckpointError> {
+    if tuning.restricts() {
+        let path = dir.join(TUNED_FILE);
+        crate::strategy::load_tuned(model, tuning, &path).map_err(|e| invalid(&path, e))
+    } else {
+        let mut model = model;
+        model.load_whole_weights(&dir.join(MODEL_FILE))?;
+        Ok(model)
+    }
+}
+
+/// A model whose whole weights a checkpoint can hold, in its family's Hugging Face names.
+pub trait WholeWeights<B: Backend>: Module<B> + kiln_model::roles::ModelRoles {
+    /// The weights as a safetensors file.
+    ///
+    /// # Errors
+    /// [`CheckpointError::Invalid`] when serialisation fails.
+    fn whole_weights(&self) -> Result<Vec<u8>, CheckpointError>;
+
+    /// Loads a file written by [`WholeWeights::whole_weights`].
+    ///
+    /// # Errors
+    /// [`CheckpointError`] when unreadable, incomplete or of the wrong shapes.
+    fn load_whole_weights(&mut self, path: &Path) -> Result<(), CheckpointError>;
+}
+
+impl<B: Backend> WholeWeights<B> for SequenceClassifier<B> {
+    fn whole_weights(&self) -> Result<Vec<u8>, CheckpointError> {
+        model_bytes(self)
+    }
+
+    fn load_whole_weights(&mut self, path: &Path) -> Result<(), CheckpointError> {
+        load_model(self, path)
+    }
+}
+
+impl<B: Backend> WholeWeights<B> for kiln_model::Gpt2Model<B> {
+    fn whole_weights(&self) -> Result<Vec<u8>, CheckpointError> {
+        kiln_model::gpt2_weights_bytes(self).map_err(|e| invalid(Path::new("<memory>"), e))
+    }
+
+    fn load_whole_weights(&mut self, path: &Path) -> Result<(), CheckpointError> {
+        kiln_model::load_gpt2_weights(self, path)
+            .map(|_| ())
+            .map_err(|e| invalid(path, e))
     }
 }
 

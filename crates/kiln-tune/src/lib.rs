@@ -27,6 +27,7 @@ pub mod classifier;
 pub mod export;
 pub mod ladder;
 pub mod lm;
+pub mod objective;
 pub mod optim;
 pub mod params;
 pub mod run_dir;

@@ -2,25 +2,25 @@
 //! stream, and a training loop over seeded random windows of a token stream (pretraining
 //! from scratch, or fine-tuning a converted decoder with only some parameters trainable).
 //!
-//! Uses kiln's [`AdamW`] (decay off for biases and LayerNorms, as for fine-tuning) with linear
-//! warm-up and linear decay.
+//! Training runs through the same loop and strategies as classification (kiln's AdamW, decay
+//! off for biases and LayerNorms; linear warm-up and decay unless a strategy schedules).
 
-use std::time::Instant;
-
-use burn::module::AutodiffModule;
-use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
-use kiln_data::lm::{eval_windows, random_windows};
+use kiln_data::lm::eval_windows;
+use kiln_data::metrics::TaskMetrics;
 use kiln_model::{Capture, Gpt2Model};
 use serde::{Deserialize, Serialize};
 
-use crate::optim::{linear_schedule, AdamW, AdamWConfig, ParamGroup};
-use crate::params::{param_infos, set_trainable};
-use burn::module::ParamId;
-use kiln_model::roles::{ModelRoles, ParamRole, Part};
+use crate::objective::causal_lm::CausalLm;
+use crate::objective::Objective;
+use crate::optim::AdamWConfig;
+use crate::params::param_infos;
+use crate::strategy::{child_tuning_d_mask, ChildMask, GradientMask, Tuning};
+use crate::train_loop::{LoopEvent, LoopSettings, Session};
+use kiln_model::roles::ModelRoles;
 
 /// Settings of [`train_lm`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,29 +169,50 @@ pub enum LmError {
     /// A configuration value out of range.
     #[error(transparent)]
     Config(#[from] crate::validate::ConfigError),
+    /// A strategy that does not fit the decoder (or cannot tune it).
+    #[error(transparent)]
+    Strategy(#[from] crate::strategy::StrategyError),
     /// A non-finite loss or gradient.
     #[error("non-finite {what} at step {step}")]
     NonFinite {
         /// `"loss"` or `"gradient norm"`.
         what: &'static str,
-        /// Step.
+        /// Step (from 0).
         step: usize,
     },
+    /// Another failure of the training loop.
+    #[error(transparent)]
+    Train(Box<crate::trainer::TrainError>),
 }
 
-/// Trains `model` on random windows of `train` for `cfg.steps` steps, evaluating perplexity
-/// on `held_out`. Only parameters whose typed role ([`kiln_model::roles::ParamRole`]) satisfies
-/// `trains` are updated (the others are frozen: no gradient is computed for them; fixed ones
-/// — Performer's `ω` — never train). `on_step` sees each logged step (progress bars).
+impl From<crate::trainer::TrainError> for LmError {
+    fn from(e: crate::trainer::TrainError) -> Self {
+        match e {
+            crate::trainer::TrainError::NonFinite { what, step, .. } => Self::NonFinite {
+                what,
+                step: step.saturating_sub(1),
+            },
+            other => Self::Train(Box::new(other)),
+        }
+    }
+}
+
+/// Trains `model` with `tuning` (its modules inserted here, drawn from the backend RNG) on
+/// random windows of `train` for `cfg.steps` steps, evaluating perplexity on `held_out`:
+/// [`crate::objective::causal_lm::CausalLm`] through the same loop as classification, so
+/// every strategy (LoRA, adapters, BitFit, (IA)³, masks, Child-Tuning, ULMFiT's schedules)
+/// tunes the decoder, and fixed mechanism parameters (Performer's `ω`) never train.
+/// `on_step` sees each step (progress bars).
 ///
 /// # Errors
-/// [`LmError`]: a stream or block that does not fit, an empty selection, a non-finite loss.
+/// [`LmError`]: a stream or block that does not fit, a strategy that does not fit, an empty
+/// selection, a non-finite loss.
 pub fn train_lm<B: AutodiffBackend>(
     model: Gpt2Model<B>,
     train: &[u32],
     held_out: &[u32],
     cfg: &LmTrainConfig,
-    trains: impl Fn(&ParamRole) -> bool,
+    tuning: &Tuning,
     mut on_step: impl FnMut(&LmStep),
     device: &B::Device,
 ) -> Result<(Gpt2Model<B>, LmHistory), LmError> {
@@ -209,26 +230,43 @@ pub fn train_lm<B: AutodiffBackend>(
             max: model.max_positions(),
         });
     }
-    let roles = model.param_roles();
-    let trains = |id: ParamId| {
-        roles
-            .get(id)
-            .is_some_and(|r| r.part != Part::Mechanism { fixed: true } && trains(r))
-    };
-    let infos = param_infos(&model);
-    let trainable: usize = infos.iter().filter(|i| trains(i.id)).map(|i| i.numel()).sum();
+    let model = tuning.insert(model, device)?;
+    let (infos, roles) = (param_infos(&model), model.param_roles());
+    let trainable: usize = infos
+        .iter()
+        .filter(|i| roles.get(i.id).is_some_and(|r| tuning.trains(r)))
+        .map(|i| i.numel())
+        .sum();
     if trainable == 0 {
         return Err(LmError::NothingTrains);
     }
-    let mut model = set_trainable(model, trains);
-    let mut opt = AdamW::<B::InnerBackend>::new(cfg.adamw, &infos, |info| ParamGroup {
-        trainable: trains(info.id),
-        lr_scale: 1.0,
-        weight_decay: info.tensor.decays(),
-    });
-    let periodic: &[u32] = match cfg.eval_tokens {
-        0 => held_out,
-        n => &held_out[..n.min(held_out.len())],
+    let mask = match tuning.gradient_mask() {
+        Some(GradientMask::Bernoulli { keep }) => Some(ChildMask::Bernoulli(keep)),
+        Some(GradientMask::Fisher { keep }) => {
+            let objective = CausalLm { train, held_out, cfg };
+            let batches = (cfg.steps.min(FISHER_BATCHES)).max(1);
+            Some(child_tuning_d_mask(&model, batches, keep, |m, i| {
+                objective.loss(m, &objective.offsets(i), device)
+            })?)
+        }
+        None => None,
+    };
+    let objective = CausalLm { train, held_out, cfg };
+    let session = Session {
+        objective: &objective,
+        settings: LoopSettings {
+            adamw: cfg.adamw,
+            lr: cfg.lr,
+            seed: cfg.seed,
+            eval_every: Some(cfg.eval_every).filter(|&n| n > 0),
+            log_every: 1,
+            data_map: false,
+        },
+        tuning,
+        mask: mask.as_ref(),
+        run: None,
+        stop: crate::trainer::StopAt::default(),
+        device,
     };
     let mut history = LmHistory {
         steps: Vec::with_capacity(cfg.steps),
@@ -237,47 +275,37 @@ pub fn train_lm<B: AutodiffBackend>(
         train_tokens: 0,
         trainable,
     };
-    for step in 0..cfg.steps {
-        let started = Instant::now();
-        let seed = cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        let ids: Vec<i64> = random_windows(train, window, cfg.batch_size, seed)
-            .into_iter()
-            .map(i64::from)
-            .collect();
-        let batch = Tensor::<B, 2, Int>::from_data(TensorData::new(ids, [cfg.batch_size, window]), device);
-        let loss = next_token_loss(&model, batch);
-        let value = loss.clone().into_scalar().elem::<f64>();
-        if !value.is_finite() {
-            return Err(LmError::NonFinite { what: "loss", step });
-        }
-        let lr = linear_schedule(cfg.lr, step + 1, cfg.warmup_steps, cfg.steps);
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
-        let (next, stats) = opt.step(model, grads, lr);
-        if !stats.grad_norm.is_finite() {
-            return Err(LmError::NonFinite {
-                what: "gradient norm",
-                step,
-            });
-        }
-        model = next;
-        history.train_seconds += started.elapsed().as_secs_f64();
-        history.train_tokens += cfg.batch_size * cfg.block_len;
-        let logged = LmStep {
+    let (model, outcome) = session.run(model, &infos, &roles, false, &mut |event| match event {
+        LoopEvent::Step {
             step,
-            loss: value,
+            loss,
             lr,
-            grad_norm: stats.grad_norm,
-        };
-        on_step(&logged);
-        history.steps.push(logged);
-        let done = step + 1;
-        if cfg.eval_every > 0 && done % cfg.eval_every == 0 && done < cfg.steps {
-            let ppl = perplexity(&model.valid(), periodic, cfg.block_len, cfg.batch_size, device);
-            tracing::info!(step = done, loss = value, ppl = ppl.perplexity, "lm eval");
-            history.evals.push((done, ppl));
+            grad_norm,
+        } => {
+            let logged = LmStep {
+                step: step - 1,
+                loss: *loss,
+                lr: *lr,
+                grad_norm: *grad_norm,
+            };
+            on_step(&logged);
+            history.steps.push(logged);
         }
-    }
-    let ppl = perplexity(&model.valid(), held_out, cfg.block_len, cfg.batch_size, device);
-    history.evals.push((cfg.steps, ppl));
+        LoopEvent::Eval { step, metrics } => history.evals.push((*step, perplexity_of(metrics))),
+    })?;
+    history.train_seconds = outcome.train_time.as_secs_f64();
+    history.train_tokens = history.steps.len() * cfg.batch_size * cfg.block_len;
     Ok((model, history))
+}
+
+/// Batches of Child-Tuning_D's Fisher pass on a decoder (the first windows of the run).
+const FISHER_BATCHES: usize = 64;
+
+/// [`Perplexity`] back from [`crate::objective::causal_lm::perplexity_metrics`].
+fn perplexity_of(m: &TaskMetrics) -> Perplexity {
+    Perplexity {
+        nats_per_token: m.values["nats_per_token"],
+        perplexity: m.values["perplexity"],
+        tokens: m.values["tokens"] as usize,
+    }
 }

@@ -1,39 +1,63 @@
-//! The fine-tuning loop of [`crate::trainer::train`]: epochs of micro-batches (forward,
-//! backward, gradient accumulation), optimizer steps with the strategy's schedule and gradient
+//! The one training loop, over any [`Objective`]: epochs of micro-batches (forward, backward,
+//! gradient accumulation), optimizer steps with the strategy's freezing, schedule and gradient
 //! mask, logging, evaluation, the best and last checkpoints, and a stop step for tests of
-//! resume. Setup (validation, the run directory, conversion, inserts) is `trainer`'s.
+//! resume. Setup (validation, the run directory, conversion, inserts) is the caller's
+//! ([`crate::trainer::train`], [`crate::lm::train_lm`]).
+//!
+//! Each micro-batch seeds the backend from `(seed, position)`, so dropout is a function of
+//! the position and a resumed run ends bit-identical to an uninterrupted one.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::AutodiffModule;
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_data::batching::epoch_batches;
 use kiln_data::metrics::TaskMetrics;
-use kiln_data::TextTokenizer;
 use kiln_model::roles::Roles;
 
 use crate::checkpoint::{self, TrainState};
-use crate::classifier::SequenceClassifier;
-use crate::optim::{AdamW, GradientTransform, ParamGroup};
+use crate::objective::{Inner, Objective};
+use crate::optim::{AdamW, AdamWConfig, GradientTransform, ParamGroup};
 use crate::params::ParamInfo;
-use crate::run_files::{DynamicsLine, MetricsLine};
-use crate::strategy::{ChildMask, Tuning};
-use crate::trainer::{
-    evaluate, gold_probabilities, mix, targets, MetricsLog, RunDir, StopAt, TaskData, TrainConfig, TrainError, TrainSet,
-};
+use crate::run_files::MetricsLine;
+use crate::strategy::{ChildMask, TunableModel, Tuning};
+use crate::trainer::{mix, MetricsLog, RunDir, StopAt, TrainError};
+
+/// The loop's own settings (the objective holds the data-side ones).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct LoopSettings {
+    pub adamw: AdamWConfig,
+    pub lr: f64,
+    pub seed: u64,
+    pub eval_every: Option<usize>,
+    pub log_every: usize,
+    pub data_map: bool,
+}
+
+/// What the loop reports as it goes (progress bars, in-memory histories).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LoopEvent<'a> {
+    /// An optimizer step (1-based `step`) with the mean loss of its micro-batches.
+    Step {
+        step: usize,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+    },
+    /// An evaluation after `step`.
+    Eval { step: usize, metrics: &'a TaskMetrics },
+}
 
 /// What the loop needs and does not change.
-pub(crate) struct Session<'a, B: AutodiffBackend> {
-    pub tok: &'a TextTokenizer,
-    pub data: &'a TaskData,
-    pub cfg: &'a TrainConfig,
-    pub set: &'a TrainSet<'a>,
+pub(crate) struct Session<'a, B: AutodiffBackend, O: Objective<B>> {
+    pub objective: &'a O,
+    pub settings: LoopSettings,
     pub tuning: &'a Tuning,
     pub mask: Option<&'a ChildMask<B::InnerBackend>>,
-    pub run: &'a RunDir,
+    /// Where metrics and checkpoints go; `None` trains in memory.
+    pub run: Option<&'a RunDir>,
     pub stop: StopAt,
     pub device: &'a B::Device,
 }
@@ -44,23 +68,28 @@ pub(crate) struct Outcome {
     pub final_metrics: TaskMetrics,
     /// Step, epoch and best metric at the end.
     pub state: TrainState,
-    /// Training throughput of this process.
+    /// Training throughput of this process (micro-batch rows per second).
     pub train_seq_per_s: f64,
+    /// Time spent in forward, backward and optimizer steps (evaluations excluded).
+    pub train_time: Duration,
 }
 
 /// What changes from step to step besides the model and the optimizer.
-struct Progress<M> {
+struct Progress<'e, M> {
     state: TrainState,
     accumulator: GradientsAccumulator<M>,
     in_accum: usize,
+    step_loss: f64,
     window_loss: f64,
     window_n: usize,
     seen_examples: usize,
     last_metrics: Option<TaskMetrics>,
     started: Instant,
+    train_time: Duration,
+    observe: &'e mut dyn FnMut(&LoopEvent<'_>),
 }
 
-impl<M> Progress<M> {
+impl<M> Progress<'_, M> {
     fn window_mean(&self) -> f64 {
         self.window_loss / self.window_n.max(1) as f64
     }
@@ -70,41 +99,45 @@ impl<M> Progress<M> {
     }
 }
 
-/// Where the loop writes: metrics, training dynamics, the progress bar.
+/// Where the loop writes: metrics, training dynamics (both only with a run directory), the
+/// progress bar.
 struct Outputs {
-    log: MetricsLog,
+    log: Option<MetricsLog>,
     dynamics: Option<MetricsLog>,
     bar: ProgressBar,
 }
 
-impl<B: AutodiffBackend> Session<'_, B> {
+impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
     /// Trains `model` (inserts in place; `infos` and `roles` its parameters) from the start
-    /// or, when `resumed`, from `checkpoints/last`'s optimizer and position.
+    /// or, when `resumed`, from `checkpoints/last`'s optimizer and position. `observe` sees
+    /// every step and evaluation.
     pub(crate) fn run(
         &self,
-        model: SequenceClassifier<B>,
+        model: O::Model,
         infos: &[ParamInfo],
         roles: &Roles,
         resumed: bool,
-    ) -> Result<(SequenceClassifier<B>, Outcome), TrainError> {
-        let num_layers = model.bert.num_layers();
+        observe: &mut dyn FnMut(&LoopEvent<'_>),
+    ) -> Result<(O::Model, Outcome), TrainError> {
+        let num_layers = model.shape().layers;
         let mut model = self.tuning.freeze(model);
-        let mut opt =
-            AdamW::<B::InnerBackend>::new(self.cfg.adamw, infos, |info| self.group(roles, info, 0, num_layers));
+        let mut opt = AdamW::<B::InnerBackend>::new(self.settings.adamw, infos, |info| {
+            self.group(roles, info, 0, num_layers)
+        });
         let mut state = TrainState {
             global_step: 0,
             epoch: 0,
             next_batch: 0,
             best: None,
-            seed: self.cfg.seed,
+            seed: self.settings.seed,
         };
-        if resumed {
-            state = checkpoint::load_optimizer_and_state(&self.run.last(), &mut opt, self.device)?;
+        if let (true, Some(run)) = (resumed, self.run) {
+            state = checkpoint::load_optimizer_and_state(&run.last(), &mut opt, self.device)?;
             tracing::info!(
                 step = state.global_step,
                 epoch = state.epoch,
                 "resuming from {}",
-                self.run.last().display()
+                run.last().display()
             );
         }
         let out = self.outputs(&state, resumed)?;
@@ -112,13 +145,17 @@ impl<B: AutodiffBackend> Session<'_, B> {
             state,
             accumulator: GradientsAccumulator::new(),
             in_accum: 0,
+            step_loss: 0.0,
             window_loss: 0.0,
             window_n: 0,
             seen_examples: 0,
             last_metrics: None,
             started: Instant::now(),
+            train_time: Duration::ZERO,
+            observe,
         };
-        'epochs: for epoch in progress.state.epoch..self.cfg.epochs {
+        let steps = self.objective.steps();
+        'epochs: for epoch in progress.state.epoch..steps.epochs {
             if self.tuning.unfreezes_gradually() {
                 model = self.tuning.freeze_at(model, epoch);
                 for info in infos {
@@ -126,30 +163,30 @@ impl<B: AutodiffBackend> Session<'_, B> {
                 }
                 tracing::info!(epoch, "gradual unfreezing: depth {epoch} and above train");
             }
-            let batches = epoch_batches(&self.set.plan, &self.set.lengths, epoch as u64);
+            let batches = self.objective.batches(epoch);
             let first = if epoch == progress.state.epoch {
                 progress.state.next_batch
             } else {
                 0
             };
             for (bi, batch) in batches.iter().enumerate().skip(first) {
+                let started = Instant::now();
                 self.backward(&model, &mut progress, batch, epoch, bi)?;
                 let last_of_epoch = bi + 1 == batches.len();
-                if progress.in_accum < self.set.accum && !last_of_epoch {
+                if progress.in_accum < steps.accum && !last_of_epoch {
+                    progress.train_time += started.elapsed();
                     continue;
                 }
                 model = self.update(model, &mut opt, &mut progress, &out, (epoch, bi, last_of_epoch))?;
-                let stopping = self.stop.step == Some(progress.state.global_step);
-                let eval_now = last_of_epoch
-                    || self
-                        .cfg
-                        .eval_every
-                        .is_some_and(|n| progress.state.global_step.is_multiple_of(n.max(1)));
+                progress.train_time += started.elapsed();
+                let step = progress.state.global_step;
+                let stopping = self.stop.step == Some(step);
+                let eval_now = last_of_epoch || self.settings.eval_every.is_some_and(|n| step.is_multiple_of(n.max(1)));
                 if eval_now {
                     self.evaluate(&model, &mut progress, &out, epoch, last_of_epoch)?;
                 }
-                if eval_now || stopping {
-                    checkpoint::save(&self.run.last(), &model, self.tuning, &opt, &progress.state)?;
+                if let (true, Some(run)) = (eval_now || stopping, self.run) {
+                    checkpoint::save(&run.last(), &model, self.tuning, &opt, &progress.state)?;
                 }
                 if stopping {
                     break 'epochs;
@@ -159,7 +196,7 @@ impl<B: AutodiffBackend> Session<'_, B> {
         out.bar.finish_and_clear();
         let final_metrics = match progress.last_metrics.take() {
             Some(m) => m,
-            None => self.dev_metrics(&model)?,
+            None => self.objective.evaluate(&model.valid(), true, self.device)?,
         };
         let train_seq_per_s = progress.seq_per_s();
         Ok((
@@ -168,6 +205,7 @@ impl<B: AutodiffBackend> Session<'_, B> {
                 final_metrics,
                 state: progress.state,
                 train_seq_per_s,
+                train_time: progress.train_time,
             },
         ))
     }
@@ -191,48 +229,54 @@ impl<B: AutodiffBackend> Session<'_, B> {
     /// Opens `metrics.jsonl` (and `dynamics.jsonl`), cut back to the resumed step, and the bar.
     fn outputs(&self, state: &TrainState, resumed: bool) -> Result<Outputs, TrainError> {
         let keep = Some(state.global_step).filter(|_| resumed);
-        let dynamics = match self.cfg.data_map {
-            true => Some(MetricsLog::open(self.run.0.join("dynamics.jsonl"), keep)?),
-            false => None,
+        let (log, dynamics) = match self.run {
+            Some(run) => (
+                Some(MetricsLog::open(run.metrics(), keep)?),
+                match self.settings.data_map {
+                    true => Some(MetricsLog::open(run.0.join("dynamics.jsonl"), keep)?),
+                    false => None,
+                },
+            ),
+            None => (None, None),
         };
-        let bar = ProgressBar::new(self.set.total_steps as u64).with_style(
+        // In memory the caller reports progress (its `observe`), so the loop's bar stays hidden.
+        let bar = match self.run {
+            Some(_) => ProgressBar::new(self.objective.steps().total as u64),
+            None => ProgressBar::hidden(),
+        };
+        let bar = bar.with_style(
             ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
                 .expect("template")
                 .progress_chars("=> "),
         );
-        bar.set_prefix(self.data.task.short_name());
+        bar.set_prefix(self.objective.label());
         bar.set_position(state.global_step as u64);
-        Ok(Outputs {
-            log: MetricsLog::open(self.run.metrics(), keep)?,
-            dynamics,
-            bar,
-        })
+        Ok(Outputs { log, dynamics, bar })
     }
 
     /// Forward and backward of micro-batch `bi` of `epoch` (dropout seeded by its position, so
     /// resume is exact), accumulating its gradients.
     fn backward(
         &self,
-        model: &SequenceClassifier<B>,
-        progress: &mut Progress<SequenceClassifier<B>>,
+        model: &O::Model,
+        progress: &mut Progress<'_, O::Model>,
         batch: &[usize],
         epoch: usize,
         bi: usize,
     ) -> Result<(), TrainError> {
-        let micro = (epoch * self.set.batches_per_epoch + bi) as u64;
-        B::seed(self.device, mix(self.cfg.seed, micro));
-        let [ids, types, mask] = self.set.tensors::<B>(self.tok, batch, self.device)?;
-        let logits = model.forward(ids, types, mask);
-        let loss = model.loss(logits, &targets::<B>(self.set.examples, batch, self.device)?);
+        let micro = (epoch * self.objective.steps().batches_per_epoch + bi) as u64;
+        B::seed(self.device, mix(self.settings.seed, micro));
+        let loss = self.objective.loss(model, batch, self.device)?;
         let loss_value = loss.clone().into_scalar().elem::<f64>();
         if !loss_value.is_finite() {
             return Err(self.non_finite("loss", &progress.state, epoch));
         }
-        let accum = self.set.accum;
+        let accum = self.objective.steps().accum;
         let loss = if accum > 1 { loss.div_scalar(accum as f64) } else { loss };
         let grads = GradientsParams::from_grads(loss.backward(), model);
         progress.accumulator.accumulate(model, grads);
         progress.in_accum += 1;
+        progress.step_loss += loss_value;
         progress.window_loss += loss_value;
         progress.window_n += 1;
         progress.seen_examples += batch.len();
@@ -243,17 +287,18 @@ impl<B: AutodiffBackend> Session<'_, B> {
     /// (every `log_every` steps) `metrics.jsonl` updated.
     fn update(
         &self,
-        model: SequenceClassifier<B>,
+        model: O::Model,
         opt: &mut AdamW<B::InnerBackend>,
-        progress: &mut Progress<SequenceClassifier<B>>,
+        progress: &mut Progress<'_, O::Model>,
         out: &Outputs,
         (epoch, bi, last_of_epoch): (usize, usize, bool),
-    ) -> Result<SequenceClassifier<B>, TrainError> {
-        progress.in_accum = 0;
+    ) -> Result<O::Model, TrainError> {
+        let steps = self.objective.steps();
+        let micro_batches = std::mem::take(&mut progress.in_accum);
         let state = &mut progress.state;
         let lr = self
             .tuning
-            .learning_rate(self.cfg.lr, state.global_step, self.set.warmup, self.set.total_steps);
+            .learning_rate(self.settings.lr, state.global_step, steps.warmup, steps.total);
         let mask = self.mask.map(|m| m as &dyn GradientTransform<B::InnerBackend>);
         let (model, stats) = opt.step_masked(model, progress.accumulator.grads(), lr, mask);
         if !stats.grad_norm.is_finite() {
@@ -267,101 +312,101 @@ impl<B: AutodiffBackend> Session<'_, B> {
             state.next_batch = 0;
         }
         let step = state.global_step;
+        let step_loss = std::mem::take(&mut progress.step_loss) / micro_batches.max(1) as f64;
+        (progress.observe)(&LoopEvent::Step {
+            step,
+            loss: step_loss,
+            lr,
+            grad_norm: stats.grad_norm,
+        });
         let seq_per_s = progress.seq_per_s();
         let loss = progress.window_mean();
         out.bar.set_position(step as u64);
         out.bar
             .set_message(format!("loss {loss:.4}  lr {lr:.2e}  {seq_per_s:.1} seq/s"));
-        if step.is_multiple_of(self.cfg.log_every.max(1)) {
-            if out.bar.is_hidden() {
+        if step.is_multiple_of(self.settings.log_every.max(1)) {
+            if out.bar.is_hidden() && self.run.is_some() {
                 // No terminal (a log file, CI): the bar is invisible, so log the window instead.
-                let total = self.set.total_steps;
-                tracing::info!(step, total, epoch, loss, lr, seq_per_s, "train");
+                tracing::info!(step, total = steps.total, epoch, loss, lr, seq_per_s, "train");
             }
-            out.log.write(MetricsLine::Train {
-                step,
-                epoch,
-                loss,
-                lr,
-                grad_norm: stats.grad_norm,
-                seq_per_s,
-            })?;
+            if let Some(log) = &out.log {
+                log.write(MetricsLine::Train {
+                    step,
+                    epoch,
+                    loss,
+                    lr,
+                    grad_norm: stats.grad_norm,
+                    seq_per_s,
+                })?;
+            }
             progress.window_loss = 0.0;
             progress.window_n = 0;
         }
         Ok(model)
     }
 
-    /// Dev metrics now: logged, the best checkpoint replaced when they improve, and at the end
-    /// of an epoch the training examples' gold probabilities for the data map.
+    /// Held-out metrics now: logged, the best checkpoint replaced when they improve, and at
+    /// the end of an epoch the objective's training dynamics (data maps).
     fn evaluate(
         &self,
-        model: &SequenceClassifier<B>,
-        progress: &mut Progress<SequenceClassifier<B>>,
+        model: &O::Model,
+        progress: &mut Progress<'_, O::Model>,
         out: &Outputs,
         epoch: usize,
         last_of_epoch: bool,
     ) -> Result<(), TrainError> {
-        let (task, step) = (self.data.task, progress.state.global_step);
-        let metrics = self.dev_metrics(model)?;
+        let step = progress.state.global_step;
+        let inner: Inner<B, O> = model.valid();
+        let last = step == self.objective.steps().total;
+        let metrics = self.objective.evaluate(&inner, last, self.device)?;
         let value = metrics.primary_value();
-        out.bar.println(format!(
-            "{} step {step} epoch {epoch}: dev {} = {value:.4}",
-            task.short_name(),
-            metrics.primary,
-        ));
-        tracing::info!(step, epoch, metric = %metrics.primary, value, "evaluation");
-        out.log.write(MetricsLine::Eval {
-            step,
-            epoch,
-            metrics: metrics.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
-        })?;
-        if let (Some(d), true, false) = (&out.dynamics, last_of_epoch, task.is_regression()) {
-            let (p_gold, correct) = gold_probabilities(
-                &model.valid(),
-                self.tok,
-                self.set.examples,
-                self.cfg.eval_batch_size,
-                self.device,
-            )?;
-            d.write_value(
-                serde_json::to_value(DynamicsLine {
-                    epoch,
-                    step,
-                    p_gold,
-                    correct,
-                })
-                .expect("a dynamics line serialises"),
-            )?;
+        if self.run.is_some() {
+            out.bar.println(format!(
+                "{} step {step} epoch {epoch}: {} = {value:.4}",
+                self.objective.label(),
+                metrics.primary,
+            ));
         }
-        if progress.state.best.is_none_or(|(b, _)| value > b) {
+        tracing::info!(step, epoch, metric = %metrics.primary, value, "evaluation");
+        (progress.observe)(&LoopEvent::Eval {
+            step,
+            metrics: &metrics,
+        });
+        if let Some(log) = &out.log {
+            log.write(MetricsLine::Eval {
+                step,
+                epoch,
+                metrics: metrics.values.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            })?;
+        }
+        if let (Some(d), true) = (&out.dynamics, last_of_epoch) {
+            if let Some(line) = self.objective.dynamics(&inner, epoch, step, self.device)? {
+                d.write_value(serde_json::to_value(line).expect("a dynamics line serialises"))?;
+            }
+        }
+        if progress
+            .state
+            .best
+            .is_none_or(|(b, _)| self.objective.improves(value, b))
+        {
             progress.state.best = Some((value, step));
-            checkpoint::write_weights(&self.run.best(), model, self.tuning)?;
+            if let Some(run) = self.run {
+                checkpoint::write_weights(&run.best(), model, self.tuning)?;
+            }
         }
         progress.last_metrics = Some(metrics);
         Ok(())
     }
 
-    fn dev_metrics(&self, model: &SequenceClassifier<B>) -> Result<TaskMetrics, TrainError> {
-        evaluate(
-            &model.valid(),
-            self.tok,
-            self.data.task,
-            &self.data.dev,
-            self.cfg.eval_batch_size,
-            self.device,
-        )
-    }
-
     /// The error of a non-finite loss or gradient norm at the next step: training stops and
     /// the last checkpoint (named when one exists) is left as it was.
     fn non_finite(&self, what: &'static str, state: &TrainState, epoch: usize) -> TrainError {
-        let last = self.run.last();
+        let last = self.run.map(RunDir::last);
         TrainError::NonFinite {
             what,
             step: state.global_step + 1,
             epoch,
-            checkpoint: last.join("state.json").exists().then_some(last),
+            checkpoint: last.filter(|l| l.join("state.json").exists()),
         }
     }
 }

@@ -598,18 +598,29 @@ pub fn train<B: AutodiffBackend>(
         &run.0.join("trainable.json"),
         serde_json::to_string_pretty(&report).expect("json").as_bytes(),
     )?;
-    let session = crate::train_loop::Session {
+    let objective = crate::objective::classification::Classification {
         tok,
         data,
         cfg,
         set: &set,
+    };
+    let session = crate::train_loop::Session {
+        objective: &objective,
+        settings: crate::train_loop::LoopSettings {
+            adamw: cfg.adamw,
+            lr: cfg.lr,
+            seed: cfg.seed,
+            eval_every: cfg.eval_every,
+            log_every: cfg.log_every,
+            data_map: cfg.data_map,
+        },
         tuning: &tuning,
         mask: mask.as_ref(),
-        run,
+        run: Some(run),
         stop,
         device,
     };
-    let (model, outcome) = session.run(model, &infos, &roles, resumed)?;
+    let (model, outcome) = session.run(model, &infos, &roles, resumed, &mut |_| {})?;
     let results = TrainResults {
         task: data.task.short_name().into(),
         final_metrics: outcome.final_metrics,
@@ -664,7 +675,7 @@ fn open_run<B: Backend>(
 
 /// The examples a run trains on (after `max_train_examples`), their inputs and lengths, the
 /// batching plan and the step counts.
-pub(crate) struct TrainSet<'a> {
+pub struct TrainSet<'a> {
     /// Training examples.
     pub examples: &'a [Example],
     /// Their inputs, in order.
@@ -673,18 +684,16 @@ pub(crate) struct TrainSet<'a> {
     pub lengths: Vec<usize>,
     /// Shuffling and grouping.
     pub plan: BatchPlan,
-    /// Micro-batches per epoch.
-    pub batches_per_epoch: usize,
-    /// Micro-batches per optimizer step.
-    pub accum: usize,
-    /// Optimizer steps over all epochs.
-    pub total_steps: usize,
-    /// Warm-up steps.
-    pub warmup: usize,
+    /// Micro-batch and step counts.
+    pub steps: crate::objective::Steps,
 }
 
 impl<'a> TrainSet<'a> {
-    fn new(data: &'a TaskData, cfg: &TrainConfig) -> Result<Self, TrainError> {
+    /// The training set of `data` under `cfg`.
+    ///
+    /// # Errors
+    /// [`TrainError::Invalid`] when the training or dev set is empty.
+    pub fn new(data: &'a TaskData, cfg: &TrainConfig) -> Result<Self, TrainError> {
         let examples = &data.train[..cfg.max_train_examples.unwrap_or(usize::MAX).min(data.train.len())];
         if examples.is_empty() || data.dev.is_empty() {
             return Err(TrainError::Invalid("training and dev sets must not be empty".into()));
@@ -698,8 +707,6 @@ impl<'a> TrainSet<'a> {
             })
             .collect();
         let batches_per_epoch = examples.len().div_ceil(cfg.batch_size.max(1));
-        let accum = cfg.grad_accum.max(1);
-        let total_steps = batches_per_epoch.div_ceil(accum) * cfg.epochs;
         Ok(Self {
             examples,
             inputs,
@@ -710,10 +717,7 @@ impl<'a> TrainSet<'a> {
                 length_group_factor: cfg.length_group_factor,
                 seed: cfg.seed,
             },
-            batches_per_epoch,
-            accum,
-            total_steps,
-            warmup: (total_steps as f64 * cfg.warmup_ratio).ceil() as usize,
+            steps: crate::objective::Steps::new(cfg.epochs, batches_per_epoch, cfg.grad_accum, cfg.warmup_ratio),
         })
     }
 

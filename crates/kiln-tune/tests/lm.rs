@@ -7,9 +7,11 @@ use burn::module::{AutodiffModule, Param};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_attention::AttentionVariant;
+use kiln_model::roles::ParamRole;
 use kiln_model::{Capture, Gpt2Model, GptConfig};
 use kiln_tune::lm::{next_token_loss, perplexity, train_lm, LmError, LmTrainConfig};
 use kiln_tune::params::param_infos;
+use kiln_tune::strategy::{Effect, Strategy, Tuning};
 use kiln_tune::transfer::{decoder_attention_transfer, TransferConfig, TransferLoss};
 
 type B = Autodiff<Flex>;
@@ -27,6 +29,33 @@ fn model<BB: Backend>(seed: u64) -> Gpt2Model<BB> {
     let device = Default::default();
     BB::seed(&device, seed);
     Gpt2Model::new(&config(), &device)
+}
+
+/// A test-only strategy: trains every parameter `keep` selects.
+#[derive(Debug)]
+struct Select(fn(&ParamRole) -> bool);
+
+impl Strategy for Select {
+    fn name(&self) -> &'static str {
+        "select"
+    }
+    fn effect(&self) -> Effect {
+        Effect::Selects
+    }
+    fn selects(&self, role: &ParamRole) -> bool {
+        (self.0)(role)
+    }
+}
+
+fn selecting(keep: fn(&ParamRole) -> bool) -> Tuning {
+    Tuning::new(&[])
+        .unwrap()
+        .with(std::sync::Arc::new(Select(keep)))
+        .unwrap()
+}
+
+fn full() -> Tuning {
+    Tuning::new(&[]).unwrap()
 }
 
 fn stream(n: usize) -> Vec<u32> {
@@ -87,9 +116,18 @@ fn training_learns_a_periodic_stream_and_leaves_frozen_weights_alone() {
         ..LmTrainConfig::default()
     };
     // Freeze the first block entirely.
-    let trains = |r: &kiln_model::roles::ParamRole| r.layer() != Some(0);
+    let trains = |r: &ParamRole| r.layer() != Some(0);
     let mut logged = 0;
-    let (m, history) = train_lm(m, train, held_out, &cfg, trains, |_| logged += 1, &Default::default()).unwrap();
+    let (m, history) = train_lm(
+        m,
+        train,
+        held_out,
+        &cfg,
+        &selecting(trains),
+        |_| logged += 1,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(logged, 100);
     let last = history.evals.last().unwrap().1;
     assert!(history.steps[0].loss > 2.0, "{:?}", history.steps[0]);
@@ -142,14 +180,14 @@ fn bad_settings_are_typed_errors() {
         ..LmTrainConfig::default()
     };
     let device = Default::default();
-    let short = train_lm(model::<B>(4), &stream(10), &stream(40), &cfg, |_| true, |_| {}, &device);
+    let short = train_lm(model::<B>(4), &stream(10), &stream(40), &cfg, &full(), |_| {}, &device);
     assert!(matches!(short, Err(LmError::TooShort { tokens: 10, window: 17 })));
     let none = train_lm(
         model::<B>(4),
         &stream(100),
         &stream(40),
         &cfg,
-        |_| false,
+        &selecting(|_| false),
         |_| {},
         &device,
     );
@@ -160,7 +198,7 @@ fn bad_settings_are_typed_errors() {
         &stream(100),
         &stream(40),
         &long,
-        |_| true,
+        &full(),
         |_| {},
         &device,
     );
@@ -213,16 +251,7 @@ fn performer_projection_never_trains() {
         eval_every: 0,
         ..LmTrainConfig::default()
     };
-    let (m, history) = train_lm(
-        m,
-        &stream(200),
-        &stream(40),
-        &cfg,
-        |_| true,
-        |_| {},
-        &Default::default(),
-    )
-    .unwrap();
+    let (m, history) = train_lm(m, &stream(200), &stream(40), &cfg, &full(), |_| {}, &Default::default()).unwrap();
     let after = weights(&m.valid());
     let mut projections = 0;
     for ((path, a), (_, b)) in before.iter().zip(&after) {

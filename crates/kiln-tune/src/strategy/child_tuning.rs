@@ -8,11 +8,10 @@ use std::collections::HashMap;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Distribution;
-use kiln_model::roles::{ModelRoles, ParamRole, Site};
+use kiln_model::roles::{ParamRole, Site};
 use serde::{Deserialize, Serialize};
 
 use super::{invalid, Effect, GradientMask, Strategy, StrategyError};
-use crate::classifier::SequenceClassifier;
 use crate::params::ParamInfo;
 
 fn default_reserve_p() -> f64 {
@@ -130,14 +129,15 @@ pub fn percentile(values: &mut [f32], q: f64) -> f32 {
 ///
 /// # Errors
 /// Whatever `loss_of` returns.
-pub fn child_tuning_d_mask<B, E>(
-    model: &SequenceClassifier<B>,
+pub fn child_tuning_d_mask<B, M, E>(
+    model: &M,
     n_batches: usize,
     reserve_p: f64,
-    mut loss_of: impl FnMut(&SequenceClassifier<B>, usize) -> Result<Tensor<B, 1>, E>,
+    mut loss_of: impl FnMut(&M, usize) -> Result<Tensor<B, 1>, E>,
 ) -> Result<ChildMask<B::InnerBackend>, E>
 where
     B: AutodiffBackend,
+    M: burn::module::AutodiffModule<B> + kiln_model::roles::ModelRoles,
 {
     let roles = model.param_roles();
     let infos: Vec<ParamInfo> = crate::params::param_infos(model)
