@@ -15,6 +15,7 @@ use kiln_model::{Capture, Gpt2Model};
 use serde::{Deserialize, Serialize};
 
 use crate::objective::causal_lm::CausalLm;
+use crate::objective::masked_lm::{MaskedLm, MaskedLmModel, Masking};
 use crate::objective::Objective;
 use crate::optim::AdamWConfig;
 use crate::params::param_infos;
@@ -231,6 +232,67 @@ pub fn train_lm<B: AutodiffBackend>(
         });
     }
     let model = tuning.insert(model, device)?;
+    train_in_memory(
+        &CausalLm { train, held_out, cfg },
+        model,
+        cfg,
+        tuning,
+        &mut on_step,
+        device,
+    )
+}
+
+/// Trains BERT with its MLM head ([`MaskedLmModel`]) with `tuning` on `masking`-masked random
+/// windows of `block_len` tokens of `train` for `cfg.steps` steps, evaluating masked-token
+/// perplexity on `held_out` ([`MaskedLm`], the same loop as [`train_lm`]). In the returned
+/// history, [`Perplexity`] is the masked-token one.
+///
+/// # Errors
+/// As [`train_lm`] (a soft prompt is refused: the MLM host has no place for it).
+pub fn train_mlm<B: AutodiffBackend>(
+    model: MaskedLmModel<B>,
+    train: &[u32],
+    held_out: &[u32],
+    cfg: &LmTrainConfig,
+    masking: Masking,
+    tuning: &Tuning,
+    mut on_step: impl FnMut(&LmStep),
+    device: &B::Device,
+) -> Result<(MaskedLmModel<B>, LmHistory), LmError> {
+    crate::validate::validate_lm(cfg)?;
+    if train.len() < cfg.block_len {
+        return Err(LmError::TooShort {
+            tokens: train.len(),
+            window: cfg.block_len,
+        });
+    }
+    let max = crate::validate::ModelLimits::of(&model.bert).max_positions;
+    if cfg.block_len > max {
+        return Err(LmError::BlockTooLong {
+            block_len: cfg.block_len,
+            max,
+        });
+    }
+    let model = tuning.insert(model, device)?;
+    let objective = MaskedLm {
+        train,
+        held_out,
+        cfg,
+        masking,
+    };
+    train_in_memory(&objective, model, cfg, tuning, &mut on_step, device)
+}
+
+/// Runs `objective` through the training loop in memory (no run directory): the strategy's
+/// selection, schedule and gradient mask, per-step history and periodic evaluations.
+fn train_in_memory<B: AutodiffBackend, O: Objective<B>>(
+    objective: &O,
+    model: O::Model,
+    cfg: &LmTrainConfig,
+    tuning: &Tuning,
+    on_step: &mut dyn FnMut(&LmStep),
+    device: &B::Device,
+) -> Result<(O::Model, LmHistory), LmError> {
     let (infos, roles) = (param_infos(&model), model.param_roles());
     let trainable: usize = infos
         .iter()
@@ -243,17 +305,17 @@ pub fn train_lm<B: AutodiffBackend>(
     let mask = match tuning.gradient_mask() {
         Some(GradientMask::Bernoulli { keep }) => Some(ChildMask::Bernoulli(keep)),
         Some(GradientMask::Fisher { keep }) => {
-            let objective = CausalLm { train, held_out, cfg };
-            let batches = (cfg.steps.min(FISHER_BATCHES)).max(1);
-            Some(child_tuning_d_mask(&model, batches, keep, |m, i| {
-                objective.loss(m, &objective.offsets(i), device)
+            // The Fisher pass sees the run's first windows.
+            let batches = objective.batches(0);
+            let n = batches.len().min(FISHER_BATCHES);
+            Some(child_tuning_d_mask(&model, n, keep, |m, i| {
+                objective.loss(m, &batches[i], device)
             })?)
         }
         None => None,
     };
-    let objective = CausalLm { train, held_out, cfg };
     let session = Session {
-        objective: &objective,
+        objective,
         settings: LoopSettings {
             adamw: cfg.adamw,
             lr: cfg.lr,
@@ -301,11 +363,12 @@ pub fn train_lm<B: AutodiffBackend>(
 /// Batches of Child-Tuning_D's Fisher pass on a decoder (the first windows of the run).
 const FISHER_BATCHES: usize = 64;
 
-/// [`Perplexity`] back from [`crate::objective::causal_lm::perplexity_metrics`].
+/// [`Perplexity`] back from the metrics of [`CausalLm`] or [`MaskedLm`] (their primary
+/// metric is the perplexity).
 fn perplexity_of(m: &TaskMetrics) -> Perplexity {
     Perplexity {
         nats_per_token: m.values["nats_per_token"],
-        perplexity: m.values["perplexity"],
+        perplexity: m.primary_value(),
         tokens: m.values["tokens"] as usize,
     }
 }

@@ -8,10 +8,12 @@
 //!
 //! - [`classification`]: sequence classification and regression on GLUE-style examples
 //!   (`BertForSequenceClassification`);
-//! - [`causal_lm`]: next-token prediction on a token stream (GPT-2).
+//! - [`causal_lm`]: next-token prediction on a token stream (GPT-2);
+//! - [`masked_lm`]: BERT's masked-language-model loss on a token stream.
 
 pub mod causal_lm;
 pub mod classification;
+pub mod masked_lm;
 
 use burn::module::AutodiffModule;
 use burn::prelude::*;
