@@ -136,44 +136,7 @@ impl BackendJob for DecoderJob {
         std::fs::create_dir_all(&self.out)?;
         tracing::info!(train = train.len(), held_out = held_out.len(), "byte-level tokens");
 
-        // Pretraining (reused when the same model and budget are already on disk).
-        let dir = self.pretrained.clone().unwrap_or_else(|| self.out.join("pretrained"));
-        let stamp = json!({"model": self.model, "pretrain": self.pretrain, "text": self.text, "tail": self.tail});
-        let weights = dir.join("model.safetensors");
-        let recorded = std::fs::read_to_string(dir.join("kiln_pretrain.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .filter(|r| r["stamp"] == stamp && weights.exists());
-        let (pretrained, pretrain_seconds) = if let Some(recorded) = recorded {
-            let mut m = Gpt2Model::<B>::new(&self.model, &device);
-            load_gpt2_weights(&mut m, &weights)?;
-            println!("Reusing the pretrained model in {}", dir.display());
-            (m, recorded["train_seconds"].as_f64().unwrap_or(f64::NAN))
-        } else {
-            B::seed(&device, self.pretrain.seed);
-            let m = Gpt2Model::<B>::new(&self.model, &device);
-            let t = fit(m, train, held_out, &self.pretrain, "pretrain", &device)?;
-            std::fs::create_dir_all(&dir)?;
-            let mut config = serde_json::to_value(&self.model)?;
-            config["model_type"] = json!("gpt2");
-            config["architectures"] = json!(["GPT2LMHeadModel"]);
-            write_atomic(
-                &dir.join("config.json"),
-                serde_json::to_string_pretty(&config)?.as_bytes(),
-            )?;
-            write_atomic(&weights, &gpt2_weights_bytes(&t.model)?)?;
-            write_atomic(
-                &self.out.join("pretrain.jsonl"),
-                history_lines("pretrain", &t.history).as_bytes(),
-            )?;
-            let meta = json!({"stamp": stamp, "train_seconds": t.history.train_seconds,
-                              "final": t.history.evals.last().map(|e| e.1)});
-            write_atomic(
-                &dir.join("kiln_pretrain.json"),
-                serde_json::to_string_pretty(&meta)?.as_bytes(),
-            )?;
-            (t.model, t.history.train_seconds)
-        };
+        let (pretrained, pretrain_seconds) = self.pretrained_model::<B>(train, held_out, &device)?;
         let teacher = pretrained.valid();
         let eval = |m: &Gpt2Model<B::InnerBackend>| {
             perplexity(m, held_out, self.finetune.block_len, self.finetune.batch_size, &device)
@@ -197,12 +160,6 @@ impl BackendJob for DecoderJob {
         let mut rows = Vec::new();
         let mut curves = String::new();
         let mut losses: Vec<kiln::viz::plots::Series> = Vec::new();
-        let loss_series = |label: &str, h: &LmHistory| -> kiln::viz::plots::Series {
-            (
-                label.to_string(),
-                h.steps.iter().map(|s| (s.step as f64, s.loss)).collect(),
-            )
-        };
         // Control: the softmax model trained for the same extra budget.
         if self.control {
             let t = fit(pretrained.clone(), train, held_out, &self.finetune, "softmax", &device)?;
@@ -236,21 +193,7 @@ impl BackendJob for DecoderJob {
                 student.convert_attention(variant, None, 0.0);
                 let converted: Perplexity = eval(&student.valid());
                 let (student, after_transfer, transfer_seconds, transfer_losses) = if with_transfer {
-                    let started = Instant::now();
-                    let bar = progress(self.transfer.steps, &format!("{label} transfer"));
-                    let windows = self.transfer.batch_size;
-                    let block = self.finetune.block_len;
-                    let seed = self.finetune.seed;
-                    let (s, losses) = decoder_attention_transfer(student, &teacher, &self.transfer, |step| {
-                        bar.inc(1);
-                        let ids: Vec<i64> = random_windows(train, block, windows, seed ^ 0x7A5 ^ step as u64)
-                            .into_iter()
-                            .map(i64::from)
-                            .collect();
-                        Tensor::from_data(TensorData::new(ids, [windows, block]), &device)
-                    });
-                    bar.finish_and_clear();
-                    let seconds = started.elapsed().as_secs_f64();
+                    let (s, seconds, losses) = self.transfer(student, &teacher, train, &label, &device);
                     let p = eval(&s.valid());
                     (s, Some(p.perplexity), seconds, losses)
                 } else {
@@ -301,6 +244,90 @@ impl BackendJob for DecoderJob {
         write_charts(&self.out, losses)?;
         Ok(result)
     }
+}
+
+impl DecoderJob {
+    /// The pretrained softmax model and its training seconds: reused from its directory when
+    /// the same model, budget and text are recorded there, else trained and written.
+    fn pretrained_model<B: AutodiffBackend>(
+        &self,
+        train: &[u32],
+        held_out: &[u32],
+        device: &B::Device,
+    ) -> Result<(Gpt2Model<B>, f64)> {
+        let dir = self.pretrained.clone().unwrap_or_else(|| self.out.join("pretrained"));
+        let stamp = json!({"model": self.model, "pretrain": self.pretrain, "text": self.text, "tail": self.tail});
+        let weights = dir.join("model.safetensors");
+        let recorded = std::fs::read_to_string(dir.join("kiln_pretrain.json"))
+            .ok()
+            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+            .filter(|r| r["stamp"] == stamp && weights.exists());
+        Ok(if let Some(recorded) = recorded {
+            let mut m = Gpt2Model::<B>::new(&self.model, device);
+            load_gpt2_weights(&mut m, &weights)?;
+            println!("Reusing the pretrained model in {}", dir.display());
+            (m, recorded["train_seconds"].as_f64().unwrap_or(f64::NAN))
+        } else {
+            B::seed(device, self.pretrain.seed);
+            let m = Gpt2Model::<B>::new(&self.model, device);
+            let t = fit(m, train, held_out, &self.pretrain, "pretrain", device)?;
+            std::fs::create_dir_all(&dir)?;
+            let mut config = serde_json::to_value(&self.model)?;
+            config["model_type"] = json!("gpt2");
+            config["architectures"] = json!(["GPT2LMHeadModel"]);
+            write_atomic(
+                &dir.join("config.json"),
+                serde_json::to_string_pretty(&config)?.as_bytes(),
+            )?;
+            write_atomic(&weights, &gpt2_weights_bytes(&t.model)?)?;
+            write_atomic(
+                &self.out.join("pretrain.jsonl"),
+                history_lines("pretrain", &t.history).as_bytes(),
+            )?;
+            let meta = json!({"stamp": stamp, "train_seconds": t.history.train_seconds,
+                              "final": t.history.evals.last().map(|e| e.1)});
+            write_atomic(
+                &dir.join("kiln_pretrain.json"),
+                serde_json::to_string_pretty(&meta)?.as_bytes(),
+            )?;
+            (t.model, t.history.train_seconds)
+        })
+    }
+
+    /// Attention transfer of `student` to `teacher` on windows of the training stream: the
+    /// student, the seconds it took and the per-step losses.
+    fn transfer<B: AutodiffBackend>(
+        &self,
+        student: Gpt2Model<B>,
+        teacher: &Gpt2Model<B::InnerBackend>,
+        train: &[u32],
+        label: &str,
+        device: &B::Device,
+    ) -> (Gpt2Model<B>, f64, Vec<f64>) {
+        let started = Instant::now();
+        let bar = progress(self.transfer.steps, &format!("{label} transfer"));
+        let windows = self.transfer.batch_size;
+        let block = self.finetune.block_len;
+        let seed = self.finetune.seed;
+        let (s, losses) = decoder_attention_transfer(student, teacher, &self.transfer, |step| {
+            bar.inc(1);
+            let ids: Vec<i64> = random_windows(train, block, windows, seed ^ 0x7A5 ^ step as u64)
+                .into_iter()
+                .map(i64::from)
+                .collect();
+            Tensor::from_data(TensorData::new(ids, [windows, block]), device)
+        });
+        bar.finish_and_clear();
+        (s, started.elapsed().as_secs_f64(), losses)
+    }
+}
+
+/// A run's training losses as a plot series.
+fn loss_series(label: &str, h: &LmHistory) -> kiln::viz::plots::Series {
+    (
+        label.to_string(),
+        h.steps.iter().map(|s| (s.step as f64, s.loss)).collect(),
+    )
 }
 
 fn write_tables(out: &std::path::Path, result: &serde_json::Value) -> Result<()> {

@@ -5,14 +5,16 @@
 //! [`strategy::Strategy`] trait, choosing parameters by typed role), the typed run files
 //! shared by their writers and readers ([`run_files`]: `config.json` with provenance,
 //! `metrics.jsonl`), a PyTorch-exact AdamW with
-//! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, the
-//! training loop with its run directory and checkpoints ([`trainer`]; who may write a run
+//! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, one
+//! training loop over objectives ([`objective`]: classification/regression, causal LM, masked
+//! LM; any model that is a strategy host, [`strategy::TunableModel`]), the classification run
+//! with its run directory and checkpoints ([`trainer`]; who may write a run
 //! directory and what happens to an existing one: [`run_dir`]; every `[train]` value checked
 //! before anything runs: [`validate`]), and the exactness
 //! check against PyTorch's training step ([`train_parity`]), the ladder side network
 //! ([`ladder`]), interop with PEFT and Hugging Face layouts ([`export`]), attention transfer
-//! for converted models ([`transfer`]), and causal language modelling for the decoder
-//! (training from a token stream, perplexity: [`lm`]).
+//! for converted models ([`transfer`]), and language modelling from a token stream (GPT-2's
+//! causal LM and BERT's masked LM with any strategy, perplexity: [`lm`]).
 //!
 //! **Owns:** what trains, how, and what is saved. **Must not touch:** model architecture
 //! (`kiln-model`; the modules strategies insert — LoRA deltas, adapters, (IA)³, masks, soft

@@ -249,6 +249,7 @@ pub fn train_lm<B: AutodiffBackend>(
 ///
 /// # Errors
 /// As [`train_lm`] (a soft prompt is refused: the MLM host has no place for it).
+#[allow(clippy::too_many_arguments)]
 pub fn train_mlm<B: AutodiffBackend>(
     model: MaskedLmModel<B>,
     train: &[u32],

@@ -212,33 +212,14 @@ pub fn train_step_parity_report<B: AutodiffBackend>(
     let mut rows = Vec::new();
     // kiln's step-0 gradients of the parameters whose PyTorch gradients the reference holds,
     // in HF layout.
-    let mut grad0: HashMap<String, Vec<f32>> = HashMap::new();
+    let mut grad0 = HashMap::new();
     let infos = param_infos(&model);
     for step in 0..want_loss.len() {
         let loss = model.loss(model.forward(ids.clone(), types.clone(), mask.clone()), &targets);
         let loss_value = loss.clone().into_scalar().elem::<f64>();
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         if step == 0 {
-            for name in reference.tensors.keys().filter_map(|k| k.strip_prefix("grad0.")) {
-                let (path, transposed) = kiln_path_of_hf(name);
-                let Some(info) = infos.iter().find(|i| i.path == path) else {
-                    continue;
-                };
-                let values = match info.shape.len() {
-                    1 => grads.get::<B::InnerBackend, 1>(info.id).map(|g| g.into_data()),
-                    2 => grads.get::<B::InnerBackend, 2>(info.id).map(|g| {
-                        if transposed {
-                            g.transpose().into_data()
-                        } else {
-                            g.into_data()
-                        }
-                    }),
-                    _ => None,
-                };
-                if let Some(v) = values.and_then(|d| d.convert::<f32>().to_vec::<f32>().ok()) {
-                    grad0.insert(name.to_string(), v);
-                }
-            }
+            grad0 = hf_gradients::<B>(reference, &infos, &grads);
         }
         let (next, stats) = opt.step(model, grads, cfg.lr);
         model = next;
@@ -314,6 +295,37 @@ pub fn train_step_parity_report<B: AutodiffBackend>(
         });
     }
     Ok(TrainParityReport { rows, diagnostics })
+}
+
+/// kiln's gradients of the parameters whose PyTorch gradients `reference` holds
+/// (`grad0.<HF name>`), in HF layout, by HF name.
+fn hf_gradients<B: AutodiffBackend>(
+    reference: &ReferenceFile,
+    infos: &[crate::params::ParamInfo],
+    grads: &GradientsParams,
+) -> HashMap<String, Vec<f32>> {
+    let mut out = HashMap::new();
+    for name in reference.tensors.keys().filter_map(|k| k.strip_prefix("grad0.")) {
+        let (path, transposed) = kiln_path_of_hf(name);
+        let Some(info) = infos.iter().find(|i| i.path == path) else {
+            continue;
+        };
+        let values = match info.shape.len() {
+            1 => grads.get::<B::InnerBackend, 1>(info.id).map(|g| g.into_data()),
+            2 => grads.get::<B::InnerBackend, 2>(info.id).map(|g| {
+                if transposed {
+                    g.transpose().into_data()
+                } else {
+                    g.into_data()
+                }
+            }),
+            _ => None,
+        };
+        if let Some(v) = values.and_then(|d| d.convert::<f32>().to_vec::<f32>().ok()) {
+            out.insert(name.to_string(), v);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

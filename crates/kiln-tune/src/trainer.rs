@@ -1,4 +1,6 @@
-//! The fine-tuning loop for sequence classification/regression on GLUE-style data.
+//! Fine-tuning runs for sequence classification/regression on GLUE-style data: setup (the run
+//! directory, conversion, inserts, Child-Tuning_D's mask) around the one training loop
+//! (`train_loop.rs`, with [`crate::objective::classification::Classification`]).
 //!
 //! Each optimizer step: seed the backend from `(seed, micro-step)` (so dropout masks are a
 //! function of the position, which makes resume exact), forward, loss, backward, optional

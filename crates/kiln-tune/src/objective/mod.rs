@@ -1,4 +1,4 @@
-//! Training objectives: what the one training loop ([`crate::train_loop`]) optimises.
+//! Training objectives: what the one training loop (`train_loop.rs`) optimises.
 //!
 //! An [`Objective`] owns the model type it trains, its data, its micro-batches, their loss and
 //! its held-out evaluation; the loop owns everything else — seeding, accumulation, the
