@@ -4,8 +4,10 @@
 //! bit-identical; the tuned part saves and loads back to the same perplexity; strategies the
 //! decoder has no place for are refused with a typed error.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
-use burn::module::{AutodiffModule, Param};
+use burn::module::AutodiffModule;
 use burn::prelude::*;
 use kiln_model::roles::{Insert, ModelRoles, ParamRole, Part, TensorKind};
 use kiln_model::{Gpt2Model, GptConfig};
@@ -14,7 +16,6 @@ use kiln_tune::params::param_infos;
 use kiln_tune::strategy::{load_tuned, save_tuned, StrategyConfig, StrategyError, Tuning};
 
 type B = Autodiff<Flex>;
-type I = Flex;
 
 fn config() -> GptConfig {
     serde_json::from_str(
@@ -84,26 +85,13 @@ fn tuning(json: &str) -> Tuning {
     Tuning::new(&parts).unwrap()
 }
 
-/// `(path, values)` of every parameter.
-fn values(m: &Gpt2Model<I>) -> Vec<(String, Vec<f32>)> {
-    struct Grab<'a>(&'a mut Vec<Vec<f32>>);
-    impl burn::module::ModuleVisitor<I> for Grab<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<I, D>>) {
-            self.0.push(p.val().into_data().to_vec::<f32>().unwrap());
-        }
-    }
-    let mut v = Vec::new();
-    m.visit(&mut Grab(&mut v));
-    param_infos(m).into_iter().map(|i| i.path).zip(v).collect()
-}
-
 #[test]
 fn strategies_fine_tune_the_decoder_and_touch_only_what_they_train() {
     let device = Default::default();
     let base = pretrained();
     let (train, held_out) = new_text();
     let before = perplexity(&base.valid(), &held_out, 32, 8, &device).perplexity;
-    let base_values = values(&base.valid());
+    let base_values = common::snapshot(&base);
     // Each must bring the held-out perplexity below 70% of the pretrained model's.
     let cases = [
         (json_of_lora(), "LoRA"),
@@ -136,7 +124,7 @@ fn strategies_fine_tune_the_decoder_and_touch_only_what_they_train() {
             .filter(|i| roles.get(i.id).is_some_and(|r| t.trains(r)))
             .map(|i| i.path)
             .collect();
-        let tuned_values: std::collections::HashMap<String, Vec<f32>> = values(&tuned.valid()).into_iter().collect();
+        let tuned_values = common::snapshot(&tuned);
         for (path, v) in &base_values {
             assert_eq!(trained.contains(path), &tuned_values[path] != v, "{name}: {path}");
         }

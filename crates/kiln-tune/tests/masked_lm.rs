@@ -3,8 +3,10 @@
 //! recipe, training lowers held-out masked-token perplexity, and LoRA on the encoder trains
 //! only its deltas and the MLM head.
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
-use burn::module::{AutodiffModule, Param};
+use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_model::roles::{ModelRoles, Part, Site};
@@ -163,18 +165,6 @@ fn host_loss(m: &MaskedLmModel<I>, objective: &MaskedLm<'_>, window: &[u32], o: 
     total / f64::from(count)
 }
 
-fn values(m: &MaskedLmModel<I>) -> Vec<(String, Vec<f32>)> {
-    struct Grab<'a>(&'a mut Vec<Vec<f32>>);
-    impl burn::module::ModuleVisitor<I> for Grab<'_> {
-        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<I, D>>) {
-            self.0.push(p.val().into_data().to_vec::<f32>().unwrap());
-        }
-    }
-    let mut v = Vec::new();
-    m.visit(&mut Grab(&mut v));
-    param_infos(m).into_iter().map(|i| i.path).zip(v).collect()
-}
-
 #[test]
 fn training_lowers_masked_perplexity_and_lora_trains_only_its_deltas_and_the_head() {
     let device = Default::default();
@@ -196,7 +186,7 @@ fn training_lowers_masked_perplexity_and_lora_trains_only_its_deltas_and_the_hea
             .unwrap();
     let lora = Tuning::new(&parts).unwrap();
     let base = model(2);
-    let before = values(&base.valid());
+    let before = common::snapshot(&base);
     let c = cfg(300);
     let objective = MaskedLm {
         train,
@@ -211,12 +201,12 @@ fn training_lowers_masked_perplexity_and_lora_trains_only_its_deltas_and_the_hea
     eprintln!("LoRA: held-out masked perplexity {start:.3} → {:.3}", last.perplexity);
     assert!(last.perplexity < 0.5 * start, "{start} → {last:?}");
     let roles = tuned.param_roles();
-    let after: std::collections::HashMap<String, Vec<f32>> = values(&tuned.valid()).into_iter().collect();
+    let after = common::snapshot(&tuned);
     for info in param_infos(&tuned) {
         let role = roles.get(info.id).unwrap();
         let trains = matches!(role.part, Part::Insert(_)) || role.site == Site::Head;
         assert_eq!(lora.trains(role), trains, "{}", info.path);
-        if let Some((_, v)) = before.iter().find(|(p, _)| *p == info.path) {
+        if let Some(v) = before.get(&info.path) {
             assert_eq!(&after[&info.path] != v, trains, "{}", info.path);
         }
     }
