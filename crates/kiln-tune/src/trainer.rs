@@ -663,7 +663,7 @@ fn open_run<B: Backend>(
         &limits,
     )?;
     let tuning = Tuning::new(&cfg.tuning)?;
-    tuning.check_fits(&crate::strategy::ModelShape::of(&model.bert))?;
+    tuning.check_fits(&crate::strategy::TunableModel::shape(model))?;
     let lock = run.lock()?;
     let config_json =
         crate::run_files::RunConfig::new(data.task.short_name(), cfg.clone(), run.provenance().cloned()).to_value();

@@ -27,7 +27,7 @@ pub struct CausalLm<'a> {
 impl CausalLm<'_> {
     /// The window offsets of step `step`.
     pub fn offsets(&self, step: usize) -> Vec<usize> {
-        let seed = self.cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = super::step_seed(self.cfg.seed, step);
         random_offsets(self.train.len(), self.cfg.block_len + 1, self.cfg.batch_size, seed)
     }
 }
@@ -71,10 +71,7 @@ impl<B: AutodiffBackend> Objective<B> for CausalLm<'_> {
     }
 
     fn evaluate(&self, model: &Inner<B, Self>, last: bool, device: &B::Device) -> Result<TaskMetrics, TrainError> {
-        let stream = match (last, self.cfg.eval_tokens) {
-            (true, _) | (false, 0) => self.held_out,
-            (false, n) => &self.held_out[..n.min(self.held_out.len())],
-        };
+        let stream = super::eval_stream(self.held_out, self.cfg.eval_tokens, last);
         let p = perplexity(model, stream, self.cfg.block_len, self.cfg.batch_size, device);
         Ok(perplexity_metrics(&p))
     }

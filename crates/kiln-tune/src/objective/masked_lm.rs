@@ -162,7 +162,7 @@ const EVAL_STREAM: u64 = 0xE7A1_0000_0000_0001;
 impl MaskedLm<'_> {
     /// The window offsets of step `step`.
     pub fn offsets(&self, step: usize) -> Vec<usize> {
-        let seed = self.cfg.seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let seed = super::step_seed(self.cfg.seed, step);
         random_offsets(self.train.len(), self.cfg.block_len, self.cfg.batch_size, seed)
     }
 
@@ -225,10 +225,7 @@ impl<B: AutodiffBackend> Objective<B> for MaskedLm<'_> {
     }
 
     fn evaluate(&self, model: &Inner<B, Self>, last: bool, device: &B::Device) -> Result<TaskMetrics, TrainError> {
-        let stream = match (last, self.cfg.eval_tokens) {
-            (true, _) | (false, 0) => self.held_out,
-            (false, n) => &self.held_out[..n.min(self.held_out.len())],
-        };
+        let stream = super::eval_stream(self.held_out, self.cfg.eval_tokens, last);
         // Consecutive, disjoint windows of `block_len` tokens (a short tail is dropped).
         let windows: Vec<(&[u32], u64)> = stream
             .chunks_exact(self.cfg.block_len)

@@ -61,6 +61,20 @@ impl Steps {
     }
 }
 
+/// The held-out tokens an LM evaluation reads: all of them after the last step (or when
+/// `eval_tokens` is 0), else the first `eval_tokens`.
+pub(crate) fn eval_stream(held_out: &[u32], eval_tokens: usize, last: bool) -> &[u32] {
+    match (last, eval_tokens) {
+        (true, _) | (false, 0) => held_out,
+        (false, n) => &held_out[..n.min(held_out.len())],
+    }
+}
+
+/// The seed of step `step`'s window offsets in an LM run seeded `seed`.
+pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
+    seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}
+
 /// The model an objective trains, as the inner (non-autodiff) module evaluation sees.
 pub type Inner<B, O> = <<O as Objective<B>>::Model as AutodiffModule<B>>::InnerModule;
 
