@@ -162,6 +162,7 @@ fn assert_close(got: &Tensor<B, 4>, want: &[f64], tol: f64, what: &str) {
 
 #[test]
 fn linear_attention_matches_the_direct_formula_bidirectional_and_causal_with_padding() {
+    let _rng = kiln_testkit::rng_lock();
     let (q, k, v) = (rand4(1), rand4(2), rand4(3));
     let (keep, mask) = keep_mask();
     for mut m in mechanisms() {
@@ -199,6 +200,7 @@ fn recurrent_vs_parallel(m: &LinearAttention<B>, q: &Tensor<B, 4>, k: &Tensor<B,
 
 #[test]
 fn recurrent_decoding_equals_the_parallel_causal_form() {
+    let _rng = kiln_testkit::rng_lock();
     let (q, k, v) = (rand4(4), rand4(5), rand4(6));
     for m in mechanisms() {
         let worst = recurrent_vs_parallel(&m, &q, &k, &v);
@@ -208,6 +210,7 @@ fn recurrent_decoding_equals_the_parallel_causal_form() {
 
 #[test]
 fn t2r_normaliser_floor_prevents_division_by_zero() {
+    let _rng = kiln_testkit::rng_lock();
     // Very negative biases make every ReLU feature zero.
     let device = Default::default();
     let mut map = FeatureMap::<B>::learned(FeatureKind::T2r, HEADS, D, 4, &device);
@@ -233,6 +236,7 @@ fn in_band(causal: bool, w: usize, i: usize, j: usize) -> bool {
 
 #[test]
 fn sliding_window_matches_a_banded_direct_softmax_and_a_wide_window_is_exact_softmax() {
+    let _rng = kiln_testkit::rng_lock();
     let (q, k, v) = (rand4(10), rand4(11), rand4(12));
     let (keep, mask) = keep_mask();
     let (qd, kd, vd) = (data(&q), data(&k), data(&v));
@@ -305,6 +309,7 @@ fn sliding_window_matches_a_banded_direct_softmax_and_a_wide_window_is_exact_sof
 
 #[test]
 fn requested_weights_give_the_same_context_and_rows_sum_to_one() {
+    let _rng = kiln_testkit::rng_lock();
     let (q, k, v) = (rand4(13), rand4(14), rand4(15));
     let (_, mask) = keep_mask();
     for m in mechanisms() {
@@ -325,6 +330,7 @@ fn requested_weights_give_the_same_context_and_rows_sum_to_one() {
 
 #[test]
 fn performer_features_are_blockwise_orthogonal_and_approximate_softmax() {
+    let _rng = kiln_testkit::rng_lock();
     let (d, m) = (D, 3 * D + 2);
     let omega = kiln_attention::linear::orthogonal_gaussian(d, m, 7);
     let col = |j: usize| (0..d).map(|i| omega[i * m + j] as f64).collect::<Vec<_>>();
@@ -400,6 +406,7 @@ fn naive_hybrid(
 
 #[test]
 fn lolcats_hybrid_matches_the_direct_formula_and_decodes_in_bounded_memory() {
+    let _rng = kiln_testkit::rng_lock();
     let (q, k, v) = (rand4(21), rand4(22), rand4(23));
     let (keep, mask) = keep_mask();
     let device = Default::default();
@@ -448,6 +455,7 @@ fn lolcats_hybrid_matches_the_direct_formula_and_decodes_in_bounded_memory() {
 
 #[test]
 fn identity_feature_map_on_tiny_inputs_equals_the_explicit_formula() {
+    let _rng = kiln_testkit::rng_lock();
     // φ = identity: a T2R map with W = I, b = 0 on non-negative inputs (ReLU(x) = x); its
     // query scaling d^-½ cancels between numerator and normaliser.
     let device = Default::default();

@@ -37,6 +37,7 @@ fn product_f64(layers: &[Vec<Vec<f64>>]) -> Vec<Vec<f64>> {
 
 #[test]
 fn rollout_is_the_renormalised_product_of_half_identity_mixtures() {
+    let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     Flex::seed(&device, 1);
     let (n, h, s) = (2, 3, 5);
@@ -80,6 +81,7 @@ fn rollout_is_the_renormalised_product_of_half_identity_mixtures() {
 
 #[test]
 fn integrated_gradients_are_complete_and_gradient_x_input_matches_finite_differences() {
+    let _rng = kiln_testkit::rng_lock();
     let model = common::tiny_bert::<A>(3);
     let device = Default::default();
     let ids = Tensor::<A, 2, Int>::from_data(TensorData::new(vec![3i64, 7, 11, 19, 23, 5], [2, 3]), &device);
@@ -125,6 +127,7 @@ fn integrated_gradients_are_complete_and_gradient_x_input_matches_finite_differe
 
 #[test]
 fn rollout_of_residual_matrices_is_the_product_of_row_normalised_layers() {
+    let _rng = kiln_testkit::rng_lock();
     use kiln_lens::attribution::rollout_matrices;
     let device = Default::default();
     let (n, s) = (1, 4);
@@ -163,6 +166,7 @@ fn rollout_of_residual_matrices_is_the_product_of_row_normalised_layers() {
 
 #[test]
 fn mixing_rollout_gives_each_token_its_measured_context_share() {
+    let _rng = kiln_testkit::rng_lock();
     use kiln_lens::norm::{mixing_rollout, LayerNorms};
     let device = Default::default();
     let (n, s, len) = (1, 4, 3);

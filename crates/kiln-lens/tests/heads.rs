@@ -50,6 +50,7 @@ fn gates(layer: usize, head: usize, value: f32) -> Vec<Vec<f32>> {
 
 #[test]
 fn unit_gates_change_nothing_and_a_zero_gate_deletes_the_head() {
+    let _rng = kiln_testkit::rng_lock();
     let base = common::tiny_bert::<A>(8);
     let mut gated = base.clone();
     set_head_gates(&mut gated, None);
@@ -74,6 +75,7 @@ fn unit_gates_change_nothing_and_a_zero_gate_deletes_the_head() {
 
 #[test]
 fn importance_is_the_absolute_slope_of_the_loss_in_each_gate() {
+    let _rng = kiln_testkit::rng_lock();
     let base = common::tiny_bert::<A>(8);
     let imp = head_importance(&base, 1, false, |m, _| loss(m));
     for (layer, head) in [(0, 0), (0, 3), (1, 1)] {
@@ -98,6 +100,7 @@ fn importance_is_the_absolute_slope_of_the_loss_in_each_gate() {
 
 #[test]
 fn taylor_scores_sum_each_heads_slices_and_pruning_drops_the_lowest() {
+    let _rng = kiln_testkit::rng_lock();
     let base = common::tiny_bert::<A>(8);
     let got = taylor_importance(&base, 1, |m, _| loss(m));
     // Host recomputation from the full gradients, slicing by index arithmetic.

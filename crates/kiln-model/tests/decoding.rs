@@ -89,6 +89,7 @@ fn parallel_logits(m: &Gpt2Model<B>, toks: &[i64]) -> Vec<Vec<f32>> {
 
 #[test]
 fn prefill_then_steps_equal_the_parallel_forward_for_every_variant() {
+    let _rng = kiln_testkit::rng_lock();
     let toks = tokens(40, 1);
     for variant in variants() {
         let m = model(&variant);
@@ -127,6 +128,7 @@ fn prefill_then_steps_equal_the_parallel_forward_for_every_variant() {
 
 #[test]
 fn linear_state_is_constant_and_kv_cache_grows() {
+    let _rng = kiln_testkit::rng_lock();
     for variant in variants() {
         let m = model(&variant);
         let mut state = DecodeState::new(m.num_layers());
@@ -156,6 +158,7 @@ fn linear_state_is_constant_and_kv_cache_grows() {
 
 #[test]
 fn converted_decoder_never_looks_ahead() {
+    let _rng = kiln_testkit::rng_lock();
     let toks = tokens(30, 3);
     for variant in variants() {
         let m = model(&variant);
@@ -187,6 +190,7 @@ impl ModuleVisitor<B> for Collect {
 
 #[test]
 fn conversion_keeps_every_other_weight_bit_identical() {
+    let _rng = kiln_testkit::rng_lock();
     let mut m = model(&AttentionVariant::Softmax);
     let mut before = Collect(HashMap::new());
     m.visit(&mut before);
@@ -208,6 +212,7 @@ fn conversion_keeps_every_other_weight_bit_identical() {
 
 #[test]
 fn greedy_generation_equals_rerunning_the_model() {
+    let _rng = kiln_testkit::rng_lock();
     for variant in [
         AttentionVariant::Softmax,
         AttentionVariant::T2r {
@@ -231,6 +236,7 @@ fn greedy_generation_equals_rerunning_the_model() {
 
 #[test]
 fn sampling_is_seeded_and_positions_are_checked() {
+    let _rng = kiln_testkit::rng_lock();
     let m = model(&AttentionVariant::EluLinear);
     let device = Default::default();
     let sample = |seed| {
@@ -251,6 +257,7 @@ fn sampling_is_seeded_and_positions_are_checked() {
 
 #[test]
 fn saved_gpt2_weights_load_back_with_hf_names() {
+    let _rng = kiln_testkit::rng_lock();
     let m = model(&AttentionVariant::Softmax);
     let bytes = kiln_model::gpt2_weights_bytes(&m).unwrap();
     let names: Vec<String> = safetensors::SafeTensors::deserialize(&bytes)

@@ -43,6 +43,7 @@ fn logits(m: &SequenceClassifier<A>) -> Vec<f32> {
 
 #[test]
 fn conversion_adds_only_feature_maps_and_they_train_under_any_strategy() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let base = tiny(1);
     let before: Vec<String> = param_infos(&base).into_iter().map(|p| p.path).collect();
@@ -88,6 +89,7 @@ fn conversion_adds_only_feature_maps_and_they_train_under_any_strategy() {
 
 #[test]
 fn a_window_covering_the_sequence_is_the_original_model() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let base = tiny(2);
     let mut converted = base.clone();
@@ -101,6 +103,7 @@ fn a_window_covering_the_sequence_is_the_original_model() {
 
 #[test]
 fn converted_full_finetuning_resumes_bit_for_bit() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     use kiln_data::{Example, GlueTask, Label, TextInput, TextTokenizer};
     use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
@@ -194,6 +197,7 @@ fn logits_wide(m: &SequenceClassifier<A>) -> Vec<f32> {
 
 #[test]
 fn attention_transfer_moves_only_feature_maps_and_lowers_the_loss() {
+    let _rng = kiln_testkit::rng_lock();
     use kiln_tune::transfer::{attention_transfer, teacher_of, TransferBatch, TransferConfig, TransferLoss};
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();

@@ -87,6 +87,7 @@ fn tuning(json: &str) -> Tuning {
 
 #[test]
 fn strategies_fine_tune_the_decoder_and_touch_only_what_they_train() {
+    let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     let base = pretrained();
     let (train, held_out) = new_text();
@@ -170,6 +171,7 @@ fn json_of_lora() -> &'static str {
 
 #[test]
 fn a_tuned_decoder_part_saves_and_loads_back() {
+    let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     let base = pretrained();
     let (train, held_out) = new_text();
@@ -198,6 +200,7 @@ fn a_tuned_decoder_part_saves_and_loads_back() {
 
 #[test]
 fn strategies_the_decoder_has_no_place_for_are_refused() {
+    let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     B::seed(&device, 1);
     let model = Gpt2Model::<B>::new(&config(), &device);

@@ -78,6 +78,7 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn peft_round_trip_reproduces_logits_with_peft_key_names() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let (model, tuning) = trained_lora(&["query", "value", "re:.*intermediate.*"]);
@@ -119,6 +120,7 @@ fn peft_round_trip_reproduces_logits_with_peft_key_names() {
 
 #[test]
 fn peft_import_rejects_what_it_cannot_represent() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let (model, tuning) = trained_lora(&["query"]);
@@ -137,6 +139,7 @@ fn peft_import_rejects_what_it_cannot_represent() {
 
 #[test]
 fn merged_lora_exports_as_a_plain_hf_classifier() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let (model, _) = trained_lora(&["re:.*"]);
     let want = logits(&model);

@@ -65,6 +65,7 @@ fn stream(n: usize) -> Vec<u32> {
 
 #[test]
 fn next_token_loss_equals_a_host_cross_entropy() {
+    let _rng = kiln_testkit::rng_lock();
     let m = model::<I>(1);
     let ids: Vec<i64> = vec![1, 5, 3, 7, 2, 2, 9, 0, 4, 4, 11, 6];
     let windows = Tensor::<I, 2, Int>::from_data(TensorData::new(ids.clone(), [2, 6]), &Default::default());
@@ -90,6 +91,7 @@ fn next_token_loss_equals_a_host_cross_entropy() {
 
 #[test]
 fn a_model_with_uniform_logits_has_perplexity_equal_to_the_vocabulary() {
+    let _rng = kiln_testkit::rng_lock();
     let mut m = model::<I>(2);
     let zeros = Tensor::<I, 2>::zeros(m.wte.weight.dims(), &Default::default());
     m.wte.weight = Param::from_tensor(zeros);
@@ -101,6 +103,7 @@ fn a_model_with_uniform_logits_has_perplexity_equal_to_the_vocabulary() {
 
 #[test]
 fn training_learns_a_periodic_stream_and_leaves_frozen_weights_alone() {
+    let _rng = kiln_testkit::rng_lock();
     let data = stream(2000);
     let (train, held_out) = data.split_at(1800);
     let m = model::<B>(3);
@@ -174,6 +177,7 @@ fn weights(m: &Gpt2Model<I>) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn bad_settings_are_typed_errors() {
+    let _rng = kiln_testkit::rng_lock();
     let cfg = LmTrainConfig {
         steps: 1,
         block_len: 16,
@@ -210,6 +214,7 @@ fn bad_settings_are_typed_errors() {
 
 #[test]
 fn decoder_attention_transfer_lowers_its_loss_and_trains_only_feature_maps() {
+    let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     // Scaled so that the teacher's attention is far from uniform (GPT-2's init is not).
     let teacher_model = model::<B>(5).map(&mut Scale(6.0));
@@ -241,6 +246,7 @@ fn decoder_attention_transfer_lowers_its_loss_and_trains_only_feature_maps() {
 
 #[test]
 fn performer_projection_never_trains() {
+    let _rng = kiln_testkit::rng_lock();
     let mut m = model::<B>(6);
     m.convert_attention(&AttentionVariant::Performer { features: 16, seed: 1 }, None, 0.0);
     let before = weights(&m.valid());

@@ -69,6 +69,7 @@ fn cfg(steps: usize) -> LmTrainConfig {
 
 #[test]
 fn masking_follows_berts_recipe() {
+    let _rng = kiln_testkit::rng_lock();
     let m = masking();
     let window: Vec<u32> = (0..20_000).map(|i| (i % 20) as u32).collect();
     let (inputs, labels) = m.apply(&window, 9);
@@ -97,6 +98,7 @@ fn masking_follows_berts_recipe() {
 
 #[test]
 fn the_loss_is_a_host_cross_entropy_over_the_selected_positions() {
+    let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     let m = model(1);
     let data = stream(400);
@@ -167,6 +169,7 @@ fn host_loss(m: &MaskedLmModel<I>, objective: &MaskedLm<'_>, window: &[u32], o: 
 
 #[test]
 fn training_lowers_masked_perplexity_and_lora_trains_only_its_deltas_and_the_head() {
+    let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     let data = stream(3000);
     let (train, held_out) = data.split_at(2000);

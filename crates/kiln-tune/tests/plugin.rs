@@ -68,6 +68,7 @@ fn tiny() -> SequenceClassifier<A> {
 
 #[test]
 fn a_strategy_defined_in_a_test_trains_exactly_what_it_selects() {
+    let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     let tuning = Tuning::new(&[]).unwrap().with(Arc::new(QueriesAndAdapter)).unwrap();
     assert_eq!(tuning.name(), "queries_and_adapter");
@@ -118,6 +119,7 @@ fn a_strategy_defined_in_a_test_trains_exactly_what_it_selects() {
 
 #[test]
 fn a_plugin_strategy_obeys_the_composition_rules() {
+    let _rng = kiln_testkit::rng_lock();
     // Both insert an adapter after the FFN output.
     let clash = Tuning::new(&[StrategyConfig::Pfeiffer(Pfeiffer { reduction: 4 })])
         .unwrap()

@@ -95,6 +95,7 @@ fn uninterrupted(tok: &TextTokenizer, data: &TaskData) -> (SequenceClassifier<A>
 
 #[test]
 fn stopped_and_resumed_run_equals_uninterrupted_run_bit_for_bit() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = data(|i| Label::Class((i % 8) % 2));
@@ -147,6 +148,7 @@ fn stopped_and_resumed_run_equals_uninterrupted_run_bit_for_bit() {
 
 #[test]
 fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let device = Default::default();
@@ -217,6 +219,7 @@ fn short() -> TrainConfig {
 
 #[test]
 fn a_run_directory_holding_a_run_is_refused_resumed_or_overwritten_never_mixed() {
+    let _rng = kiln_testkit::rng_lock();
     use kiln_tune::run_dir::{OnExisting, RunDirError};
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
@@ -284,6 +287,7 @@ fn a_run_directory_holding_a_run_is_refused_resumed_or_overwritten_never_mixed()
 
 #[test]
 fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
+    let _rng = kiln_testkit::rng_lock();
     use kiln_tune::run_dir::RunDirError;
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
@@ -316,6 +320,7 @@ fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
 /// the newest complete one up (it used to start over from step 1 and delete it at the next save).
 #[test]
 fn a_crash_inside_the_checkpoint_swap_is_recovered_on_resume() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = data(|i| Label::Class((i % 8) % 2));
@@ -355,6 +360,7 @@ fn a_crash_inside_the_checkpoint_swap_is_recovered_on_resume() {
 
 #[test]
 fn out_of_range_settings_are_errors_before_anything_is_written() {
+    let _rng = kiln_testkit::rng_lock();
     use kiln_tune::strategy::StrategyConfig;
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let data = data(|i| Label::Class(i % 2));

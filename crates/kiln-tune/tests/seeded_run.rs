@@ -41,6 +41,7 @@ fn split(name: &str) -> Vec<kiln_data::Example> {
 
 #[test]
 fn a_seeded_run_reproduces_its_pinned_loss_curve() {
+    let _rng = kiln_testkit::rng_lock();
     let (model_dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
     let device = Default::default();
     let cfg = TrainConfig {

@@ -154,6 +154,7 @@ fn expected_trainable(kind: &str) -> usize {
 
 #[test]
 fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let cases: Vec<(&str, Vec<StrategyConfig>)> = vec![
         ("bit_fit", vec![StrategyConfig::BitFit(BitFit {})]),
@@ -211,6 +212,7 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
 
 #[test]
 fn tuned_part_alone_reproduces_the_logits() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     for components in [
@@ -251,6 +253,7 @@ fn tuned_part_alone_reproduces_the_logits() {
 
 #[test]
 fn lora_starts_as_the_base_model_and_merging_is_exact() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let lora = StrategyConfig::Lora(Lora {
@@ -301,6 +304,7 @@ fn lora_starts_as_the_base_model_and_merging_is_exact() {
 
 #[test]
 fn child_tuning_f_keeps_a_binomial_fraction_scaled_by_inverse_p() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     I::seed(&device, 1);
@@ -320,6 +324,7 @@ fn child_tuning_f_keeps_a_binomial_fraction_scaled_by_inverse_p() {
 
 #[test]
 fn child_tuning_d_keeps_reserve_p_of_encoder_elements_and_masked_ones_do_not_move() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let model = tiny(11);
@@ -373,6 +378,7 @@ fn child_tuning_d_keeps_reserve_p_of_encoder_elements_and_masked_ones_do_not_mov
 
 #[test]
 fn percentile_matches_numpy_linear_interpolation() {
+    let _rng = kiln_testkit::rng_lock();
     // numpy.percentile([4, 1, 3, 2], q) for q = 0, 30, 50, 100.
     for (q, want) in [(0.0, 1.0), (30.0, 1.9), (50.0, 2.5), (100.0, 4.0)] {
         let mut v = vec![4.0f32, 1.0, 3.0, 2.0];
@@ -384,6 +390,7 @@ fn percentile_matches_numpy_linear_interpolation() {
 
 #[test]
 fn nonsensical_compositions_are_clear_errors() {
+    let _rng = kiln_testkit::rng_lock();
     let err = |c: &[StrategyConfig]| Tuning::new(c).unwrap_err();
     assert!(matches!(
         err(&[StrategyConfig::Full(Full {}), StrategyConfig::BitFit(BitFit {})]),
@@ -458,6 +465,7 @@ fn tokenizer() -> TextTokenizer {
 
 #[test]
 fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = toy_data(16);
@@ -529,6 +537,7 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
 
 #[test]
 fn ia3_and_learned_masks_start_as_the_base_model() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let base = tiny(21);
@@ -552,6 +561,7 @@ fn ia3_and_learned_masks_start_as_the_base_model() {
 
 #[test]
 fn learned_mask_scores_get_the_straight_through_gradient() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let base = tiny(22);
@@ -590,6 +600,7 @@ fn learned_mask_scores_get_the_straight_through_gradient() {
 
 #[test]
 fn slanted_triangular_rate_follows_the_paper() {
+    let _rng = kiln_testkit::rng_lock();
     use kiln_tune::strategy::slanted_triangular;
     // Howard & Ruder (2018), eq. 3, with T = 1000, cut_frac = 0.1, ratio = 32.
     let lr = |t| slanted_triangular(1.0, t, 1000, 0.1, 32.0);
@@ -618,6 +629,7 @@ fn slanted_triangular_rate_follows_the_paper() {
 
 #[test]
 fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = toy_data(8);
@@ -677,6 +689,7 @@ fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
 
 #[test]
 fn soft_prompt_is_prepended_as_vocabulary_rows() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let base = tiny(31);
@@ -730,6 +743,7 @@ fn soft_prompt_is_prepended_as_vocabulary_rows() {
 
 #[test]
 fn phm_weight_is_the_sum_of_kronecker_products() {
+    let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     I::seed(&device, 5);
