@@ -25,10 +25,6 @@ impl ModuleMapper<B> for Scale {
     }
 }
 
-/// The backend's RNG is global: tests running in parallel must not draw between another
-/// test's `seed` and its initialisation, or the weights depend on thread timing.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn model(variant: &AttentionVariant) -> Gpt2Model<B> {
     let config: GptConfig = serde_json::from_str(
         r#"{"vocab_size": 40, "n_positions": 48, "n_embd": 32, "n_layer": 2, "n_head": 4,
@@ -36,7 +32,6 @@ fn model(variant: &AttentionVariant) -> Gpt2Model<B> {
     )
     .unwrap();
     let device = Default::default();
-    let _rng = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     B::seed(&device, 7);
     let mut m = Gpt2Model::new(&config, &device).map(&mut Scale(15.0));
     m.convert_attention(variant, None, 0.0);

@@ -14,10 +14,6 @@ use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig, TrainErro
 
 type A = Autodiff<Flex>;
 
-/// burn's backend RNG is process-global: two trainings running at once in one process would
-/// interleave their seeded draws (dropout), so the tests of this binary take turns.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn tokenizer() -> TextTokenizer {
     let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
     TextTokenizer::from_file(dir.join("tokenizer.json"), 32).unwrap()
@@ -96,7 +92,6 @@ fn uninterrupted(tok: &TextTokenizer, data: &TaskData) -> (SequenceClassifier<A>
 #[test]
 fn stopped_and_resumed_run_equals_uninterrupted_run_bit_for_bit() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = data(|i| Label::Class((i % 8) % 2));
     let device = Default::default();
@@ -149,7 +144,6 @@ fn stopped_and_resumed_run_equals_uninterrupted_run_bit_for_bit() {
 #[test]
 fn non_finite_loss_stops_with_a_clear_error_and_keeps_the_checkpoint() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let device = Default::default();
     let dir = tempfile::tempdir().unwrap();
@@ -221,7 +215,6 @@ fn short() -> TrainConfig {
 fn a_run_directory_holding_a_run_is_refused_resumed_or_overwritten_never_mixed() {
     let _rng = kiln_testkit::rng_lock();
     use kiln_tune::run_dir::{OnExisting, RunDirError};
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = data(|i| Label::Class(i % 2));
     let device = Default::default();
@@ -289,7 +282,6 @@ fn a_run_directory_holding_a_run_is_refused_resumed_or_overwritten_never_mixed()
 fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
     let _rng = kiln_testkit::rng_lock();
     use kiln_tune::run_dir::RunDirError;
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let dir = tempfile::tempdir().unwrap();
     let run = RunDir::new(dir.path());
     let held = run.lock().unwrap();
@@ -321,7 +313,6 @@ fn a_second_writer_is_refused_while_the_first_holds_the_lock() {
 #[test]
 fn a_crash_inside_the_checkpoint_swap_is_recovered_on_resume() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = data(|i| Label::Class((i % 8) % 2));
     let device = Default::default();
@@ -362,7 +353,6 @@ fn a_crash_inside_the_checkpoint_swap_is_recovered_on_resume() {
 fn out_of_range_settings_are_errors_before_anything_is_written() {
     let _rng = kiln_testkit::rng_lock();
     use kiln_tune::strategy::StrategyConfig;
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let data = data(|i| Label::Class(i % 2));
     let device = Default::default();
     let lora = |r, alpha, dropout| {

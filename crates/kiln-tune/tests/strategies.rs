@@ -31,9 +31,6 @@ use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig};
 type A = Autodiff<Flex>;
 type I = Flex;
 
-/// burn's backend RNG is process-global: tests that draw from it take turns.
-static BACKEND_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 const H: usize = 16;
 const F: usize = 32;
 const L: usize = 2;
@@ -155,7 +152,6 @@ fn expected_trainable(kind: &str) -> usize {
 #[test]
 fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let cases: Vec<(&str, Vec<StrategyConfig>)> = vec![
         ("bit_fit", vec![StrategyConfig::BitFit(BitFit {})]),
         ("lna", vec![StrategyConfig::Lna(Lna {})]),
@@ -213,7 +209,6 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
 #[test]
 fn tuned_part_alone_reproduces_the_logits() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     for components in [
         vec![StrategyConfig::Lora(Lora {
@@ -254,7 +249,6 @@ fn tuned_part_alone_reproduces_the_logits() {
 #[test]
 fn lora_starts_as_the_base_model_and_merging_is_exact() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let lora = StrategyConfig::Lora(Lora {
         r: 4,
@@ -305,7 +299,6 @@ fn lora_starts_as_the_base_model_and_merging_is_exact() {
 #[test]
 fn child_tuning_f_keeps_a_binomial_fraction_scaled_by_inverse_p() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     I::seed(&device, 1);
     let n = 200_000usize;
@@ -325,7 +318,6 @@ fn child_tuning_f_keeps_a_binomial_fraction_scaled_by_inverse_p() {
 #[test]
 fn child_tuning_d_keeps_reserve_p_of_encoder_elements_and_masked_ones_do_not_move() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let model = tiny(11);
     let reserve_p = 0.3;
@@ -466,7 +458,6 @@ fn tokenizer() -> TextTokenizer {
 #[test]
 fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = toy_data(16);
     let cfg = TrainConfig {
@@ -538,7 +529,6 @@ fn lora_run_checkpoints_only_its_tuned_part_and_resumes_exactly() {
 #[test]
 fn ia3_and_learned_masks_start_as_the_base_model() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let base = tiny(21);
     for c in [
@@ -562,7 +552,6 @@ fn ia3_and_learned_masks_start_as_the_base_model() {
 #[test]
 fn learned_mask_scores_get_the_straight_through_gradient() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let base = tiny(22);
     let (ids, targets) = batch(&device);
@@ -630,7 +619,6 @@ fn slanted_triangular_rate_follows_the_paper() {
 #[test]
 fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let tok = tokenizer();
     let data = toy_data(8);
     let cfg = TrainConfig {
@@ -690,7 +678,6 @@ fn gradual_unfreezing_opens_one_layer_per_epoch_from_the_top() {
 #[test]
 fn soft_prompt_is_prepended_as_vocabulary_rows() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     let base = tiny(31);
     let tuning = Tuning::new(&[StrategyConfig::PromptTuning(PromptTuning { n_virtual: 3 })]).unwrap();
@@ -744,7 +731,6 @@ fn soft_prompt_is_prepended_as_vocabulary_rows() {
 #[test]
 fn phm_weight_is_the_sum_of_kronecker_products() {
     let _rng = kiln_testkit::rng_lock();
-    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     let device = Default::default();
     I::seed(&device, 5);
     let (n, d_in, d_out) = (2, 4, 6);
