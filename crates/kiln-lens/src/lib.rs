@@ -9,10 +9,13 @@
 //! masking and pruning — see [`heads`]; value zeroing (Mohebbi et al. 2023) — see
 //! [`value_zeroing`]; knowledge neurons (Dai et al. 2022) — see [`neurons`]; exact PCA,
 //! t-SNE and neighbourhood-preservation scores of hidden-state projections — see
-//! [`projection`]; data maps of training dynamics — see [`datamap`].
+//! [`projection`]; data maps of training dynamics — see [`datamap`]. All of them for a trained
+//! classifier at once, as the typed `analysis.json` the report shows: [`pipeline::analyse`].
 //!
-//! **Owns:** analysis arithmetic on captured tensors. **Must not touch:** model code (it reads
-//! weights and `Capture` outputs of `kiln-model`, never changes them), training, rendering.
+//! **Owns:** analysis arithmetic on captured tensors, and the pipeline that runs it on a
+//! trained classifier. **Must not touch:** model code (it reads weights and `Capture` outputs
+//! of `kiln-model`, never changes them), training (it uses kiln-tune's classifier, batching
+//! and evaluation, never its optimiser or loop), rendering, file layout (`kiln-format`).
 //! Everything is batched and backend-generic.
 #![warn(missing_docs)]
 
@@ -21,5 +24,6 @@ pub mod datamap;
 pub mod heads;
 pub mod neurons;
 pub mod norm;
+pub mod pipeline;
 pub mod projection;
 pub mod value_zeroing;

@@ -116,7 +116,7 @@ fn taylor_scores_sum_each_heads_slices_and_pruning_drops_the_lowest() {
     let dh = D / H;
     for (l, layer) in base.encoder.layer.iter().enumerate() {
         let sa = &layer.attention.self_attention;
-        let mut want = vec![0f64; H];
+        let mut want = [0f64; H];
         for lin in [&sa.query, &sa.key, &sa.value] {
             let (w, g) = host(lin.weight.val());
             let (b, gb) = host1(lin.bias.as_ref().unwrap().val());

@@ -37,7 +37,7 @@ fn attributions_are_complete_and_match_finite_differences() {
     let mut per_prompt = vec![Vec::new(), Vec::new()];
     for layer in 0..2 {
         let attr = neuron_attribution(&model, &head, &batch, layer, steps, 24);
-        for b in 0..2 {
+        for (b, prompt) in per_prompt.iter_mut().enumerate() {
             let sum: f32 = attr.scores[b].iter().sum();
             let gap = attr.p_full[b] - attr.p_zeroed[b];
             println!(
@@ -49,13 +49,13 @@ fn attributions_are_complete_and_match_finite_differences() {
                 (sum - gap).abs() <= 0.01 * gap.abs() + 1e-7,
                 "layer {layer} prompt {b}: {sum} vs {gap}"
             );
-            per_prompt[b].push(attr.scores[b].clone());
+            prompt.push(attr.scores[b].clone());
         }
         // Zeroing every neuron of the layer through `neuron_effect` reproduces the baseline.
         let all: Vec<(usize, usize)> = (0..config.intermediate_size).map(|i| (layer, i)).collect();
         let zeroed = neuron_effect(&model, &head, &batch, &all, 0.0);
-        for b in 0..2 {
-            assert!((zeroed[b] - attr.p_zeroed[b]).abs() < 1e-6);
+        for (z, p0) in zeroed.iter().zip(&attr.p_zeroed) {
+            assert!((z - p0).abs() < 1e-6);
         }
     }
     // One neuron, 8 midpoints, each derivative by central differences on a forward written

@@ -30,6 +30,7 @@ pub mod plots;
 
 use std::path::{Path, PathBuf};
 
+use kiln_format::analysis::{Analysis, Coords, PackedDtype, Projection};
 use serde_json::{json, Value};
 
 /// Errors of building a report.
@@ -53,6 +54,9 @@ pub enum ReportError {
         /// What is wrong.
         message: String,
     },
+    /// An analysis file is not one this kiln reads (malformed, or another format version).
+    #[error(transparent)]
+    Analysis(#[from] kiln_format::FormatError),
 }
 
 const PAGE: &str = include_str!("../assets/report.html");
@@ -106,8 +110,10 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
     let metrics = json_lines(&run.join("metrics.jsonl"))?;
     let (train, eval): (Vec<Value>, Vec<Value>) = metrics.into_iter().partition(|v| v["kind"] == "train");
     let dynamics = json_lines(&run.join("dynamics.jsonl"))?;
-    let mut analysis = json_file(&run.join("analysis").join("analysis.json"))?;
-    pack_projection(&mut analysis);
+    let analysis = read_analysis(&run.join("analysis").join("analysis.json"))?.map(|mut a| {
+        pack_projection(&mut a.projection);
+        a
+    });
     Ok(json!({
         "run": run.display().to_string(),
         "config": json_file(&run.join("config.json"))?,
@@ -123,29 +129,32 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
     }))
 }
 
-/// Replaces each projection's `coords` (a JSON array `[x0, y0, x1, y1, …]`) by
-/// `{"dtype": "f32", "base64": …}`: the same numbers as little-endian f32 bytes, base64 — a
-/// quarter of the text of printed floats for 10k points, decoded by the page into a
-/// `Float32Array` without parsing numbers.
-pub fn pack_projection(analysis: &mut Value) {
+/// The analysis at `path`, or `None` where there is none (the run was not analysed).
+///
+/// # Errors
+/// [`ReportError::Analysis`] for a malformed file or another format version.
+pub fn read_analysis(path: &Path) -> Result<Option<Analysis>, ReportError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    Ok(Some(Analysis::read(path)?))
+}
+
+/// Replaces each projection's points (`[x0, y0, x1, y1, …]`) by the same numbers as
+/// little-endian f32 bytes, base64 ([`Coords::Packed`]) — a quarter of the text of printed
+/// floats for 10k points, decoded by the page into a `Float32Array` without parsing numbers.
+pub fn pack_projection(projection: &mut Projection) {
     use base64::Engine;
-    let Some(layers) = analysis.pointer_mut("/projection/layers").and_then(Value::as_array_mut) else {
-        return;
-    };
-    for method in layers
-        .iter_mut()
-        .filter_map(Value::as_object_mut)
-        .flat_map(|l| l.values_mut())
-    {
-        let Some(coords) = method.get_mut("coords") else {
-            continue;
-        };
-        let Some(values) = coords.as_array() else { continue };
-        let bytes: Vec<u8> = values
-            .iter()
-            .flat_map(|v| (v.as_f64().unwrap_or(f64::NAN) as f32).to_le_bytes())
-            .collect();
-        *coords = json!({"dtype": "f32", "base64": base64::engine::general_purpose::STANDARD.encode(bytes)});
+    for layer in &mut projection.layers {
+        for coords in [&mut layer.pca.coords, &mut layer.tsne.coords, &mut layer.umap.coords] {
+            if let Coords::Points(values) = coords {
+                let bytes: Vec<u8> = values.iter().flat_map(|&v| (v as f32).to_le_bytes()).collect();
+                *coords = Coords::Packed {
+                    dtype: PackedDtype::F32,
+                    base64: base64::engine::general_purpose::STANDARD.encode(bytes),
+                };
+            }
+        }
     }
 }
 
@@ -176,17 +185,14 @@ fn snapshots(run: &Path) -> Result<Vec<Value>, ReportError> {
     named
         .into_iter()
         .map(|(name, path)| {
-            let mut a = json_file(&path)?;
-            pack_projection(&mut a);
-            let examples: Vec<Value> = a["examples"]
-                .as_array()
-                .map(|v| {
-                    v.iter()
-                        .map(|e| json!({"prediction": e["prediction"], "p_gold": e["p_gold"], "loss": e["loss"]}))
-                        .collect()
-                })
-                .unwrap_or_default();
-            Ok(json!({"name": name, "projection": a["projection"].take(), "examples": examples}))
+            let mut a = Analysis::read(&path)?;
+            pack_projection(&mut a.projection);
+            let examples: Vec<Value> = a
+                .examples
+                .iter()
+                .map(|e| json!({"prediction": e.prediction, "p_gold": e.p_gold, "loss": e.loss}))
+                .collect();
+            Ok(json!({"name": name, "projection": a.projection, "examples": examples}))
         })
         .collect()
 }
@@ -282,16 +288,69 @@ mod tests {
         assert!(err.contains("metrics.jsonl:2"), "{err}");
     }
 
+    /// An analysis of one example with one projected layer at `coords`.
+    pub(crate) fn analysis_with(coords: &[f64]) -> Analysis {
+        use kiln_format::analysis::{ExampleRow, ExampleText, LayerProjection, Map2d, Pca, Target};
+        let points = Coords::Points(coords.to_vec());
+        Analysis {
+            examples: vec![ExampleRow {
+                text: ExampleText::Single("a".into()),
+                label: Target::Class(1),
+                prediction: Target::Class(1),
+                p_gold: Some(0.9),
+                loss: 0.1,
+            }],
+            projection: Projection {
+                of: "[CLS] hidden state".into(),
+                k: 10,
+                layers: vec![LayerProjection {
+                    layer: 6,
+                    pca: Pca {
+                        coords: points.clone(),
+                        explained_variance_ratio: vec![0.5, 0.25],
+                        scores: Default::default(),
+                    },
+                    tsne: Map2d {
+                        coords: points.clone(),
+                        scores: Default::default(),
+                    },
+                    umap: Map2d {
+                        coords: points,
+                        scores: Default::default(),
+                    },
+                }],
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_analysis_in_another_format_is_an_error_naming_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
+        let mut old = serde_json::to_value(analysis_with(&[1.0, 2.0])).unwrap();
+        old["format"] = json!("kiln.analysis.v0");
+        std::fs::write(dir.path().join("analysis/analysis.json"), old.to_string()).unwrap();
+        let e = report_data(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("analysis.json") && e.contains("kiln.analysis.v0"), "{e}");
+        std::fs::write(
+            dir.path().join("analysis/analysis.json"),
+            r#"{"format": "kiln.analysis.v1", "heads": 3}"#,
+        )
+        .unwrap();
+        let e = report_data(dir.path(), None).unwrap_err().to_string();
+        assert!(e.contains("analysis.json") && e.contains("line 1"), "{e}");
+    }
+
     #[test]
     fn projections_are_embedded_as_little_endian_f32_and_snapshots_by_name() {
         use base64::Engine;
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
         let coords = [0.5, -1.25, 3.0e-3, 1.0e6];
-        let analysis = json!({"examples": [{"prediction": 1, "p_gold": 0.9, "loss": 0.1, "text": "a"}],
-            "projection": {"layers": [{"layer": 6, "pca": {"coords": coords, "scores": {}}}]}});
-        std::fs::write(dir.path().join("analysis/analysis.json"), analysis.to_string()).unwrap();
-        std::fs::write(dir.path().join("analysis/analysis-last.json"), analysis.to_string()).unwrap();
+        let analysis = serde_json::to_string(&analysis_with(&coords)).unwrap();
+        std::fs::write(dir.path().join("analysis/analysis.json"), &analysis).unwrap();
+        std::fs::write(dir.path().join("analysis/analysis-last.json"), &analysis).unwrap();
         std::fs::write(dir.path().join("analysis/notes.txt"), "not an analysis").unwrap();
         let data = report_data(dir.path(), None).unwrap();
         for packed in [&data["analysis"], &data["snapshots"][0]] {
@@ -305,6 +364,9 @@ mod tests {
                 .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
                 .collect();
             assert_eq!(back, coords.map(|x| x as f32));
+            for method in ["tsne", "umap"] {
+                assert_eq!(packed["projection"]["layers"][0][method]["coords"], *c);
+            }
         }
         let snapshots = data["snapshots"].as_array().unwrap();
         assert_eq!(snapshots.len(), 1);

@@ -14,6 +14,8 @@ use plotters::coord::Shift;
 use plotters::prelude::*;
 use serde_json::Value;
 
+use kiln_format::analysis::{Analysis, Mixing};
+
 use crate::ReportError;
 
 const SIZE: (u32, u32) = (720, 440);
@@ -265,55 +267,51 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
             .collect();
         written.extend(lines(&dir, "dev_metrics", "dev metrics", "step", &series)?);
     }
-    let analysis = &data["analysis"];
-    if let Some(pruning) = analysis["heads"]["pruning"].as_array() {
-        let metric = analysis["heads"]["metric"].as_str().unwrap_or("metric");
-        let pts = pruning
-            .iter()
-            .filter_map(|p| Some((100.0 * p["share"].as_f64()?, p["metric"].as_f64()?)))
-            .collect();
+    if let Some(analysis) = crate::read_analysis(&run.join("analysis").join("analysis.json"))? {
+        written.extend(analysis_plots(&dir, &analysis)?);
+    }
+    Ok(written)
+}
+
+/// One of the four mixing ratios of a layer.
+type Ratio = fn(&Mixing) -> f64;
+
+/// The head-pruning curve, the head-importance heatmap and the mean mixing ratio per layer.
+fn analysis_plots(dir: &Path, analysis: &Analysis) -> Result<Vec<PathBuf>, ReportError> {
+    let mut written = Vec::new();
+    if let Some(heads) = &analysis.heads {
+        let metric = &heads.metric;
+        let pts = heads.pruning.iter().map(|p| (100.0 * p.share, p.metric)).collect();
         written.extend(lines(
-            &dir,
+            dir,
             "head_pruning",
             &format!("dev {metric} with the least important heads masked"),
             "heads masked (%)",
-            &[(metric.to_string(), pts)],
+            &[(metric.clone(), pts)],
         )?);
-    }
-    if let Some(gate) = analysis["heads"]["gate"].as_array() {
-        let m: Vec<Vec<f64>> = gate
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .map(|r| r.iter().filter_map(Value::as_f64).collect())
-                    .unwrap_or_default()
-            })
-            .collect();
         let title = "head importance (gate gradient)";
         written.extend(write_svg_png(
-            &dir,
+            dir,
             "head_importance",
-            |a| draw_heatmap(a, title, &m),
-            |a| draw_heatmap(a, title, &m),
+            |a| draw_heatmap(a, title, &heads.gate),
+            |a| draw_heatmap(a, title, &heads.gate),
         )?);
     }
-    if let Some(instances) = analysis["instances"].as_array().filter(|i| !i.is_empty()) {
-        let keys = [
-            ("attn_w", "Attn-W"),
-            ("attn_n", "Attn-N"),
-            ("attnres_n", "AttnRes-N"),
-            ("attnresln_n", "AttnResLn-N"),
+    let instances = &analysis.instances;
+    if !instances.is_empty() {
+        let ratios: [(Ratio, &str); 4] = [
+            (|m| m.attn_w, "Attn-W"),
+            (|m| m.attn_n, "Attn-N"),
+            (|m| m.attnres_n, "AttnRes-N"),
+            (|m| m.attnresln_n, "AttnResLn-N"),
         ];
-        let layers = instances[0]["mixing"].as_array().map_or(0, Vec::len);
-        let series: Vec<Series> = keys
+        let layers = instances[0].mixing.len();
+        let series: Vec<Series> = ratios
             .iter()
-            .map(|(key, label)| {
+            .map(|(ratio, label)| {
                 let pts = (0..layers)
                     .map(|l| {
-                        let mean = instances
-                            .iter()
-                            .filter_map(|i| i["mixing"][l][key].as_f64())
-                            .sum::<f64>()
+                        let mean = instances.iter().filter_map(|i| i.mixing.get(l).map(ratio)).sum::<f64>()
                             / instances.len() as f64;
                         (l as f64, mean)
                     })
@@ -322,7 +320,7 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
             })
             .collect();
         written.extend(lines(
-            &dir,
+            dir,
             "mixing_ratio",
             "mean mixing ratio per layer",
             "layer",
@@ -336,17 +334,40 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
 mod tests {
     use super::*;
 
+    fn write_analysis(dir: &Path, analysis: &Analysis) {
+        std::fs::create_dir_all(dir.join("analysis")).unwrap();
+        std::fs::write(
+            dir.join("analysis/analysis.json"),
+            serde_json::to_string(analysis).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn heads(gate: Vec<Vec<f64>>) -> kiln_format::analysis::Heads {
+        use kiln_format::analysis::PruningPoint;
+        let point = |share, metric| PruningPoint {
+            pruned: 0,
+            share,
+            metric,
+        };
+        kiln_format::analysis::Heads {
+            gate,
+            metric: "f1".into(),
+            pruning: vec![point(0.0, 0.8), point(0.5, 0.6)],
+            ..Default::default()
+        }
+    }
+
     /// Found by `cargo xtask fuzz` (target `plots`): a head-importance matrix whose rows differ
     /// in length indexed past a short row.
     #[test]
     fn a_ragged_head_importance_matrix_is_drawn_not_a_panic() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
-        std::fs::write(
-            dir.path().join("analysis/analysis.json"),
-            r#"{"heads": {"gate": [[0.1], [0.9, 0.3, null], []]}}"#,
-        )
-        .unwrap();
+        let analysis = Analysis {
+            heads: Some(heads(vec![vec![0.1], vec![0.9, 0.3, 0.2], vec![]])),
+            ..Default::default()
+        };
+        write_analysis(dir.path(), &analysis);
         let files = write_plots(dir.path()).unwrap();
         assert!(files.iter().any(|f| f.ends_with("head_importance.svg")), "{files:?}");
     }
@@ -368,15 +389,21 @@ mod tests {
             ])
             .collect();
         std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();
-        std::fs::create_dir_all(dir.path().join("analysis")).unwrap();
-        std::fs::write(
-            dir.path().join("analysis/analysis.json"),
-            r#"{"heads": {"metric": "f1", "gate": [[0.1, 0.5], [0.9, 0.3]],
-                          "pruning": [{"share": 0.0, "metric": 0.8}, {"share": 0.5, "metric": 0.6}]},
-                "instances": [{"mixing": [{"attn_w": 0.9, "attn_n": 0.8, "attnres_n": 0.3, "attnresln_n": 0.2},
-                                          {"attn_w": 0.95, "attn_n": 0.85, "attnres_n": 0.35, "attnresln_n": 0.25}]}]}"#,
-        )
-        .unwrap();
+        let mixing = |attn_w, attn_n, attnres_n, attnresln_n| Mixing {
+            attn_w,
+            attn_n,
+            attnres_n,
+            attnresln_n,
+        };
+        let analysis = Analysis {
+            heads: Some(heads(vec![vec![0.1, 0.5], vec![0.9, 0.3]])),
+            instances: vec![kiln_format::analysis::Instance {
+                mixing: vec![mixing(0.9, 0.8, 0.3, 0.2), mixing(0.95, 0.85, 0.35, 0.25)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        write_analysis(dir.path(), &analysis);
         let files = write_plots(dir.path()).unwrap();
         let names: Vec<String> = files
             .iter()

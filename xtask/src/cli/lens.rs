@@ -105,7 +105,8 @@ impl AnalyseArgs {
                 model,
                 run: run.clone(),
                 dev,
-                settings,
+                settings: settings.pipeline(),
+                checkpoint: settings.checkpoint,
             },
         )??;
         println!("Analysis: {}", path.display());

@@ -1,0 +1,68 @@
+//! # kiln-format
+//!
+//! The files of a run directory (docs/run-directory.md) that are read by code without burn —
+//! the report (`kiln-viz`), scripts, other tools — as serde types shared by the code that
+//! writes them and the code that reads them, so a field renamed on one side fails to compile
+//! or to parse instead of silently showing nothing. Today: `analysis/analysis.json`
+//! ([`analysis::Analysis`], written by `kiln_lens::pipeline`).
+//!
+//! **Owns:** the layout of these files, their format version and reading them back with
+//! errors that name the file. **Must not touch:** burn, models, training or analysis
+//! arithmetic (it holds numbers, it does not compute them). The training files
+//! (`config.json`, `metrics.jsonl` …) are still typed in `kiln_tune::run_files`, because
+//! `config.json` embeds the training configuration.
+#![warn(missing_docs)]
+
+pub mod analysis;
+
+use std::path::{Path, PathBuf};
+
+/// A run file that could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    /// The file could not be opened or read.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not JSON of the expected shape (serde names the line, column and field).
+    #[error("{path} is not a valid {what}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Which kind of file was expected.
+        what: &'static str,
+        /// serde's message, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file was written in a format version this kiln does not read.
+    #[error(
+        "{path} is in format {found:?}; this kiln reads {expected:?} (re-run `cargo xtask lens analyse` to rewrite it)"
+    )]
+    Version {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: String,
+        /// The version this kiln writes and reads.
+        expected: &'static str,
+    },
+}
+
+/// Reads `path` as JSON of type `T`, naming the file in any error.
+pub(crate) fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &'static str) -> Result<T, FormatError> {
+    let text = std::fs::read_to_string(path).map_err(|source| FormatError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| FormatError::Parse {
+        path: path.to_path_buf(),
+        what,
+        source,
+    })
+}
