@@ -89,18 +89,9 @@ impl BackendJob for OpsJob {
         let lin_ff = linear::<I<B>>(h, ff, 0.02, &device);
         let ln = layer_norm::<I<B>>(h, 1e-12, &device);
         let mask = AttentionMask::<I<B>>::from_attention_mask(Tensor::ones([b, s], &device));
-        let ln_ad = layer_norm::<B>(h, 1e-12, &device);
-        let lin_ad = linear::<B>(h, ff, 0.02, &device);
         let mech = AttentionKind::default();
-        let time = |f: &dyn Fn()| {
-            f();
-            let t = Instant::now();
-            for _ in 0..self.iters.max(1) {
-                f();
-            }
-            t.elapsed().as_secs_f64() / self.iters.max(1) as f64
-        };
-        vec![
+        let time = |f: &dyn Fn()| per_call(self.iters, f);
+        let mut rows = vec![
             (
                 "linear h->h (x4/layer)",
                 time(&|| drop(linear_tokens(&lin_h, x.clone()).into_data())),
@@ -151,55 +142,88 @@ impl BackendJob for OpsJob {
                 }),
             ),
             ("add [b,s,h]", time(&|| drop((x.clone() + x.clone()).into_data()))),
-            (
-                "train: gelu_exact fwd+bwd [b,s,4h]",
-                time(&|| {
-                    let xi = Tensor::<B, 3>::from_inner(inner.clone()).require_grad();
-                    let g = gelu_exact(xi.clone()).sum().backward();
-                    drop(xi.grad(&g).map(|t| t.into_data()));
-                }),
-            ),
-            (
-                "train: attention fwd+bwd, dropout 0.1",
-                time(&|| {
-                    let mech = AttentionKind::Softmax(kiln::attention::SoftmaxAttention::new(0.1));
-                    let qi = Tensor::<B, 4>::from_inner(q.clone()).require_grad();
-                    let maskd = AttentionMask::<B>::from_attention_mask(Tensor::ones([b, s], &device));
-                    let out = mech.attend(qi.clone(), qi.clone(), qi.clone(), &maskd, false).context;
-                    let g = out.sum().backward();
-                    drop(qi.grad(&g).map(|t| t.into_data()));
-                }),
-            ),
-            (
-                "train: dropout 0.1 [b,s,h]",
-                time(&|| {
-                    let d = kiln::burn::nn::DropoutConfig::new(0.1).init();
-                    let y = kiln::model::layers::dropout(&d, Tensor::<B, 3>::from_inner(x.clone()));
-                    drop(y.into_data());
-                }),
-            ),
-            (
-                "train: layer_norm fwd+bwd [b,s,h]",
-                time(&|| {
-                    let xi = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
-                    let g = ln_ad.forward(xi.clone()).sum().backward();
-                    drop(xi.grad(&g).map(|t| t.into_data()));
-                }),
-            ),
-            (
-                "train: linear h->4h fwd+bwd",
-                time(&|| {
-                    let xi = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
-                    let g = linear_tokens(&lin_ad, xi.clone()).sum().backward();
-                    drop(xi.grad(&g).map(|t| t.into_data()));
-                }),
-            ),
-            (
-                "swap_dims+reshape [b,s,h]",
-                time(&|| drop(x.clone().reshape([b, s, heads, h / heads]).swap_dims(1, 2).into_data())),
-            ),
-        ]
+        ];
+        rows.extend(train_rows::<B>(&x, &inner, &q, self.iters, &device));
+        rows.push((
+            "swap_dims+reshape [b,s,h]",
+            time(&|| drop(x.clone().reshape([b, s, heads, h / heads]).swap_dims(1, 2).into_data())),
+        ));
+        rows
     }
+}
+
+/// Mean wall time of one call of `f` over `iters` calls, after one warm-up.
+fn per_call(iters: usize, f: &dyn Fn()) -> f64 {
+    f();
+    let t = Instant::now();
+    for _ in 0..iters.max(1) {
+        f();
+    }
+    t.elapsed().as_secs_f64() / iters.max(1) as f64
+}
+
+/// The training rows of `bench ops`: forward + backward of GELU, attention with dropout,
+/// dropout, LayerNorm and the wide Linear, on the same inputs as the inference rows.
+fn train_rows<B: AutodiffBackend>(
+    x: &Tensor<B::InnerBackend, 3>,
+    inner: &Tensor<B::InnerBackend, 3>,
+    q: &Tensor<B::InnerBackend, 4>,
+    iters: usize,
+    device: &B::Device,
+) -> Vec<(&'static str, f64)> {
+    use kiln::attention::{Attention, AttentionKind, AttentionMask};
+    use kiln::model::activation::gelu_exact;
+    use kiln::model::layers::{layer_norm, linear, linear_tokens};
+    let [b, s, h] = x.dims();
+    let ff = inner.dims()[2];
+    let ln_ad = layer_norm::<B>(h, 1e-12, device);
+    let lin_ad = linear::<B>(h, ff, 0.02, device);
+    let time = |f: &dyn Fn()| per_call(iters, f);
+    vec![
+        (
+            "train: gelu_exact fwd+bwd [b,s,4h]",
+            time(&|| {
+                let xi = Tensor::<B, 3>::from_inner(inner.clone()).require_grad();
+                let g = gelu_exact(xi.clone()).sum().backward();
+                drop(xi.grad(&g).map(|t| t.into_data()));
+            }),
+        ),
+        (
+            "train: attention fwd+bwd, dropout 0.1",
+            time(&|| {
+                let mech = AttentionKind::Softmax(kiln::attention::SoftmaxAttention::new(0.1));
+                let qi = Tensor::<B, 4>::from_inner(q.clone()).require_grad();
+                let maskd = AttentionMask::<B>::from_attention_mask(Tensor::ones([b, s], device));
+                let out = mech.attend(qi.clone(), qi.clone(), qi.clone(), &maskd, false).context;
+                let g = out.sum().backward();
+                drop(qi.grad(&g).map(|t| t.into_data()));
+            }),
+        ),
+        (
+            "train: dropout 0.1 [b,s,h]",
+            time(&|| {
+                let d = kiln::burn::nn::DropoutConfig::new(0.1).init();
+                let y = kiln::model::layers::dropout(&d, Tensor::<B, 3>::from_inner(x.clone()));
+                drop(y.into_data());
+            }),
+        ),
+        (
+            "train: layer_norm fwd+bwd [b,s,h]",
+            time(&|| {
+                let xi = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+                let g = ln_ad.forward(xi.clone()).sum().backward();
+                drop(xi.grad(&g).map(|t| t.into_data()));
+            }),
+        ),
+        (
+            "train: linear h->4h fwd+bwd",
+            time(&|| {
+                let xi = Tensor::<B, 3>::from_inner(x.clone()).require_grad();
+                let g = linear_tokens(&lin_ad, xi.clone()).sum().backward();
+                drop(xi.grad(&g).map(|t| t.into_data()));
+            }),
+        ),
+    ]
 }
 
 /// PyTorch's time (ms) per row name of `bench ops`, from benches/python/bench_ops.py.

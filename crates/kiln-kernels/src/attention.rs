@@ -334,6 +334,141 @@ pub fn forward(q: View4, k: View4, v: View4, masking: Masking) -> Forward {
     Forward { out, stats }
 }
 
+/// The row-wise parts of the backward pass for one (batch, head): recomputing P from the saved
+/// statistics, and turning dP' into the score gradient dS.
+struct BackwardRows<'a> {
+    q: &'a View4<'a>,
+    k: &'a View4<'a>,
+    out: &'a View4<'a>,
+    dout: &'a View4<'a>,
+    /// (batch, head, batch·heads + head)
+    at: (usize, usize, usize),
+    sq: usize,
+    sk: usize,
+    /// This (batch, head)'s `[sq][max, 1/sum]`.
+    stats: &'a [f32],
+    masking: &'a Masking<'a>,
+    keep: Option<&'a [bool]>,
+    keep_scale: f32,
+    scale: f32,
+}
+
+impl BackwardRows<'_> {
+    /// The dropout mask of query row `i`, when there is dropout.
+    fn row_mask(&self, i: usize) -> Option<RowMask> {
+        let m = self.masking;
+        (m.dropout > 0.0).then(|| RowMask::new(m.seed, (self.at.2 * self.sq + i) as u64, m.dropout))
+    }
+
+    /// Rows `i0..`: P from the masked scores in `p` and the saved max and 1/sum (in place),
+    /// P' = dropout(P) into `pd`, and Dᵢ = dOᵢ·Oᵢ into `di`.
+    fn recompute(
+        &self,
+        i0: usize,
+        p: &mut [f32],
+        pd: &mut [f32],
+        di: &mut [f32],
+        bufs: (&mut Vec<f32>, &mut Vec<f32>),
+    ) {
+        let (sk, (bi, hi, _)) = (self.sk, self.at);
+        for (ii, d_i) in di.iter_mut().enumerate().take(p.len() / sk) {
+            let i = i0 + ii;
+            let mut dot_io = 0.0;
+            dot(
+                row_of(self.dout, bi, hi, i, bufs.0),
+                row_of(self.out, bi, hi, i, bufs.1),
+                &mut dot_io,
+            );
+            *d_i = dot_io;
+            let row = &mut p[ii * sk..(ii + 1) * sk];
+            let (max, inv) = (self.stats[2 * i], self.stats[2 * i + 1]);
+            let mut sum = 0.0;
+            exp_shift_sum(row, max, &mut sum);
+            scale_row(row, inv);
+            let prow = &mut pd[ii * sk..(ii + 1) * sk];
+            prow.copy_from_slice(row);
+            if let Some(rm) = self.row_mask(i) {
+                dropout_row(prow, rm, self.keep_scale);
+            }
+        }
+    }
+
+    /// Rows `i0..` of dS from dP' in `ds` (in place): undo the dropout scaling, the softmax
+    /// gradient with Dᵢ, and zero where the score was masked (a constant: no gradient, which
+    /// matters for all-masked rows).
+    fn score_grads(&self, i0: usize, ds: &mut [f32], p: &[f32], di: &[f32]) {
+        let sk = self.sk;
+        for (ii, &d_i) in di.iter().enumerate().take(p.len() / sk) {
+            let i = i0 + ii;
+            let limit = causal_limit(self.masking.causal, i, self.sq, sk).unwrap_or(sk);
+            let row = &mut ds[ii * sk..(ii + 1) * sk];
+            if let Some(rm) = self.row_mask(i) {
+                dropout_row(row, rm, self.keep_scale);
+            }
+            score_grad(row, &p[ii * sk..(ii + 1) * sk], d_i, self.scale);
+            for x in row.iter_mut().skip(limit) {
+                *x = 0.0;
+            }
+            if let Some(keep) = self.keep {
+                for (x, &k) in row.iter_mut().zip(keep) {
+                    if !k {
+                        *x = 0.0;
+                    }
+                }
+            }
+        }
+    }
+
+    /// dQ = dS·K into rows `i0..i0 + r` of dq; dK += dSᵀ·Q (the first row block writes, the
+    /// later ones add).
+    ///
+    /// # Safety
+    /// `dq_ptr` and `dk_ptr` point at `[b][s][h][d]` buffers that outlive the call, whose rows
+    /// `i0..i0 + r` (dq) and (batch, head) columns (dk) only this task writes.
+    unsafe fn dq_dk(&self, i0: usize, r: usize, ds: &[f32], dq_ptr: SyncPtr, dk_ptr: SyncPtr) {
+        let (q, k, (bi, hi, _)) = (self.q, self.k, self.at);
+        let [_, h, sq, d] = q.dims;
+        let sk = self.sk;
+        // SAFETY: the caller's contract; the views are bounds-checked by `check`.
+        unsafe {
+            let dst = dq_ptr.0.add((bi * sq + i0) * h * d + hi * d);
+            mm(
+                r,
+                d,
+                sk,
+                dst,
+                (h * d) as isize,
+                false,
+                ds.as_ptr(),
+                sk as isize,
+                1,
+                k.at(bi, hi, 0),
+                k.rs(),
+                k.cs(),
+                1.0,
+                Parallelism::None,
+            );
+            let dst = dk_ptr.0.add(bi * sk * h * d + hi * d);
+            mm(
+                sk,
+                d,
+                r,
+                dst,
+                (h * d) as isize,
+                i0 > 0,
+                ds.as_ptr(),
+                1,
+                sk as isize,
+                q.at(bi, hi, i0),
+                q.rs(),
+                q.cs(),
+                1.0,
+                Parallelism::None,
+            );
+        }
+    }
+}
+
 /// Attention backward: the gradients of `q`, `k`, `v` given the forward's inputs, its
 /// output `out` (`[B, H, S_q, D_v]` view) and `stats`, and the output gradient `dout`.
 #[allow(clippy::too_many_arguments)]
@@ -362,30 +497,27 @@ pub fn backward(q: View4, k: View4, v: View4, out: View4, stats: &[f32], dout: V
             let (dq_ptr, dk_ptr, dv_ptr) = (dq_ptr, dk_ptr, dv_ptr);
             let (bi, hi) = (bh / h, bh % h);
             let keep = batch_keep(masking.key_keep, bi, sk);
-            let st = &stats[bh * sq * 2..(bh + 1) * sq * 2];
+            let rows = BackwardRows {
+                q: &q,
+                k: &k,
+                out: &out,
+                dout: &dout,
+                at: (bi, hi, bh),
+                sq,
+                sk,
+                stats: &stats[bh * sq * 2..(bh + 1) * sq * 2],
+                masking: &masking,
+                keep,
+                keep_scale,
+                scale,
+            };
             for i0 in (0..sq).step_by(ROW_BLOCK) {
                 let r = ROW_BLOCK.min(sq - i0);
                 let (p, pd, ds) = (&mut p[..r * sk], &mut pd[..r * sk], &mut ds[..r * sk]);
                 masked_scores(&q, &k, (bi, hi), i0, p, keep, masking.causal);
+                rows.recompute(i0, p, pd, di, (rb1, rb2));
                 // SAFETY (all GEMMs below): views are bounds-checked; local buffers are r×sk;
                 // rows i0..i0+r of dq and the (bi, hi) columns of dk/dv belong to this task.
-                for ii in 0..r {
-                    let i = i0 + ii;
-                    let mut dot_io = 0.0;
-                    dot(row_of(&dout, bi, hi, i, rb1), row_of(&out, bi, hi, i, rb2), &mut dot_io);
-                    di[ii] = dot_io;
-                    let row = &mut p[ii * sk..(ii + 1) * sk];
-                    let (max, inv) = (st[2 * i], st[2 * i + 1]);
-                    let mut sum = 0.0;
-                    exp_shift_sum(row, max, &mut sum);
-                    scale_row(row, inv);
-                    let prow = &mut pd[ii * sk..(ii + 1) * sk];
-                    prow.copy_from_slice(row);
-                    if masking.dropout > 0.0 {
-                        let rm = RowMask::new(masking.seed, (bh * sq + i) as u64, masking.dropout);
-                        dropout_row(prow, rm, keep_scale);
-                    }
-                }
                 unsafe {
                     // dV += P'ᵀ·dO
                     let dst = dv_ptr.0.add(bi * sk * h * dv + hi * dv);
@@ -423,67 +555,9 @@ pub fn backward(q: View4, k: View4, v: View4, out: View4, stats: &[f32], dout: V
                         Parallelism::None,
                     );
                 }
-                for ii in 0..r {
-                    let i = i0 + ii;
-                    let limit = causal_limit(masking.causal, i, sq, sk).unwrap_or(sk);
-                    let rm = (masking.dropout > 0.0)
-                        .then(|| RowMask::new(masking.seed, (bh * sq + i) as u64, masking.dropout));
-                    let row = &mut ds[ii * sk..(ii + 1) * sk];
-                    let prow = &p[ii * sk..(ii + 1) * sk];
-                    if let Some(rm) = rm {
-                        dropout_row(row, rm, keep_scale);
-                    }
-                    score_grad(row, prow, di[ii], scale);
-                    // masked scores were constants: no gradient (matters for all-masked rows)
-                    for x in row.iter_mut().skip(limit) {
-                        *x = 0.0;
-                    }
-                    if let Some(keep) = keep {
-                        for (x, &k) in row.iter_mut().zip(keep) {
-                            if !k {
-                                *x = 0.0;
-                            }
-                        }
-                    }
-                }
-                unsafe {
-                    // dQ = dS·K
-                    let dst = dq_ptr.0.add((bi * sq + i0) * h * d + hi * d);
-                    mm(
-                        r,
-                        d,
-                        sk,
-                        dst,
-                        (h * d) as isize,
-                        false,
-                        ds.as_ptr(),
-                        sk as isize,
-                        1,
-                        k.at(bi, hi, 0),
-                        k.rs(),
-                        k.cs(),
-                        1.0,
-                        Parallelism::None,
-                    );
-                    // dK += dSᵀ·Q
-                    let dst = dk_ptr.0.add(bi * sk * h * d + hi * d);
-                    mm(
-                        sk,
-                        d,
-                        r,
-                        dst,
-                        (h * d) as isize,
-                        i0 > 0,
-                        ds.as_ptr(),
-                        1,
-                        sk as isize,
-                        q.at(bi, hi, i0),
-                        q.rs(),
-                        q.cs(),
-                        1.0,
-                        Parallelism::None,
-                    );
-                }
+                rows.score_grads(i0, ds, p, di);
+                // SAFETY: as above.
+                unsafe { rows.dq_dk(i0, r, ds, dq_ptr, dk_ptr) };
             }
         },
     );

@@ -347,70 +347,8 @@ pub fn umap(points: &[f32], n: usize, d: usize, config: UmapConfig) -> Vec<f32> 
     assert!(n >= 4 && points.len() == n * d, "UMAP needs ≥ 4 points of [n, d]");
     // `neighbours` counts the point itself, as umap-learn's n_neighbors does.
     let k = config.neighbours.clamp(3, n);
-    // Fuzzy simplicial set: directed memberships exp(−(d_ij − ρ_i)/σ_i) over the k − 1
-    // nearest others, Σ_j = log₂ k.
-    let mut weights = std::collections::BTreeMap::<(usize, usize), f64>::new();
-    for i in 0..n {
-        let dist = squared_distances(points, n, d, i);
-        let mut order: Vec<usize> = (0..n).filter(|&j| j != i).collect();
-        order.sort_by(|&a, &b| dist[a].total_cmp(&dist[b]).then(a.cmp(&b)));
-        let near: Vec<(usize, f64)> = order[..k - 1].iter().map(|&j| (j, dist[j].sqrt())).collect();
-        let rho = near.iter().map(|&(_, x)| x).find(|&x| x > 0.0).unwrap_or(0.0);
-        let target = (k as f64).log2();
-        let mass = |sigma: f64| -> f64 { near.iter().map(|&(_, x)| (-(x - rho).max(0.0) / sigma).exp()).sum() };
-        let (mut lo, mut hi, mut sigma) = (0.0f64, f64::INFINITY, 1.0f64);
-        for _ in 0..64 {
-            let current = mass(sigma);
-            if (current - target).abs() < 1e-5 {
-                break;
-            }
-            if current > target {
-                hi = sigma;
-                sigma = (lo + hi) / 2.0;
-            } else {
-                lo = sigma;
-                sigma = if hi.is_finite() { (lo + hi) / 2.0 } else { sigma * 2.0 };
-            }
-        }
-        // umap-learn's floor on σ: 1e-3 of the mean neighbour distance.
-        let mean = near.iter().map(|&(_, x)| x).sum::<f64>() / (k - 1) as f64;
-        let sigma = sigma.max(1e-3 * mean).max(1e-12);
-        for &(j, x) in &near {
-            weights.insert((i, j), (-(x - rho).max(0.0) / sigma).exp());
-        }
-    }
-    // Fuzzy union: w = a + b − a·b, one undirected edge per pair.
-    let mut edges: Vec<(usize, usize, f64)> = Vec::new();
-    for (&(i, j), &w) in &weights {
-        let back = weights.get(&(j, i)).copied().unwrap_or(0.0);
-        if i < j || back == 0.0 {
-            let w = w + back - w * back;
-            if w > 0.0 {
-                edges.push((i.min(j), i.max(j), w));
-            }
-        }
-    }
-    edges.sort_by_key(|e| (e.0, e.1));
-    let max_w = edges.iter().map(|e| e.2).fold(0.0, f64::max);
-    // umap-learn drops edges that would be sampled fewer than once over the run.
-    edges.retain(|e| e.2 >= max_w / config.epochs as f64);
-    // Both directions, as the symmetric graph's two triangles: each end is pulled in turn.
-    let reversed: Vec<_> = edges.iter().map(|&(i, j, w)| (j, i, w)).collect();
-    edges.extend(reversed);
-    // PCA start, scaled to [0, 10].
-    let (_, init) = pca(points, n, d, 2);
-    let mut y: Vec<f64> = init.iter().map(|&v| v as f64).collect();
-    for c in 0..2 {
-        let (lo, hi) = y
-            .iter()
-            .skip(c)
-            .step_by(2)
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
-        let span = (hi - lo).max(1e-12);
-        for v in y.iter_mut().skip(c).step_by(2) {
-            *v = 10.0 * (*v - lo) / span;
-        }
-    }
+    let (edges, max_w) = fuzzy_graph(points, n, d, k, config.epochs);
+    let mut y = pca_start(points, n, d);
     let (a, b) = umap_curve(config.min_dist, config.spread);
     let per_sample: Vec<f64> = edges.iter().map(|e| max_w / e.2).collect();
     let mut next = per_sample.clone();
@@ -466,6 +404,81 @@ pub fn umap(points: &[f32], n: usize, d: usize, config: UmapConfig) -> Vec<f32> 
         }
     }
     y.into_iter().map(|v| v as f32).collect()
+}
+
+/// UMAP's fuzzy graph of `points` (`[n, d]`) with `k` neighbours (the point included), as
+/// directed edges in both directions with their weights, after dropping edges sampled fewer
+/// than once in `epochs`; and the largest weight.
+fn fuzzy_graph(points: &[f32], n: usize, d: usize, k: usize, epochs: usize) -> (Vec<(usize, usize, f64)>, f64) {
+    // Fuzzy simplicial set: directed memberships exp(−(d_ij − ρ_i)/σ_i) over the k − 1
+    // nearest others, Σ_j = log₂ k.
+    let mut weights = std::collections::BTreeMap::<(usize, usize), f64>::new();
+    for i in 0..n {
+        let dist = squared_distances(points, n, d, i);
+        let mut order: Vec<usize> = (0..n).filter(|&j| j != i).collect();
+        order.sort_by(|&a, &b| dist[a].total_cmp(&dist[b]).then(a.cmp(&b)));
+        let near: Vec<(usize, f64)> = order[..k - 1].iter().map(|&j| (j, dist[j].sqrt())).collect();
+        let rho = near.iter().map(|&(_, x)| x).find(|&x| x > 0.0).unwrap_or(0.0);
+        let target = (k as f64).log2();
+        let mass = |sigma: f64| -> f64 { near.iter().map(|&(_, x)| (-(x - rho).max(0.0) / sigma).exp()).sum() };
+        let (mut lo, mut hi, mut sigma) = (0.0f64, f64::INFINITY, 1.0f64);
+        for _ in 0..64 {
+            let current = mass(sigma);
+            if (current - target).abs() < 1e-5 {
+                break;
+            }
+            if current > target {
+                hi = sigma;
+                sigma = (lo + hi) / 2.0;
+            } else {
+                lo = sigma;
+                sigma = if hi.is_finite() { (lo + hi) / 2.0 } else { sigma * 2.0 };
+            }
+        }
+        // umap-learn's floor on σ: 1e-3 of the mean neighbour distance.
+        let mean = near.iter().map(|&(_, x)| x).sum::<f64>() / (k - 1) as f64;
+        let sigma = sigma.max(1e-3 * mean).max(1e-12);
+        for &(j, x) in &near {
+            weights.insert((i, j), (-(x - rho).max(0.0) / sigma).exp());
+        }
+    }
+    // Fuzzy union: w = a + b − a·b, one undirected edge per pair.
+    let mut edges: Vec<(usize, usize, f64)> = Vec::new();
+    for (&(i, j), &w) in &weights {
+        let back = weights.get(&(j, i)).copied().unwrap_or(0.0);
+        if i < j || back == 0.0 {
+            let w = w + back - w * back;
+            if w > 0.0 {
+                edges.push((i.min(j), i.max(j), w));
+            }
+        }
+    }
+    edges.sort_by_key(|e| (e.0, e.1));
+    let max_w = edges.iter().map(|e| e.2).fold(0.0, f64::max);
+    // umap-learn drops edges that would be sampled fewer than once over the run.
+    edges.retain(|e| e.2 >= max_w / epochs as f64);
+    // Both directions, as the symmetric graph's two triangles: each end is pulled in turn.
+    let reversed: Vec<_> = edges.iter().map(|&(i, j, w)| (j, i, w)).collect();
+    edges.extend(reversed);
+    (edges, max_w)
+}
+
+/// The PCA projection of `points` to 2-D, each coordinate scaled to [0, 10] (UMAP's start).
+fn pca_start(points: &[f32], n: usize, d: usize) -> Vec<f64> {
+    let (_, init) = pca(points, n, d, 2);
+    let mut y: Vec<f64> = init.iter().map(|&v| v as f64).collect();
+    for c in 0..2 {
+        let (lo, hi) = y
+            .iter()
+            .skip(c)
+            .step_by(2)
+            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+        let span = (hi - lo).max(1e-12);
+        for v in y.iter_mut().skip(c).step_by(2) {
+            *v = 10.0 * (*v - lo) / span;
+        }
+    }
+    y
 }
 
 fn squared_distances(points: &[f32], n: usize, dim: usize, i: usize) -> Vec<f64> {
