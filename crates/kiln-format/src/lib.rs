@@ -3,17 +3,20 @@
 //! The files of a run directory (docs/run-directory.md) that are read by code without burn —
 //! the report (`kiln-viz`), scripts, other tools — as serde types shared by the code that
 //! writes them and the code that reads them, so a field renamed on one side fails to compile
-//! or to parse instead of silently showing nothing. Today: `analysis/analysis.json`
-//! ([`analysis::Analysis`], written by `kiln_lens::pipeline`).
+//! or to parse instead of silently showing nothing: `analysis/analysis.json`
+//! ([`analysis::Analysis`], written by `kiln_lens::pipeline`) and the lines of
+//! `metrics.jsonl`, `dynamics.jsonl` and `transfer.jsonl` ([`training`], written by
+//! `kiln-tune`'s loop).
 //!
 //! **Owns:** the layout of these files, their format version and reading them back with
 //! errors that name the file. **Must not touch:** burn, models, training or analysis
-//! arithmetic (it holds numbers, it does not compute them). The training files
-//! (`config.json`, `metrics.jsonl` …) are still typed in `kiln_tune::run_files`, because
-//! `config.json` embeds the training configuration.
+//! arithmetic (it holds numbers, it does not compute them). `config.json`,
+//! `results.json` and `trainable.json` are typed in `kiln-tune` (they embed its training
+//! configuration and metrics) and read by key in the report.
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod training;
 
 use std::path::{Path, PathBuf};
 
@@ -37,6 +40,17 @@ pub enum FormatError {
         /// Which kind of file was expected.
         what: &'static str,
         /// serde's message, with line and column.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// One line of a JSON-lines file is not an entry of the expected shape.
+    #[error("{path}:{line}: {source}")]
+    Line {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// serde's message.
         #[source]
         source: serde_json::Error,
     },

@@ -1,13 +1,14 @@
 //! The typed files of a run directory, shared by the code that writes them (training) and the
 //! code that reads them back (`lens analyse`, `export`, `report`): `config.json`
-//! ([`RunConfig`], with the run's [`Provenance`]) and the lines of `metrics.jsonl`
-//! ([`MetricsLine`]). docs/run-directory.md describes every file.
+//! ([`RunConfig`], with the run's [`Provenance`]); the lines of `metrics.jsonl`
+//! ([`MetricsLine`]), `dynamics.jsonl` and `transfer.jsonl` are defined in the burn-free
+//! `kiln-format` (the report reads them) and re-exported here. docs/run-directory.md describes
+//! every file.
 //!
 //! `config.json` carries a format version ([`FORMAT_VERSION`]). Files from before versioning
 //! (no `format` key: `{"task", "train"}`) are read as version 1, without provenance; a file
 //! written by a newer kiln is refused with a message naming both versions.
 
-use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -324,83 +325,7 @@ impl RunConfig {
     }
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum MetricsLine {
-    /// Training loss over the last `log_every` optimizer steps.
-    Train {
-        /// Optimizer step (1-based).
-        step: usize,
-        /// Epoch (0-based).
-        epoch: usize,
-        /// Mean loss of the window.
-        loss: f64,
-        /// Learning rate of the step.
-        lr: f64,
-        /// Global gradient norm before clipping.
-        grad_norm: f64,
-        /// Training throughput so far.
-        seq_per_s: f64,
-    },
-    /// Dev-set metrics.
-    Eval {
-        /// Optimizer step.
-        step: usize,
-        /// Epoch.
-        epoch: usize,
-        /// Metric name → value (`accuracy`, `f1`, `mcc`, `pearson` …).
-        metrics: BTreeMap<String, f64>,
-    },
-}
-
-/// One line of `dynamics.jsonl` (training dynamics for data maps, Swayamdipta et al. 2020):
-/// after each epoch, every training example's probability of its gold label and whether the
-/// prediction was right, in file order.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DynamicsLine {
-    /// Epoch (0-based).
-    pub epoch: usize,
-    /// Optimizer step.
-    pub step: usize,
-    /// `P(gold)` per training example.
-    pub p_gold: Vec<f32>,
-    /// Whether the argmax was the gold label, per training example.
-    pub correct: Vec<bool>,
-}
-
-/// One line of `transfer.jsonl`: the attention-transfer loss at a step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename = "transfer")]
-pub struct TransferLine {
-    /// Transfer step (0-based).
-    pub step: usize,
-    /// Loss.
-    pub loss: f64,
-}
-
-impl MetricsLine {
-    /// Reads every line of a `metrics.jsonl`.
-    ///
-    /// # Errors
-    /// [`RunFileError`] naming the file and line of a malformed entry.
-    pub fn read_all(path: &Path) -> Result<Vec<Self>, RunFileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| RunFileError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        text.lines()
-            .enumerate()
-            .filter(|(_, l)| !l.trim().is_empty())
-            .map(|(i, l)| {
-                serde_json::from_str(l).map_err(|e| RunFileError::Invalid {
-                    path: path.to_path_buf(),
-                    message: format!("line {}: {e}", i + 1),
-                })
-            })
-            .collect()
-    }
-}
+pub use kiln_format::training::{DynamicsLine, MetricsLine, TransferLine};
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,7 @@ pub mod plots;
 use std::path::{Path, PathBuf};
 
 use kiln_format::analysis::{Analysis, Coords, PackedDtype, Projection};
+use kiln_format::training::{read_lines, DynamicsLine, MetricsLine, TransferLine};
 use serde_json::{json, Value};
 
 /// Errors of building a report.
@@ -54,9 +55,10 @@ pub enum ReportError {
         /// What is wrong.
         message: String,
     },
-    /// An analysis file is not one this kiln reads (malformed, or another format version).
+    /// A typed run file (`analysis.json`, a line of `metrics.jsonl` …) is malformed or of
+    /// another format version; the error names the file (and line).
     #[error(transparent)]
-    Analysis(#[from] kiln_format::FormatError),
+    RunFile(#[from] kiln_format::FormatError),
 }
 
 const PAGE: &str = include_str!("../assets/report.html");
@@ -73,21 +75,6 @@ fn read(path: &Path) -> Result<Option<String>, ReportError> {
             message: e.to_string(),
         }),
     }
-}
-
-fn json_lines(path: &Path) -> Result<Vec<Value>, ReportError> {
-    let Some(text) = read(path)? else { return Ok(Vec::new()) };
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| ReportError::Format {
-                path: path.to_path_buf(),
-                line: i + 1,
-                message: e.to_string(),
-            })
-        })
-        .collect()
 }
 
 fn json_file(path: &Path) -> Result<Value, ReportError> {
@@ -107,9 +94,10 @@ fn json_file(path: &Path) -> Result<Value, ReportError> {
 /// # Errors
 /// [`ReportError`] for unreadable or malformed run files.
 pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, ReportError> {
-    let metrics = json_lines(&run.join("metrics.jsonl"))?;
-    let (train, eval): (Vec<Value>, Vec<Value>) = metrics.into_iter().partition(|v| v["kind"] == "train");
-    let dynamics = json_lines(&run.join("dynamics.jsonl"))?;
+    let (train, eval): (Vec<MetricsLine>, Vec<MetricsLine>) = read_lines::<MetricsLine>(&run.join("metrics.jsonl"))?
+        .into_iter()
+        .partition(|l| matches!(l, MetricsLine::Train { .. }));
+    let dynamics = read_lines::<DynamicsLine>(&run.join("dynamics.jsonl"))?;
     let analysis = read_analysis(&run.join("analysis").join("analysis.json"))?.map(|mut a| {
         pack_projection(&mut a.projection);
         a
@@ -122,7 +110,7 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
         "train": train,
         "eval": eval,
         "dynamics": dynamics,
-        "transfer": json_lines(&run.join("transfer.jsonl"))?,
+        "transfer": read_lines::<TransferLine>(&run.join("transfer.jsonl"))?,
         "texts": texts,
         "analysis": analysis,
         "snapshots": snapshots(run)?,
@@ -132,7 +120,7 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
 /// The analysis at `path`, or `None` where there is none (the run was not analysed).
 ///
 /// # Errors
-/// [`ReportError::Analysis`] for a malformed file or another format version.
+/// [`ReportError::RunFile`] for a malformed file or another format version.
 pub fn read_analysis(path: &Path) -> Result<Option<Analysis>, ReportError> {
     if !path.exists() {
         return Ok(None);
@@ -264,17 +252,20 @@ mod tests {
         assert!(!SCRIPT.contains("innerHTML") && !ANALYSIS.contains("innerHTML"));
     }
 
+    const TRAIN_LINE: &str =
+        r#"{"kind":"train","step":1,"epoch":0,"loss":0.7,"lr":1e-5,"grad_norm":1.0,"seq_per_s":10.0}"#;
+
     #[test]
     fn report_reads_a_run_directory_and_reports_malformed_lines_with_their_number() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(
             dir.path().join("metrics.jsonl"),
-            "{\"kind\":\"train\",\"step\":1,\"loss\":0.7}\n{\"kind\":\"eval\",\"step\":1,\"metrics\":{\"accuracy\":0.5}}\n",
+            format!("{TRAIN_LINE}\n{{\"kind\":\"eval\",\"step\":1,\"epoch\":0,\"metrics\":{{\"accuracy\":0.5}}}}\n"),
         )
         .unwrap();
         std::fs::write(
             dir.path().join("dynamics.jsonl"),
-            "{\"epoch\":0,\"p_gold\":[0.5],\"correct\":[true]}\n",
+            "{\"epoch\":0,\"step\":1,\"p_gold\":[0.5],\"correct\":[true]}\n",
         )
         .unwrap();
         let data = report_data(dir.path(), Some(vec!["a <b> film".into()])).unwrap();
@@ -283,9 +274,16 @@ mod tests {
         assert_eq!(data["dynamics"][0]["p_gold"][0], 0.5);
         let path = write_report(dir.path(), None).unwrap();
         assert!(std::fs::read_to_string(path).unwrap().contains("kiln-data"));
-        std::fs::write(dir.path().join("metrics.jsonl"), "{\"kind\":\"train\"}\nnot json\n").unwrap();
+        std::fs::write(dir.path().join("metrics.jsonl"), format!("{TRAIN_LINE}\nnot json\n")).unwrap();
         let err = report_data(dir.path(), None).unwrap_err().to_string();
         assert!(err.contains("metrics.jsonl:2"), "{err}");
+        // A line of the wrong shape is named too (the typed reader, not only bad JSON).
+        std::fs::write(dir.path().join("metrics.jsonl"), "{\"kind\":\"train\",\"step\":1}\n").unwrap();
+        let err = report_data(dir.path(), None).unwrap_err().to_string();
+        assert!(
+            err.contains("metrics.jsonl:1") && err.contains("missing field"),
+            "{err}"
+        );
     }
 
     /// An analysis of one example with one projected layer at `coords`.

@@ -378,14 +378,14 @@ mod tests {
         let metrics: String = (1..=10)
             .map(|s| {
                 format!(
-                    "{{\"kind\":\"train\",\"step\":{s},\"loss\":{},\"lr\":{}}}\n",
+                    "{{\"kind\":\"train\",\"step\":{s},\"epoch\":0,\"loss\":{},\"lr\":{},\"grad_norm\":1.0,\"seq_per_s\":10.0}}\n",
                     1.0 / s as f64,
                     1e-5 * s as f64
                 )
             })
             .chain([
-                "{\"kind\":\"eval\",\"step\":5,\"metrics\":{\"accuracy\":0.7,\"f1\":0.6}}\n".to_string(),
-                "{\"kind\":\"eval\",\"step\":10,\"metrics\":{\"accuracy\":0.8,\"f1\":0.75}}\n".to_string(),
+                "{\"kind\":\"eval\",\"step\":5,\"epoch\":0,\"metrics\":{\"accuracy\":0.7,\"f1\":0.6}}\n".to_string(),
+                "{\"kind\":\"eval\",\"step\":10,\"epoch\":0,\"metrics\":{\"accuracy\":0.8,\"f1\":0.75}}\n".to_string(),
             ])
             .collect();
         std::fs::write(dir.path().join("metrics.jsonl"), metrics).unwrap();

@@ -79,7 +79,7 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
                 let p: Vec<f64> = (0..50).map(|i| dynamics_p(i, epoch)).collect();
                 format!(
                     "{}\n",
-                    json!({"epoch": epoch, "p_gold": p, "correct": p.iter().map(|&x| x > 0.5).collect::<Vec<_>>()})
+                    json!({"epoch": epoch, "step": 10 * (epoch + 1), "p_gold": p, "correct": p.iter().map(|&x| x > 0.5).collect::<Vec<_>>()})
                 )
             })
             .collect::<String>(),
@@ -90,7 +90,7 @@ fn fixture_run(dir: &Path) -> Vec<Value> {
         (1..=5)
             .map(|s| {
                 format!(
-                    "{{\"kind\":\"train\",\"step\":{s},\"loss\":{},\"lr\":1e-5,\"grad_norm\":1.0}}\n",
+                    "{{\"kind\":\"train\",\"step\":{s},\"epoch\":0,\"loss\":{},\"lr\":1e-5,\"grad_norm\":1.0,\"seq_per_s\":10.0}}\n",
                     1.0 / s as f64
                 )
             })
