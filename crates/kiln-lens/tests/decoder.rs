@@ -5,6 +5,8 @@
 //! finite-difference slope, a host recomputation of the Taylor sums from the fused `c_attn`
 //! columns — and against causality (a later token never attributes to an earlier output).
 
+mod common;
+
 use burn::backend::{Autodiff, Flex};
 use burn::module::Param;
 use burn::prelude::*;
@@ -144,13 +146,7 @@ fn loss(m: &Gpt2Model<A>) -> Tensor<A, 1> {
 }
 
 fn gates(layer: usize, head: usize, value: f32) -> Vec<Vec<f32>> {
-    (0..2)
-        .map(|l| {
-            (0..H)
-                .map(|h| if l == layer && h == head { value } else { 1.0 })
-                .collect()
-        })
-        .collect()
+    common::one_gate(2, H, layer, head, value)
 }
 
 #[test]
@@ -211,14 +207,6 @@ fn decoder_head_importance_is_the_gate_slope_and_taylor_sums_the_fused_columns()
                 want[r / dh] += f64::from(w[r * D + c] * g[r * D + c]).powi(2);
             }
         }
-        for h in 0..H {
-            assert!(want[h] > 0.0);
-            assert!(
-                (got[l][h] - want[h]).abs() < 1e-4 * want[h],
-                "[{l}][{h}] {} vs {}",
-                got[l][h],
-                want[h]
-            );
-        }
+        common::assert_taylor_row(l, &got[l], &want);
     }
 }

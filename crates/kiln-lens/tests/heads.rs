@@ -39,13 +39,7 @@ fn out(m: &BertModel<A>) -> Vec<f32> {
 }
 
 fn gates(layer: usize, head: usize, value: f32) -> Vec<Vec<f32>> {
-    (0..2)
-        .map(|l| {
-            (0..H)
-                .map(|h| if l == layer && h == head { value } else { 1.0 })
-                .collect()
-        })
-        .collect()
+    common::one_gate(2, H, layer, head, value)
 }
 
 #[test]
@@ -135,15 +129,7 @@ fn taylor_scores_sum_each_heads_slices_and_pruning_drops_the_lowest() {
                 want[r / dh] += ((w[r * D + c] * g[r * D + c]) as f64).powi(2);
             }
         }
-        for h in 0..H {
-            assert!(want[h] > 0.0);
-            assert!(
-                (got[l][h] - want[h]).abs() < 1e-4 * want[h],
-                "[{l}][{h}] {} vs {}",
-                got[l][h],
-                want[h]
-            );
-        }
+        common::assert_taylor_row(l, &got[l], &want);
     }
     let importance = [vec![0.5, 0.1, 0.9, 0.3], vec![0.2, 0.8, 0.05, 0.7]];
     let gates = prune_least_important(&importance, 3);

@@ -34,3 +34,23 @@ pub fn vec64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
         .map(f64::from)
         .collect()
 }
+
+/// Head gates `[layers][heads]`: all ones but `value` at (`layer`, `head`).
+pub fn one_gate(layers: usize, heads: usize, layer: usize, head: usize, value: f32) -> Vec<Vec<f32>> {
+    (0..layers)
+        .map(|l| {
+            (0..heads)
+                .map(|h| if l == layer && h == head { value } else { 1.0 })
+                .collect()
+        })
+        .collect()
+}
+
+/// Layer `l`'s Taylor scores `got` equal a host recomputation `want` (each positive) to 1e-4
+/// relative.
+pub fn assert_taylor_row(l: usize, got: &[f64], want: &[f64]) {
+    for (h, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(*w > 0.0);
+        assert!((g - w).abs() < 1e-4 * w, "[{l}][{h}] {g} vs {w}");
+    }
+}
