@@ -20,16 +20,17 @@ pub enum DataError {
         source: std::io::Error,
     },
     /// `tokenizer.json` could not be parsed.
-    #[error("invalid tokenizer {path}: {message}")]
+    #[error("invalid tokenizer {path}: {source}")]
     Tokenizer {
         /// The file.
         path: PathBuf,
-        /// What the `tokenizers` crate reported.
-        message: String,
+        /// What the `tokenizers` crate reported (or the panic it raised, caught).
+        #[source]
+        source: tokenizers::Error,
     },
     /// Encoding failed.
     #[error("tokenization failed: {0}")]
-    Encode(String),
+    Encode(#[source] tokenizers::Error),
     /// A truncation length too short to hold a pair's special tokens and one text token
     /// (the `tokenizers` crate would silently stop truncating).
     #[error("max_length = {max_length} is too short: at least {min} (the {specials} special tokens of a text pair and one token of text)")]
@@ -127,9 +128,9 @@ impl TextTokenizer {
             )
             .into())
         });
-        let mut inner = parsed.map_err(|e| DataError::Tokenizer {
+        let mut inner = parsed.map_err(|source| DataError::Tokenizer {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         })?;
         let specials = inner.get_post_processor().map_or(0, |p| p.added_tokens(true));
         if max_length < specials + 1 {
@@ -158,9 +159,9 @@ impl TextTokenizer {
                 strategy: TruncationStrategy::LongestFirst,
                 stride: 0,
             }))
-            .map_err(|e| DataError::Tokenizer {
+            .map_err(|source| DataError::Tokenizer {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                source,
             })?;
         // A trial encoding of a single text and a pair: tokenizers 0.22 also panics at encode
         // time on some files that parse (a post-processor template naming a special token it
@@ -185,7 +186,7 @@ impl TextTokenizer {
         if let Some(message) = problem {
             return Err(DataError::Tokenizer {
                 path: path.to_path_buf(),
-                message,
+                source: message.into(),
             });
         }
         Ok(Self { inner, max_length })
@@ -223,10 +224,7 @@ impl TextTokenizer {
                 TextInput::Pair(a, b) => (a.as_str(), b.as_str()).into(),
             })
             .collect();
-        let encodings = self
-            .inner
-            .encode_batch(inputs, true)
-            .map_err(|e| DataError::Encode(e.to_string()))?;
+        let encodings = self.inner.encode_batch(inputs, true).map_err(DataError::Encode)?;
         let batch = encodings.len();
         let seq = encodings.first().map_or(0, |e| e.len());
         let mut out = BatchEncoding {
@@ -251,9 +249,7 @@ impl TextTokenizer {
     /// [`DataError::Encode`] if the decoder fails.
     pub fn decode(&self, ids: &[i64]) -> Result<String, DataError> {
         let ids: Vec<u32> = ids.iter().map(|&x| x as u32).collect();
-        self.inner
-            .decode(&ids, true)
-            .map_err(|e| DataError::Encode(e.to_string()))
+        self.inner.decode(&ids, true).map_err(DataError::Encode)
     }
 }
 
@@ -275,6 +271,9 @@ mod tests {
         let err = TextTokenizer::from_file(f.path(), 16).unwrap_err();
         assert!(matches!(err, DataError::Tokenizer { .. }), "{err}");
         assert!(err.to_string().contains(&f.path().display().to_string()), "{err}");
+        // The cause stays reachable as a source (here: the caught panic, as an error).
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(err.to_string().ends_with(&source.to_string()), "{err} / {source}");
     }
 
     /// A WordPiece tokenizer with BERT's template, small enough to write inline.

@@ -15,9 +15,9 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T, ModelError>
         path: path.to_path_buf(),
         source,
     })?;
-    serde_json::from_str(&text).map_err(|e| ModelError::Config {
+    serde_json::from_str(&text).map_err(|source| ModelError::Config {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     })
 }
 
@@ -220,6 +220,10 @@ mod tests {
         let err = BertConfig::from_file(f.path()).unwrap_err();
         assert!(matches!(err, ModelError::Config { .. }), "{err:?}");
         assert!(err.to_string().contains("num_hidden_layers"), "{err}");
+        // The cause is kept as a source: serde's error, with its position.
+        let source = std::error::Error::source(&err).expect("a source");
+        let json = source.downcast_ref::<serde_json::Error>().expect("serde_json's error");
+        assert_eq!((json.line(), json.is_data()), (1, true));
     }
 
     #[test]

@@ -25,12 +25,13 @@ pub enum ModelError {
         source: std::io::Error,
     },
     /// `config.json` is not valid JSON or lacks a required field.
-    #[error("invalid model config {path}: {message}")]
+    #[error("invalid model config {path}: {source}")]
     Config {
         /// The file.
         path: PathBuf,
         /// What is wrong, e.g. "missing field `hidden_size` at line 3 column 1".
-        message: String,
+        #[source]
+        source: serde_json::Error,
     },
     /// The config parsed but describes a model kiln cannot build.
     #[error("unsupported model config: {0}")]
