@@ -37,14 +37,26 @@ use serde_json::{json, Value};
 /// Errors of building a report.
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
-    /// A file could not be read or written.
-    #[error("{path}: {message}")]
+    /// A file or directory could not be read or written.
+    #[error("{path}: {source}")]
     Io {
         /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A plot could not be drawn (plotters' message).
+    #[error("{path}: {message}")]
+    Draw {
+        /// The plot file.
         path: PathBuf,
         /// What failed.
         message: String,
     },
+    /// No usable TrueType font for plot text (`KILN_PLOT_FONT`, or the usual system places).
+    #[error("{0}")]
+    Font(String),
     /// A run file is not what it should be.
     #[error("{path}:{line}: {message}")]
     Format {
@@ -70,9 +82,9 @@ fn read(path: &Path) -> Result<Option<String>, ReportError> {
     match std::fs::read_to_string(path) {
         Ok(t) => Ok(Some(t)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(ReportError::Io {
+        Err(source) => Err(ReportError::Io {
             path: path.to_path_buf(),
-            message: e.to_string(),
+            source,
         }),
     }
 }
@@ -154,12 +166,7 @@ fn snapshots(run: &Path) -> Result<Vec<Value>, ReportError> {
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(ReportError::Io {
-                path: dir,
-                message: e.to_string(),
-            })
-        }
+        Err(source) => return Err(ReportError::Io { path: dir, source }),
     };
     let mut named: Vec<(String, PathBuf)> = entries
         .filter_map(Result::ok)
@@ -219,9 +226,9 @@ pub fn write_report(run: &Path, texts: Option<Vec<String>>) -> Result<PathBuf, R
     let html = render(&report_data(run, texts)?);
     let path = run.join("report.html");
     let tmp = run.join(".report.html.tmp");
-    let io = |e: std::io::Error| ReportError::Io {
+    let io = |source: std::io::Error| ReportError::Io {
         path: path.clone(),
-        message: e.to_string(),
+        source,
     };
     std::fs::write(&tmp, html).map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
@@ -320,6 +327,17 @@ mod tests {
             },
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn an_unreadable_run_file_is_an_io_error_keeping_the_os_error() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("config.json")).unwrap();
+        let err = report_data(dir.path(), None).unwrap_err();
+        assert!(matches!(err, ReportError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("config.json"), "{err}");
+        let source = std::error::Error::source(&err).expect("a source");
+        assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
     }
 
     #[test]

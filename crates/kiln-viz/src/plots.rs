@@ -4,7 +4,7 @@
 //! (when present): the head-pruning curve, the mean mixing ratio per layer over the analysed
 //! instances, and the head-importance heatmap. Text is laid out with a TrueType font found on
 //! the system (`KILN_PLOT_FONT`, else DejaVu Sans or Liberation Sans in the usual Debian,
-//! Fedora and macOS places); a machine without one gets [`ReportError::Io`] naming the
+//! Fedora and macOS places); a machine without one gets [`ReportError::Font`] naming the
 //! variable. Files are written to a temporary name and renamed.
 
 use std::path::{Path, PathBuf};
@@ -55,10 +55,7 @@ fn register_font() -> Result<(), ReportError> {
             .map_err(|_| format!("{}: not a usable TrueType font", path.display()))
     })
     .clone()
-    .map_err(|message| ReportError::Io {
-        path: PathBuf::from("KILN_PLOT_FONT"),
-        message,
-    })
+    .map_err(ReportError::Font)
 }
 
 /// A named line: `(label, [(x, y)])`.
@@ -173,9 +170,13 @@ fn write_svg_png(
     draw_svg: impl Fn(DrawingArea<SVGBackend, Shift>) -> Result<(), String>,
     draw_png: impl Fn(DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,
 ) -> Result<Vec<PathBuf>, ReportError> {
-    let fail = |path: &Path, message: String| ReportError::Io {
+    let fail = |path: &Path, message: String| ReportError::Draw {
         path: path.to_path_buf(),
         message,
+    };
+    let io = |path: &Path, source: std::io::Error| ReportError::Io {
+        path: path.to_path_buf(),
+        source,
     };
     let svg_path = dir.join(format!("{name}.svg"));
     let mut svg = String::new();
@@ -183,11 +184,11 @@ fn write_svg_png(
     let tmp = dir.join(format!(".{name}.svg.tmp"));
     std::fs::write(&tmp, svg)
         .and_then(|_| std::fs::rename(&tmp, &svg_path))
-        .map_err(|err| fail(&svg_path, err.to_string()))?;
+        .map_err(|err| io(&svg_path, err))?;
     let png_path = dir.join(format!("{name}.png"));
     let tmp = dir.join(format!(".{name}.tmp.png"));
     draw_png(BitMapBackend::new(&tmp, SIZE).into_drawing_area()).map_err(|m| fail(&png_path, m))?;
-    std::fs::rename(&tmp, &png_path).map_err(|err| fail(&png_path, err.to_string()))?;
+    std::fs::rename(&tmp, &png_path).map_err(|err| io(&png_path, err))?;
     Ok(vec![svg_path, png_path])
 }
 
@@ -204,9 +205,9 @@ pub fn lines(
     series: &[Series],
 ) -> Result<Vec<PathBuf>, ReportError> {
     register_font()?;
-    std::fs::create_dir_all(dir).map_err(|err| ReportError::Io {
+    std::fs::create_dir_all(dir).map_err(|source| ReportError::Io {
         path: dir.to_path_buf(),
-        message: err.to_string(),
+        source,
     })?;
     write_svg_png(
         dir,
@@ -231,9 +232,9 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
     register_font()?;
     let data = crate::report_data(run, None)?;
     let dir = run.join("plots");
-    std::fs::create_dir_all(&dir).map_err(|e| ReportError::Io {
+    std::fs::create_dir_all(&dir).map_err(|source| ReportError::Io {
         path: dir.clone(),
-        message: e.to_string(),
+        source,
     })?;
     let mut written = Vec::new();
     let train = data["train"].as_array().cloned().unwrap_or_default();
