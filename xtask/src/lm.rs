@@ -67,7 +67,9 @@ pub fn variant(name: &str) -> Result<AttentionVariant> {
         other => {
             if let Some(w) = other.strip_prefix("window") {
                 AttentionVariant::SlidingWindow {
-                    window: w.parse().context("window<N>")?,
+                    window: w
+                        .parse()
+                        .with_context(|| format!("{other:?}: window<N> needs a width in tokens, e.g. window64"))?,
                 }
             } else {
                 bail!("unknown variant {other:?}: elu, t2r, performer, hedgehog, hybrid, window<N>")

@@ -14,9 +14,9 @@ pub struct GenerateArgs {
     pub device: DeviceArgs,
     #[arg(long, value_delimiter = ',', default_value = "256,512,1024,2048,4096,8192")]
     pub lengths: Vec<usize>,
-    /// softmax, elu, t2r, performer, hedgehog, window<N>.
-    #[arg(long, value_delimiter = ',', default_value = "softmax,t2r,elu")]
-    pub variants: Vec<String>,
+    /// softmax, elu, t2r, performer, hedgehog, hybrid, window<N>.
+    #[arg(long, value_delimiter = ',', default_value = "softmax,t2r,elu", value_parser = attention_variant)]
+    pub variants: Vec<NamedVariant>,
     /// Tokens averaged at each length.
     #[arg(long, default_value_t = 64)]
     pub window: usize,
@@ -34,7 +34,7 @@ impl GenerateArgs {
             out,
         } = self;
         let device = device.device;
-        let variants = named_variants(&variants)?;
+        let variants = NamedVariant::pairs(variants);
         let rows = run_on(
             device,
             bench_attention::GenerateJob {
@@ -56,12 +56,14 @@ pub struct AttentionArgs {
     pub device: DeviceArgs,
     #[arg(long, value_delimiter = ',', default_value = "128,256,512,1024,2048,4096")]
     pub lengths: Vec<usize>,
+    /// softmax, elu, t2r, performer, hedgehog, hybrid, window<N>.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "softmax,window64,elu,t2r,performer,hedgehog"
+        default_value = "softmax,window64,elu,t2r,performer,hedgehog",
+        value_parser = attention_variant
     )]
-    pub variants: Vec<String>,
+    pub variants: Vec<NamedVariant>,
     #[arg(long, default_value_t = 8)]
     pub heads: usize,
     #[arg(long, default_value_t = 64)]
@@ -97,7 +99,7 @@ impl AttentionArgs {
             peak_child,
         } = self;
         let device = device.device;
-        let variants = named_variants(&variants)?;
+        let variants = NamedVariant::pairs(variants);
         let rows = run_on(
             device,
             bench_attention::AttentionJob {

@@ -20,19 +20,42 @@ pub struct DeviceArgs {
     pub device: DeviceKind,
 }
 
-/// `softmax` or an [`lm::variant`] name, each with its name.
-pub fn named_variants(names: &[String]) -> Result<Vec<(String, kiln::attention::AttentionVariant)>> {
-    names
-        .iter()
-        .map(|n| {
-            let v = if n == "softmax" {
-                kiln::attention::AttentionVariant::Softmax
-            } else {
-                lm::variant(n)?
-            };
-            Ok((n.clone(), v))
-        })
-        .collect()
+/// An attention variant named on the command line, with the name as given.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedVariant {
+    /// The name (`t2r`, `window64` …), used in tables and file names.
+    pub name: String,
+    /// The mechanism it stands for.
+    pub variant: kiln::attention::AttentionVariant,
+}
+
+impl NamedVariant {
+    /// `(name, variant)` pairs of a parsed list.
+    pub fn pairs(list: Vec<Self>) -> Vec<(String, kiln::attention::AttentionVariant)> {
+        list.into_iter().map(|v| (v.name, v.variant)).collect()
+    }
+}
+
+/// clap parser for `--variants` of the benches: `softmax` or an [`lm::variant`] name; an
+/// unknown name is refused at parse time with the valid names.
+pub fn attention_variant(name: &str) -> Result<NamedVariant, String> {
+    if name == "softmax" {
+        return Ok(NamedVariant {
+            name: name.into(),
+            variant: kiln::attention::AttentionVariant::Softmax,
+        });
+    }
+    conversion_variant(name)
+}
+
+/// clap parser for `--variants` of a conversion (`lm decoder`): an [`lm::variant`] name
+/// (softmax is what is converted from, so it is not one).
+pub fn conversion_variant(name: &str) -> Result<NamedVariant, String> {
+    let variant = lm::variant(name).map_err(|e| e.to_string())?;
+    Ok(NamedVariant {
+        name: name.into(),
+        variant,
+    })
 }
 
 /// Training texts in file order (pairs joined by " ||| "), as the data map indexes them.

@@ -55,8 +55,8 @@ pub struct DecoderArgs {
     #[arg(long, default_value_t = 128)]
     pub block: usize,
     /// Variants: elu, t2r, performer, hedgehog, hybrid (LoLCATs, window 64), window<N>.
-    #[arg(long, value_delimiter = ',', default_value = "elu,t2r,performer,hedgehog")]
-    pub variants: Vec<String>,
+    #[arg(long, value_delimiter = ',', default_value = "elu,t2r,performer,hedgehog", value_parser = conversion_variant)]
+    pub variants: Vec<NamedVariant>,
     #[arg(long, default_value = "ROMEO:")]
     pub prompt: String,
     /// Pretrained model directory (default OUT/pretrained; reused when it matches).
@@ -123,10 +123,7 @@ impl DecoderArgs {
             TransferLossArg::CrossEntropy => kiln::tune::transfer::TransferLoss::CrossEntropy,
             TransferLossArg::OutputMse => kiln::tune::transfer::TransferLoss::OutputMse,
         };
-        let variants = variants
-            .iter()
-            .map(|v| Ok((v.clone(), lm::variant(v)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let variants = NamedVariant::pairs(variants);
         run_on(
             device,
             lm::DecoderJob {

@@ -99,3 +99,41 @@ fn a_run_refuses_a_changed_model_naming_both_hashes() {
     // The default model directory of a run is the one it recorded.
     assert_eq!(export::run_model(&run, None).unwrap(), model);
 }
+
+/// An unknown attention variant is refused while the command line is parsed, naming the valid
+/// ones (it used to pass clap and fail after setup); `softmax` is a bench baseline but not a
+/// conversion target.
+#[test]
+fn variant_names_are_checked_at_parse_time() {
+    use clap::Parser;
+    #[derive(clap::Parser)]
+    struct Args {
+        #[command(subcommand)]
+        command: super::Command,
+    }
+    let parse = |args: &[&str]| Args::try_parse_from(std::iter::once("xtask").chain(args.iter().copied()));
+    let err = parse(&["bench", "generate", "--variants", "t2r,linear"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("unknown variant \"linear\"") && err.contains("window<N>"),
+        "{err}"
+    );
+    let err = parse(&["lm", "decoder", "--variants", "softmax"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("unknown variant \"softmax\""), "{err}");
+    let err = parse(&["bench", "attention", "--variants", "window"])
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("window<N>"), "{err}");
+    let ok = parse(&["bench", "generate", "--variants", "softmax,window32,hybrid"]);
+    assert!(ok.is_ok(), "{:?}", ok.err().map(|e| e.to_string()));
+    assert_eq!(
+        attention_variant("window32").unwrap().variant,
+        kiln::attention::AttentionVariant::SlidingWindow { window: 32 }
+    );
+}
