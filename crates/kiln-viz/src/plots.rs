@@ -268,7 +268,10 @@ pub fn write_plots(run: &Path) -> Result<Vec<PathBuf>, ReportError> {
             .collect();
         written.extend(lines(&dir, "dev_metrics", "dev metrics", "step", &series)?);
     }
-    if let Some(analysis) = crate::read_analysis(&run.join("analysis").join("analysis.json"))? {
+    // The analysis `report_data` already read and checked (not read from disk again).
+    if !data["analysis"].is_null() {
+        let analysis: Analysis =
+            serde_json::from_value(data["analysis"].clone()).expect("report_data wrote a typed analysis");
         written.extend(analysis_plots(&dir, &analysis)?);
     }
     Ok(written)

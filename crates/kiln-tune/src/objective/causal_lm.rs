@@ -6,7 +6,6 @@
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
-use kiln_data::lm::random_offsets;
 use kiln_data::metrics::TaskMetrics;
 use kiln_model::Gpt2Model;
 
@@ -27,8 +26,7 @@ pub struct CausalLm<'a> {
 impl CausalLm<'_> {
     /// The window offsets of step `step`.
     pub fn offsets(&self, step: usize) -> Vec<usize> {
-        let seed = super::step_seed(self.cfg.seed, step);
-        random_offsets(self.train.len(), self.cfg.block_len + 1, self.cfg.batch_size, seed)
+        super::lm_offsets(self.cfg, self.train.len(), self.cfg.block_len + 1, step)
     }
 }
 
@@ -53,7 +51,7 @@ impl<B: AutodiffBackend> Objective<B> for CausalLm<'_> {
     }
 
     fn steps(&self) -> Steps {
-        Steps::new(1, self.cfg.steps, 1, 0.0).with_warmup(self.cfg.warmup_steps)
+        super::lm_steps(self.cfg)
     }
 
     fn batches(&self, _epoch: usize) -> Vec<Vec<usize>> {

@@ -14,7 +14,6 @@ use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
 use kiln_data::batching::SplitMix64;
-use kiln_data::lm::random_offsets;
 use kiln_data::metrics::TaskMetrics;
 use kiln_model::roles::{ModelRoles, Part, Roles, Site};
 use kiln_model::{BertMlmHead, BertModel, Capture};
@@ -162,8 +161,7 @@ const EVAL_STREAM: u64 = 0xE7A1_0000_0000_0001;
 impl MaskedLm<'_> {
     /// The window offsets of step `step`.
     pub fn offsets(&self, step: usize) -> Vec<usize> {
-        let seed = super::step_seed(self.cfg.seed, step);
-        random_offsets(self.train.len(), self.cfg.block_len, self.cfg.batch_size, seed)
+        super::lm_offsets(self.cfg, self.train.len(), self.cfg.block_len, step)
     }
 
     fn window_seed(&self, offset: usize, stream: u64) -> u64 {
@@ -207,7 +205,7 @@ impl<B: AutodiffBackend> Objective<B> for MaskedLm<'_> {
     }
 
     fn steps(&self) -> Steps {
-        Steps::new(1, self.cfg.steps, 1, 0.0).with_warmup(self.cfg.warmup_steps)
+        super::lm_steps(self.cfg)
     }
 
     fn batches(&self, _epoch: usize) -> Vec<Vec<usize>> {

@@ -75,6 +75,18 @@ pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
     seed ^ (step as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// The plan of an in-memory language-modelling run: `cfg.steps` optimizer steps of one batch
+/// each, after `cfg.warmup_steps` of warm-up.
+pub(crate) fn lm_steps(cfg: &crate::lm::LmTrainConfig) -> Steps {
+    Steps::new(1, cfg.steps, 1, 0.0).with_warmup(cfg.warmup_steps)
+}
+
+/// The batch of such a run at `step`: `cfg.batch_size` random starts of `window`-token windows
+/// in `len` tokens, seeded by `(cfg.seed, step)`.
+pub(crate) fn lm_offsets(cfg: &crate::lm::LmTrainConfig, len: usize, window: usize, step: usize) -> Vec<usize> {
+    kiln_data::lm::random_offsets(len, window, cfg.batch_size, step_seed(cfg.seed, step))
+}
+
 /// The model an objective trains, as the inner (non-autodiff) module evaluation sees.
 pub type Inner<B, O> = <<O as Objective<B>>::Model as AutodiffModule<B>>::InnerModule;
 
