@@ -159,7 +159,12 @@ pub fn provenance(
     kind: DeviceKind,
 ) -> Result<kiln::tune::run_files::Provenance> {
     let record = kiln::tune::run_files::ModelRecord::of_dir(&std::path::absolute(model)?, None)?;
-    Ok(kiln::tune::run_files::Provenance::now(record, data, &kind.to_string()))
+    Ok(kiln::tune::run_files::Provenance::now(
+        record,
+        data,
+        &kind.to_string(),
+        option_env!("KILN_GIT_COMMIT"),
+    ))
 }
 
 /// Prints where the results are and the final metrics.

@@ -60,7 +60,7 @@ pub fn load_run<B: kiln::burn::prelude::Backend>(
         provenance.model.verify(model_dir)?;
     }
     let (base, _) = SequenceClassifier::<B>::from_pretrained(model_dir, task.num_labels(), device)?;
-    let (model, tuning) = config.restore(base, run, checkpoint, device)?;
+    let (model, tuning) = kiln::tune::run_files::Restore::restore(&config, base, run, checkpoint, device)?;
     Ok((model, tuning, config, task))
 }
 

@@ -1,7 +1,5 @@
 //! Task metrics with GLUE's definitions (as in `sklearn` / `scipy`, which GLUE's scorer uses).
 
-use serde::{Deserialize, Serialize};
-
 use crate::glue::GlueTask;
 
 /// Fraction of equal entries. `NaN` for empty input.
@@ -107,21 +105,8 @@ pub enum Predictions {
     },
 }
 
-/// The metrics of a task on one split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TaskMetrics {
-    /// Name of the primary metric (used to pick the best checkpoint).
-    pub primary: String,
-    /// Every metric by name (`accuracy`, `f1`, `mcc`, `pearson`, `spearman`).
-    pub values: std::collections::BTreeMap<String, f64>,
-}
-
-impl TaskMetrics {
-    /// Value of the primary metric.
-    pub fn primary_value(&self) -> f64 {
-        self.values[&self.primary]
-    }
-}
+/// The metrics of a task on one split (a run-file type: `results.json` holds them).
+pub use kiln_format::run::TaskMetrics;
 
 /// GLUE's metrics for `task`: CoLA MCC; MRPC/QQP F1 and accuracy; STS-B Pearson and
 /// Spearman; the rest accuracy. The primary metric is the first listed.

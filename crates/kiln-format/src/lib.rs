@@ -1,21 +1,21 @@
 //! # kiln-format
 //!
-//! The files of a run directory (docs/run-directory.md) that are read by code without burn —
-//! the report (`kiln-viz`), scripts, other tools — as serde types shared by the code that
-//! writes them and the code that reads them, so a field renamed on one side fails to compile
-//! or to parse instead of silently showing nothing: `analysis/analysis.json`
-//! ([`analysis::Analysis`], written by `kiln_lens::pipeline`) and the lines of
-//! `metrics.jsonl`, `dynamics.jsonl` and `transfer.jsonl` ([`training`], written by
-//! `kiln-tune`'s loop).
+//! The files of a run directory (docs/run-directory.md) as serde types shared by the code that
+//! writes them and every reader — `kiln-tune`, `kiln-lens`, the report (`kiln-viz`), scripts
+//! — so a field renamed on one side fails to compile or to parse instead of silently showing
+//! nothing: `config.json`, `data.json`, `results.json`, `trainable.json` ([`run`]; the
+//! training configuration inside `config.json` is a type parameter, owned by `kiln-tune`),
+//! the lines of `metrics.jsonl`, `dynamics.jsonl` and `transfer.jsonl` ([`training`], written
+//! by `kiln-tune`'s loop) and `analysis/analysis.json` ([`analysis::Analysis`], written by
+//! `kiln_lens::pipeline`).
 //!
-//! **Owns:** the layout of these files, their format version and reading them back with
-//! errors that name the file. **Must not touch:** burn, models, training or analysis
-//! arithmetic (it holds numbers, it does not compute them). `config.json`,
-//! `results.json` and `trainable.json` are typed in `kiln-tune` (they embed its training
-//! configuration and metrics) and read by key in the report.
+//! **Owns:** the layout of these files, their format versions, writing them atomically and
+//! reading them back with errors that name the file. **Must not touch:** burn, models,
+//! training or analysis arithmetic (it holds numbers, it does not compute them).
 #![warn(missing_docs)]
 
 pub mod analysis;
+pub mod run;
 pub mod training;
 
 use std::path::{Path, PathBuf};

@@ -34,6 +34,7 @@ pub enum CheckpointError {
         /// The path.
         path: PathBuf,
         /// Underlying error.
+        #[source]
         source: std::io::Error,
     },
     /// A checkpoint file is malformed or does not fit the model.
@@ -67,27 +68,21 @@ fn invalid(path: &Path, message: impl std::fmt::Display) -> CheckpointError {
 /// # Errors
 /// [`CheckpointError::Io`].
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let written = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        f.write_all(bytes).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    kiln_format::run::write_atomic(path, bytes).map_err(CheckpointError::from)
+}
+
+impl From<kiln_format::run::RunFileError> for CheckpointError {
+    fn from(e: kiln_format::run::RunFileError) -> Self {
+        use kiln_format::run::RunFileError as E;
+        let message = e.to_string();
+        match e {
+            E::Io { path, source } => Self::Io { path, source },
+            E::Parse { path, .. }
+            | E::Invalid { path, .. }
+            | E::NewerFormat { path, .. }
+            | E::ModelChanged { file: path, .. } => Self::Invalid { path, message },
+        }
     }
-    written?;
-    sync_dir(dir)
 }
 
 /// fsyncs a directory, making renames inside it durable.

@@ -2,9 +2,9 @@
 //!
 //! Fine-tuning: task heads ([`classifier::SequenceClassifier`]), tuning strategies (what trains,
 //! inserted modules, gradient masks: [`strategy`], one file per strategy behind the
-//! [`strategy::Strategy`] trait, choosing parameters by typed role), the typed run files
-//! shared by their writers and readers ([`run_files`]: `config.json` with provenance,
-//! `metrics.jsonl`), a PyTorch-exact AdamW with
+//! [`strategy::Strategy`] trait, choosing parameters by typed role), the run files
+//! ([`run_files`]: `kiln-format`'s types, `config.json` with kiln-tune's `TrainConfig`
+//! inside, and restoring a run's model), a PyTorch-exact AdamW with
 //! per-parameter groups and gradient access ([`optim`]), learning-rate schedules, one
 //! training loop over objectives ([`objective`]: classification/regression, causal LM, masked
 //! LM; any model that is a strategy host, [`strategy::TunableModel`]), the classification run
@@ -19,7 +19,8 @@
 //! **Owns:** what trains, how, and what is saved. **Must not touch:** model architecture
 //! (`kiln-model`; the modules strategies insert — LoRA deltas, adapters, (IA)³, masks, soft
 //! prompts — are defined there in `kiln_model::peft` and only instantiated here), attention
-//! mechanisms (`kiln-attention`), data parsing and metrics (`kiln-data`).
+//! mechanisms (`kiln-attention`), data parsing and metrics (`kiln-data`), the layout of run
+//! files (`kiln-format`).
 //!
 //! The optimizer is kiln's own rather than `burn::optim::AdamW`: see [`optim`] for why.
 #![warn(missing_docs)]

@@ -205,58 +205,7 @@ impl RunDir {
     }
 }
 
-/// Where a run's examples came from (`<run>/data.json`), so that what reads the run later
-/// (`lens analyse`, `report`) uses the same data — a demo run on the bundled fixture is not
-/// analysed on GLUE SST-2 because a GLUE directory happens to exist.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "source", rename_all = "snake_case", deny_unknown_fields)]
-pub enum DataSource {
-    /// A GLUE task directory's `train.tsv` / `dev.tsv`.
-    Glue {
-        /// The GLUE root (holding `CoLA/`, `MRPC/`, ...).
-        dir: PathBuf,
-        /// Task short name (`mrpc`).
-        task: String,
-    },
-    /// A fixture compiled into the command line (`sentiment`: the demo's).
-    Fixture {
-        /// Fixture name.
-        name: String,
-    },
-}
-
-impl DataSource {
-    /// The file, `data.json`.
-    pub fn path(run: &RunDir) -> PathBuf {
-        run.0.join("data.json")
-    }
-
-    /// Writes `data.json` atomically.
-    ///
-    /// # Errors
-    /// [`crate::checkpoint::CheckpointError`] on I/O.
-    pub fn write(&self, run: &RunDir) -> Result<(), crate::checkpoint::CheckpointError> {
-        let text = serde_json::to_string_pretty(self).expect("serialisable");
-        crate::checkpoint::write_atomic(&Self::path(run), text.as_bytes())
-    }
-
-    /// Reads `data.json`; `Ok(None)` for runs written before kiln recorded it.
-    ///
-    /// # Errors
-    /// [`RunDirError::Io`] if it exists but cannot be read or parsed.
-    pub fn read(run: &RunDir) -> Result<Option<Self>, RunDirError> {
-        let path = Self::path(run);
-        let text = match std::fs::read_to_string(&path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io(&path)(e)),
-        };
-        serde_json::from_str(&text).map(Some).map_err(|e| RunDirError::Io {
-            path,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })
-    }
-}
+pub use kiln_format::run::DataSource;
 
 /// Differences between two `config.json` values, as `key: old → new`, keys dotted.
 pub fn config_changes(old: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
@@ -317,27 +266,6 @@ mod tests {
         run.clear().unwrap();
         assert_eq!(run.existing_run(), None);
         assert!(dir.path().join("notes.txt").exists() && dir.path().join("data").exists());
-    }
-
-    #[test]
-    fn data_source_round_trips_and_older_runs_have_none() {
-        let dir = tempfile::tempdir().unwrap();
-        let run = RunDir::new(dir.path());
-        assert_eq!(DataSource::read(&run).unwrap(), None);
-        for source in [
-            DataSource::Fixture {
-                name: "sentiment".into(),
-            },
-            DataSource::Glue {
-                dir: "/data/glue".into(),
-                task: "mrpc".into(),
-            },
-        ] {
-            source.write(&run).unwrap();
-            assert_eq!(DataSource::read(&run).unwrap(), Some(source));
-        }
-        std::fs::write(DataSource::path(&run), r#"{"source": "s3"}"#).unwrap();
-        assert!(DataSource::read(&run).unwrap_err().to_string().contains("data.json"));
     }
 
     #[test]

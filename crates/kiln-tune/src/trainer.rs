@@ -43,7 +43,7 @@ use kiln_model::roles::ModelRoles;
 use crate::run_files::MetricsLine;
 
 use crate::strategy::{
-    child_tuning_d_mask, load_tuned, ChildMask, GradientMask, StrategyConfig, StrategyError, TrainableReport,
+    child_tuning_d_mask, load_tuned, trainable_report, ChildMask, GradientMask, StrategyConfig, StrategyError,
     TunedIoError, Tuning,
 };
 
@@ -187,32 +187,8 @@ pub struct TaskData {
     pub dev: Vec<Example>,
 }
 
-/// Final numbers of a run (`results.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainResults {
-    /// Task name.
-    pub task: String,
-    /// Metrics of the last evaluation.
-    pub final_metrics: TaskMetrics,
-    /// Best primary metric and the step it was reached.
-    pub best: Option<(f64, usize)>,
-    /// Optimizer steps done.
-    pub steps: usize,
-    /// Wall time of this process's training, seconds.
-    pub wall_time_s: f64,
-    /// Training examples per second (this process).
-    pub train_seq_per_s: f64,
-    /// Peak resident memory in MiB (Linux), if known.
-    pub peak_rss_mb: Option<f64>,
-    /// Whether the run was resumed from a checkpoint.
-    pub resumed: bool,
-    /// Strategy name (`full`, `lora`, `bit_fit+child_tuning_f`, ...).
-    pub strategy: String,
-    /// Trainable parameters (head included).
-    pub trainable_params: usize,
-    /// All parameters, inserted modules included.
-    pub total_params: usize,
-}
+/// Final numbers of a run (`results.json`; the run-file type of `kiln-format`).
+pub use kiln_format::run::Results as TrainResults;
 
 /// When to stop early (for checkpoint/resume tests and time-boxed runs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -594,12 +570,9 @@ pub fn train<B: AutodiffBackend>(
         }
     }
     let (infos, roles) = (param_infos(&model), model.param_roles());
-    let report = TrainableReport::new(&tuning, &infos, &roles);
+    let report = trainable_report(&tuning, &infos, &roles);
     tracing::info!(strategy = %report.strategy, trainable = report.trainable, total = report.total, percent = format!("{:.3}", report.percent), "trainable parameters");
-    checkpoint::write_atomic(
-        &run.0.join("trainable.json"),
-        serde_json::to_string_pretty(&report).expect("json").as_bytes(),
-    )?;
+    report.write(&run.0).map_err(checkpoint::CheckpointError::from)?;
     let objective = crate::objective::classification::Classification {
         tok,
         data,
@@ -635,12 +608,34 @@ pub fn train<B: AutodiffBackend>(
         strategy: report.strategy,
         trainable_params: report.trainable,
         total_params: report.total,
+        attention: cfg.attention.as_ref().map(|variant| attention_summary(variant, cfg)),
     };
-    checkpoint::write_atomic(
-        &run.0.join("results.json"),
-        serde_json::to_string_pretty(&results).expect("json").as_bytes(),
-    )?;
+    results.write(&run.0).map_err(checkpoint::CheckpointError::from)?;
     Ok((model, results))
+}
+
+/// What `results.json` records of an attention conversion: the variant's kind and settings
+/// (its serde form, so the names are the ones a config file uses), layers and transfer.
+fn attention_summary(
+    variant: &kiln_attention::AttentionVariant,
+    cfg: &TrainConfig,
+) -> kiln_format::run::AttentionSummary {
+    // A derived, internally tagged enum of plain fields serialises to an object with `kind`.
+    let serde_json::Value::Object(fields) = serde_json::to_value(variant).expect("an attention variant serialises")
+    else {
+        unreachable!("an internally tagged enum serialises to an object")
+    };
+    let mut settings: std::collections::BTreeMap<String, serde_json::Value> = fields.into_iter().collect();
+    let kind = match settings.remove("kind") {
+        Some(serde_json::Value::String(kind)) => kind,
+        other => unreachable!("serde's tag is a string, got {other:?}"),
+    };
+    kiln_format::run::AttentionSummary {
+        kind,
+        settings,
+        layers: cfg.attention_layers.clone(),
+        transfer: cfg.attention_transfer.is_some(),
+    }
 }
 
 /// Validates everything, takes the run directory's lock, checks what the directory holds

@@ -180,7 +180,8 @@ fn converted_full_finetuning_resumes_bit_for_bit() {
     // it into an unconverted softmax model used to fail or analyse the wrong mechanism).
     let config = kiln_tune::run_files::RunConfig::read(a.path()).unwrap();
     assert_eq!(config.format, kiln_tune::run_files::FORMAT_VERSION);
-    let (restored, tuning) = config.restore(wide(), a.path(), "last", &device).unwrap();
+    let (restored, tuning) =
+        kiln_tune::run_files::Restore::restore(&config, wide(), a.path(), "last", &device).unwrap();
     assert_eq!(tuning.name(), "full");
     assert_eq!(logits_wide(&full), logits_wide(&restored));
 }

@@ -15,7 +15,7 @@ use kiln_tune::classifier::{SequenceClassifier, Targets};
 use kiln_tune::optim::{AdamW, AdamWConfig, ParamGroup};
 use kiln_tune::params::param_infos;
 use kiln_tune::strategy::{
-    Effect, InsertSpec, ModelShape, Pfeiffer, Strategy, StrategyConfig, StrategyError, TrainableReport, Tuning,
+    trainable_report, Effect, InsertSpec, ModelShape, Pfeiffer, Strategy, StrategyConfig, StrategyError, Tuning,
 };
 
 type A = Autodiff<Flex>;
@@ -77,7 +77,7 @@ fn a_strategy_defined_in_a_test_trains_exactly_what_it_selects() {
     let before = common::snapshot(&model);
     let roles = model.param_roles();
     let infos = param_infos(&model);
-    let report = TrainableReport::new(&tuning, &infos, &roles);
+    let report = trainable_report(&tuning, &infos, &roles);
     // Per layer: the query weight H×H and the adapter (down H×H/4 + H/4, up H/4×H + H); the
     // head H×2 + 2 always trains.
     let adapter = H * (H / 4) + H / 4 + (H / 4) * H + H;

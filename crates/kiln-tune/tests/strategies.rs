@@ -23,8 +23,8 @@ use kiln_tune::optim::GradientTransform;
 use kiln_tune::optim::{AdamW, AdamWConfig, ParamGroup};
 use kiln_tune::params::param_infos;
 use kiln_tune::strategy::{
-    child_d_eligible, child_tuning_d_mask, load_tuned, percentile, save_tuned, ChildMask, GradientMask, StrategyConfig,
-    StrategyError, TrainableReport, Tuning,
+    child_d_eligible, child_tuning_d_mask, load_tuned, percentile, save_tuned, trainable_report, ChildMask,
+    GradientMask, StrategyConfig, StrategyError, Tuning,
 };
 use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig};
 
@@ -192,7 +192,7 @@ fn each_strategy_trains_exactly_its_parameters_and_counts_match_closed_form() {
         let before = common::snapshot(&tuning.insert(base.clone(), &device).unwrap());
         let after_model = run_steps(&tuning, base, 2, 0.01);
         let after = common::snapshot(&after_model);
-        let report = TrainableReport::new(&tuning, &param_infos(&after_model), &after_model.param_roles());
+        let report = trainable_report(&tuning, &param_infos(&after_model), &after_model.param_roles());
         assert_eq!(report.trainable, expected_trainable(name), "{name}: {report:?}");
         let trained = trained_paths(&tuning, &after_model);
         for (path, b) in &before {

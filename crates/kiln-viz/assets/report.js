@@ -63,10 +63,15 @@
   text(document.getElementById("run"), data.run);
   const summary = document.getElementById("summary");
   const r = data.results || {};
-  const cfg = (data.config && data.config.train) || {};
+  const att = r.attention; // results.json's AttentionSummary (kiln-format), absent if not converted
+  const prov = (data.config && data.config.provenance) || null;
   row(summary, ["task", (data.config && data.config.task) || r.task]);
   row(summary, ["strategy", r.strategy || "full"]);
-  if (cfg.attention) row(summary, ["attention", cfg.attention.kind]);
+  if (att) row(summary, ["attention", att.kind]);
+  if (prov) {
+    row(summary, ["model", (prov.model.id || prov.model.path) + " (sha256 " + prov.model.sha256.slice(0, 12) + "…)"]);
+    row(summary, ["kiln", prov.kiln_version + (prov.git_commit ? " @ " + prov.git_commit.slice(0, 10) : "") + ", " + prov.backend]);
+  }
   row(summary, ["steps", r.steps]);
   row(summary, ["wall time (s)", fmt(r.wall_time_s)]);
   row(summary, ["train seq/s", fmt(r.train_seq_per_s)]);
@@ -178,23 +183,23 @@
   }
 
   // Converted models: which layers run which attention, with what settings and parameters.
-  if (cfg.attention) {
+  if (att) {
     document.getElementById("variants-section").hidden = false;
     const t = document.getElementById("variants");
-    const settings = Object.entries(cfg.attention).filter(([k]) => k !== "kind").map(([k, v]) => k + " " + v).join(", ");
-    const converted = cfg.attention_layers;
+    const settings = Object.entries(att.settings).map(([k, v]) => k + " " + v).join(", ");
+    const converted = att.layers;
     const per = ((data.trainable && data.trainable.per_module) || []).filter(m => /^layer\.\d+\.attention$/.test(m[0]));
     row(t, ["layer", "attention", "settings", "parameters", "trainable"]);
     per.forEach(m => {
       const l = +m[0].split(".")[1];
       const isConverted = converted == null || converted.indexOf(l) >= 0;
-      row(t, [String(l), isConverted ? cfg.attention.kind : "softmax", isConverted ? settings : "", m[2], m[1]], true);
+      row(t, [String(l), isConverted ? att.kind : "softmax", isConverted ? settings : "", m[2], m[1]], true);
     });
     t.dataset.rows = String(per.length);
-    const tr = cfg.attention_transfer, tl = data.transfer || [];
-    text(document.getElementById("variants-note"), "Softmax attention of the pretrained model replaced by " + cfg.attention.kind +
+    const tl = data.transfer || [];
+    text(document.getElementById("variants-note"), "Softmax attention of the pretrained model replaced by " + att.kind +
       (converted == null ? " in every layer" : " in layers " + converted.join(", ")) + "; " +
-      (tr ? "attention transfer before fine-tuning (" + tl.length + " steps, loss " + fmt(tl.length ? tl[0].loss : null) + " → " + fmt(tl.length ? tl[tl.length - 1].loss : null) + ")" : "no attention transfer") +
+      (att.transfer ? "attention transfer before fine-tuning (" + tl.length + " steps, loss " + fmt(tl.length ? tl[0].loss : null) + " → " + fmt(tl.length ? tl[tl.length - 1].loss : null) + ")" : "no attention transfer") +
       "; dev " + (r.final_metrics ? r.final_metrics.primary + " " + fmt(r.final_metrics.values[r.final_metrics.primary]) : "—") + ".");
   }
 

@@ -31,6 +31,7 @@ pub mod plots;
 use std::path::{Path, PathBuf};
 
 use kiln_format::analysis::{Analysis, Coords, PackedDtype, Projection};
+use kiln_format::run::{Results, RunConfig, RunFileError, Trainable};
 use kiln_format::training::{read_lines, DynamicsLine, MetricsLine, TransferLine};
 use serde_json::{json, Value};
 
@@ -57,48 +58,20 @@ pub enum ReportError {
     /// No usable TrueType font for plot text (`KILN_PLOT_FONT`, or the usual system places).
     #[error("{0}")]
     Font(String),
-    /// A run file is not what it should be.
-    #[error("{path}:{line}: {message}")]
-    Format {
-        /// The file.
-        path: PathBuf,
-        /// 1-based line (0 for whole-file errors).
-        line: usize,
-        /// What is wrong.
-        message: String,
-    },
     /// A typed run file (`analysis.json`, a line of `metrics.jsonl` …) is malformed or of
     /// another format version; the error names the file (and line).
     #[error(transparent)]
     RunFile(#[from] kiln_format::FormatError),
+    /// `config.json`, `results.json` or `trainable.json` is unreadable or malformed, or from a
+    /// newer kiln; the error names the file.
+    #[error(transparent)]
+    Run(#[from] RunFileError),
 }
 
 const PAGE: &str = include_str!("../assets/report.html");
 const SCRIPT: &str = include_str!("../assets/report.js");
 const ANALYSIS: &str = include_str!("../assets/analysis.js");
 const STYLE: &str = include_str!("../assets/report.css");
-
-fn read(path: &Path) -> Result<Option<String>, ReportError> {
-    match std::fs::read_to_string(path) {
-        Ok(t) => Ok(Some(t)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(ReportError::Io {
-            path: path.to_path_buf(),
-            source,
-        }),
-    }
-}
-
-fn json_file(path: &Path) -> Result<Value, ReportError> {
-    match read(path)? {
-        None => Ok(Value::Null),
-        Some(t) => serde_json::from_str(&t).map_err(|e| ReportError::Format {
-            path: path.to_path_buf(),
-            line: 0,
-            message: e.to_string(),
-        }),
-    }
-}
 
 /// The report's data for `run`: everything the page shows, as one JSON value. `texts` are the
 /// training examples' texts in file order (for the data map's tooltips), when known.
@@ -116,9 +89,9 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
     });
     Ok(json!({
         "run": run.display().to_string(),
-        "config": json_file(&run.join("config.json"))?,
-        "results": json_file(&run.join("results.json"))?,
-        "trainable": json_file(&run.join("trainable.json"))?,
+        "config": read_config(run)?,
+        "results": Results::read(run)?,
+        "trainable": Trainable::read(run)?,
         "train": train,
         "eval": eval,
         "dynamics": dynamics,
@@ -127,6 +100,18 @@ pub fn report_data(run: &Path, texts: Option<Vec<String>>) -> Result<Value, Repo
         "analysis": analysis,
         "snapshots": snapshots(run)?,
     }))
+}
+
+/// `run/config.json` — its envelope and provenance typed, the training configuration (which
+/// the page only lists) as a tree — or `None` where there is none.
+///
+/// # Errors
+/// [`ReportError::Run`] for an unreadable or malformed file, or one from a newer kiln.
+pub fn read_config(run: &Path) -> Result<Option<RunConfig<Value>>, ReportError> {
+    if !RunConfig::<Value>::file(run).exists() {
+        return Ok(None);
+    }
+    Ok(Some(RunConfig::read(run)?))
 }
 
 /// The analysis at `path`, or `None` where there is none (the run was not analysed).
@@ -334,7 +319,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("config.json")).unwrap();
         let err = report_data(dir.path(), None).unwrap_err();
-        assert!(matches!(err, ReportError::Io { .. }), "{err:?}");
+        assert!(matches!(err, ReportError::Run(RunFileError::Io { .. })), "{err:?}");
         assert!(err.to_string().contains("config.json"), "{err}");
         let source = std::error::Error::source(&err).expect("a source");
         assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");

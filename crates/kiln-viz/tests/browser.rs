@@ -53,23 +53,66 @@ fn attr(dom: &str, id: &str, name: &str) -> Option<String> {
 /// A run directory with training logs and an analysis of 300 examples (2 classes, 3
 /// layers × 4 heads, 2 instances), one of them the hostile sentence.
 fn fixture_run(dir: &Path) -> Vec<Value> {
-    std::fs::write(
-        dir.join("config.json"),
-        r#"{"task":"sst2","train":{"epochs":1,"attention":{"kind":"t2r","features":32,"eps":0.01},"attention_layers":[0,2],"attention_transfer":null}}"#,
+    // The run files through their kiln-format types, as training writes them.
+    use kiln_format::run::{AttentionSummary, ModelRecord, Provenance, Results, RunConfig, TaskMetrics, Trainable};
+    let model = ModelRecord {
+        path: "/models/all-MiniLM-L6-v2".into(),
+        id: Some("sentence-transformers/all-MiniLM-L6-v2".into()),
+        weights: "model.safetensors".into(),
+        sha256: "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db".into(),
+    };
+    RunConfig::new(
+        "sst2",
+        json!({"epochs": 1, "attention": {"kind": "t2r", "features": 32, "eps": 0.01}, "attention_layers": [0, 2]}),
+        Some(Provenance::now(
+            model,
+            None,
+            "flex",
+            Some("0123456789abcdef0123456789abcdef01234567"),
+        )),
     )
+    .write(dir)
     .unwrap();
-    let per_module: Vec<Value> = (0..3)
+    let per_module: Vec<(String, usize, usize)> = (0..3)
         .flat_map(|l| {
             [
-                json!([format!("layer.{l}.attention"), 604_800, 604_800]),
-                json!([format!("layer.{l}.output"), 0, 590_976]),
+                (format!("layer.{l}.attention"), 604_800, 604_800),
+                (format!("layer.{l}.output"), 0, 590_976),
             ]
         })
         .collect();
-    std::fs::write(
-        dir.join("trainable.json"),
-        json!({"strategy": "full", "trainable": 1_814_400, "total": 3_587_328, "percent": 50.6, "per_module": per_module}).to_string(),
-    )
+    Trainable {
+        strategy: "full".into(),
+        trainable: 1_814_400,
+        total: 3_587_328,
+        percent: 50.6,
+        per_module,
+    }
+    .write(dir)
+    .unwrap();
+    Results {
+        task: "sst2".into(),
+        final_metrics: TaskMetrics {
+            primary: "accuracy".into(),
+            values: [("accuracy".to_string(), 0.8125)].into(),
+        },
+        best: Some((0.8125, 5)),
+        steps: 5,
+        wall_time_s: 12.5,
+        train_seq_per_s: 10.0,
+        peak_rss_mb: None,
+        resumed: false,
+        strategy: "full".into(),
+        trainable_params: 1_814_400,
+        total_params: 3_587_328,
+        attention: Some(AttentionSummary {
+            kind: "t2r".into(),
+            settings: [("features".to_string(), json!(32)), ("eps".to_string(), json!(0.01))].into(),
+            layers: Some(vec![0, 2]),
+            transfer: false,
+        }),
+    }
+    .write(dir)
     .unwrap();
     // Training dynamics of 50 training examples over 3 epochs (the data map).
     std::fs::write(
@@ -268,6 +311,13 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     let dom = dump(&page, "", profile.path());
     assert_eq!(attr(&dom, "variants", "data-rows").as_deref(), Some("3"));
     assert!(dom.contains("<td class=\"num\">t2r</td>") && dom.contains("<td class=\"num\">softmax</td>"));
+    // The summary names the model by its id and hash prefix, and the commit that trained it.
+    assert!(
+        dom.contains("sentence-transformers/all-MiniLM-L6-v2 (sha256 53aa51172d14…)"),
+        "{dom:.3000}"
+    );
+    assert!(dom.contains(" @ 0123456789, flex"));
+    assert!(dom.contains("Softmax attention of the pretrained model replaced by t2r in layers 0, 2; no attention transfer; dev accuracy 0.8125."));
     assert_eq!(
         attr(&dom, "proj-compare-box", "hidden").as_deref(),
         Some(""),

@@ -94,7 +94,7 @@ pub fn report_texts(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Option<
 pub fn run_data(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Result<kiln::tune::trainer::TaskData> {
     use kiln::tune::run_dir::DataSource;
     let (_, task) = export::run_config(run)?;
-    let recorded = DataSource::read(&kiln::tune::trainer::RunDir::new(run.to_path_buf()))?;
+    let recorded = DataSource::read(run)?;
     let dir = match (recorded, glue_dir) {
         (Some(DataSource::Fixture { name }), _) if name == "sentiment" => return demo::fixture(),
         (Some(DataSource::Fixture { name }), _) => bail!("{}: unknown fixture {name:?} in data.json", run.display()),

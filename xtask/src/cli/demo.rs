@@ -81,7 +81,7 @@ impl DemoArgs {
                 source: source.clone(),
             },
         )??;
-        source.write(&kiln::tune::trainer::RunDir::new(out.clone()))?;
+        source.write(&out)?;
         demo::print_outcome(&out, &outcome, &what);
         let analysis = run_on(device, analyse::AnalyseJob::quick(model, out.clone(), dev))??;
         println!("Analysis: {}", analysis.display());

@@ -178,7 +178,7 @@ impl RunArgs {
                 on_existing,
             },
         )??;
-        source.write(&kiln::tune::trainer::RunDir::new(out.clone()))?;
+        source.write(&out)?;
         experiment::report(&out, &results);
         println!("Report: {}", kiln::viz::write_report(&out, Some(texts))?.display());
         report_plots(&out);

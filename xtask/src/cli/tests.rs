@@ -5,7 +5,6 @@ use kiln::backend::{run_on, DeviceKind};
 use super::common::*;
 use crate::{demo, export, lens};
 use kiln::tune::run_dir::DataSource;
-use kiln::tune::trainer::RunDir;
 
 #[test]
 fn commands_on_a_missing_or_foreign_directory_name_it() {
@@ -52,7 +51,7 @@ fn a_run_is_read_back_with_the_data_it_was_trained_on() {
     DataSource::Fixture {
         name: "sentiment".into(),
     }
-    .write(&RunDir::new(run.clone()))
+    .write(&run)
     .unwrap();
     let data = run_data(&run, Some(glue.clone())).unwrap();
     assert_eq!(data.dev.len(), demo::fixture().unwrap().dev.len());
@@ -62,11 +61,11 @@ fn a_run_is_read_back_with_the_data_it_was_trained_on() {
         dir: glue.clone(),
         task: "sst2".into(),
     }
-    .write(&RunDir::new(run.clone()))
+    .write(&run)
     .unwrap();
     assert_eq!(run_data(&run, None).unwrap().dev.len(), 1);
 
-    std::fs::remove_file(DataSource::path(&RunDir::new(run.clone()))).unwrap();
+    std::fs::remove_file(DataSource::file(&run)).unwrap();
     assert_eq!(run_data(&run, Some(glue)).unwrap().dev.len(), 1);
 }
 
@@ -85,7 +84,7 @@ fn a_run_refuses_a_changed_model_naming_both_hashes() {
     let config = RunConfig::new(
         "sst2",
         kiln::tune::trainer::TrainConfig::default(),
-        Some(Provenance::now(record.clone(), None, "flex")),
+        Some(Provenance::now(record.clone(), None, "flex", None)),
     );
     std::fs::write(run.join("config.json"), serde_json::to_string(&config).unwrap()).unwrap();
     std::fs::write(model.join("model.safetensors"), b"other weights").unwrap();

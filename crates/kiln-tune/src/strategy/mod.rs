@@ -56,7 +56,7 @@ pub use learned_mask::LearnedMask;
 pub use lna::Lna;
 pub use lora::Lora;
 pub use prompt_tuning::PromptTuning;
-pub use report::TrainableReport;
+pub use report::{trainable_report, TrainableReport};
 pub use targets::{lora_targets, PathPattern};
 pub use tuned_io::{load_tuned, read_tuning, save_tuned, tuned_bytes, TunedIoError};
 pub use tuning::Tuning;

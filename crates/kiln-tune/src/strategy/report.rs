@@ -1,56 +1,42 @@
 //! The trainable-parameter report a run writes to `trainable.json`.
 
 use kiln_model::roles::Roles;
-use serde::{Deserialize, Serialize};
 
 use super::Tuning;
 use crate::params::ParamInfo;
 
-/// Trainable-parameter report: counts per top-level module group and in total.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TrainableReport {
-    /// Strategy name.
-    pub strategy: String,
-    /// Trainable parameters.
-    pub trainable: usize,
-    /// All parameters (including inserted ones).
-    pub total: usize,
-    /// `trainable / total · 100`.
-    pub percent: f64,
-    /// `(module, trainable, total)` per module group (`embeddings`, `layer.N.attention`, ...).
-    pub per_module: Vec<(String, usize, usize)>,
-}
+/// Trainable-parameter report (`trainable.json`): counts per top-level module group and in
+/// total. The type is the run-file type of `kiln-format`, which the report reads.
+pub use kiln_format::run::Trainable as TrainableReport;
 
-impl TrainableReport {
-    /// Counts `params` (with their `roles`) under `tuning`.
-    pub fn new(tuning: &Tuning, params: &[ParamInfo], roles: &Roles) -> Self {
-        let mut per: Vec<(String, usize, usize)> = Vec::new();
-        let (mut trainable, mut total) = (0, 0);
-        for p in params {
-            let group = module_group(&p.path);
-            let n = p.numel();
-            let t = if roles.get(p.id).is_some_and(|r| tuning.trains(r)) {
-                n
-            } else {
-                0
-            };
-            trainable += t;
-            total += n;
-            match per.iter_mut().find(|(g, _, _)| *g == group) {
-                Some(entry) => {
-                    entry.1 += t;
-                    entry.2 += n;
-                }
-                None => per.push((group, t, n)),
+/// Counts `params` (with their `roles`) under `tuning`.
+pub fn trainable_report(tuning: &Tuning, params: &[ParamInfo], roles: &Roles) -> TrainableReport {
+    let mut per: Vec<(String, usize, usize)> = Vec::new();
+    let (mut trainable, mut total) = (0, 0);
+    for p in params {
+        let group = module_group(&p.path);
+        let n = p.numel();
+        let t = if roles.get(p.id).is_some_and(|r| tuning.trains(r)) {
+            n
+        } else {
+            0
+        };
+        trainable += t;
+        total += n;
+        match per.iter_mut().find(|(g, _, _)| *g == group) {
+            Some(entry) => {
+                entry.1 += t;
+                entry.2 += n;
             }
+            None => per.push((group, t, n)),
         }
-        Self {
-            strategy: tuning.name(),
-            trainable,
-            total,
-            percent: 100.0 * trainable as f64 / total.max(1) as f64,
-            per_module: per,
-        }
+    }
+    TrainableReport {
+        strategy: tuning.name(),
+        trainable,
+        total,
+        percent: 100.0 * trainable as f64 / total.max(1) as f64,
+        per_module: per,
     }
 }
 
