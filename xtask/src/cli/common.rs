@@ -20,6 +20,28 @@ pub struct DeviceArgs {
     pub device: DeviceKind,
 }
 
+/// `--model` and `--offline`, shared by the commands that run the default pretrained encoder
+/// (`demo`, `embed`, `lens mixing`): located like the demo's and fetched once unless offline.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// Model directory (else KILN_MODEL_DIR, the HF cache, kiln's cache, shared/; fetched if absent).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Do not fetch the model when it is not found locally.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+impl ModelArgs {
+    /// The model directory: `--model`, else located (and, unless `--offline`, fetched).
+    ///
+    /// # Errors
+    /// Not found (offline), or the fetch failed.
+    pub fn resolve(&self) -> Result<PathBuf> {
+        crate::model_files::resolve_model(kiln::model::hub::DEFAULT_MODEL_ID, self.model.as_deref(), !self.offline)
+    }
+}
+
 /// An attention variant named on the command line, with the name as given.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedVariant {

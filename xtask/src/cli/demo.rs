@@ -11,9 +11,8 @@ use crate::{analyse, demo, embed, model_files};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
-    /// Model directory (else KILN_MODEL_DIR, the HF cache, kiln's cache, shared/; fetched if absent).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// A GLUE task (cola, sst2, mrpc, stsb, rte, qnli, mnli, qqp, wnli) instead of the fixture.
@@ -30,9 +29,6 @@ pub struct DemoArgs {
     /// Run directory (default: runs/demo or runs/demo-<task>).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Do not fetch the model when it is not found locally.
-    #[arg(long)]
-    pub offline: bool,
 }
 
 impl DemoArgs {
@@ -45,10 +41,9 @@ impl DemoArgs {
             epochs,
             seed,
             out,
-            offline,
         } = self;
         let device = device.device;
-        let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), !offline)?;
+        let model = model.resolve()?;
         let (data, source) = demo::demo_data(task, data.as_deref())?;
         let what = match task {
             None => format!(
@@ -94,17 +89,13 @@ impl DemoArgs {
 
 #[derive(clap::Args)]
 pub struct EmbedArgs {
-    /// Model directory (else KILN_MODEL_DIR, the HF cache, kiln's cache, shared/; fetched if absent).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// Sentences to embed (default: a built-in set).
     #[arg(long = "sentence")]
     pub sentences: Vec<String>,
-    /// Do not fetch the model when it is not found locally.
-    #[arg(long)]
-    pub offline: bool,
 }
 
 impl EmbedArgs {
@@ -113,10 +104,9 @@ impl EmbedArgs {
             model,
             device,
             sentences,
-            offline,
         } = self;
         let device = device.device;
-        let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), !offline)?;
+        let model = model.resolve()?;
         let sentences: Vec<String> = if sentences.is_empty() {
             embed::DEFAULT_SENTENCES.iter().map(|s| s.to_string()).collect()
         } else {

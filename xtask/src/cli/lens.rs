@@ -4,10 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 use kiln::backend::run_on;
-use kiln::model::hub::DEFAULT_MODEL_ID;
 
 use super::common::*;
-use crate::{analyse, export, lens, model_files, neurons};
+use crate::{analyse, export, lens, neurons};
 
 #[derive(clap::Args)]
 pub struct NeuronsArgs {
@@ -120,9 +119,8 @@ impl AnalyseArgs {
 
 #[derive(clap::Args)]
 pub struct MixingArgs {
-    /// Model directory (default: located like demo).
-    #[arg(long)]
-    pub model: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// JSON list of strings or [a, b] pairs.
     #[arg(long)]
     pub input: PathBuf,
@@ -145,7 +143,7 @@ impl MixingArgs {
             device,
         } = self;
         let device = device.device;
-        let model = model_files::resolve_model(DEFAULT_MODEL_ID, model.as_deref(), true)?;
+        let model = model.resolve()?;
         let summary = run_on(
             device,
             lens::MixingJob {
