@@ -29,14 +29,9 @@ fn synthetic_run(dir: &Path, n: usize) -> Result<()> {
         dir.join("metrics.jsonl"),
         "{\"kind\":\"train\",\"step\":1,\"loss\":0.7,\"lr\":1e-5,\"grad_norm\":1.0}\n",
     )?;
-    // A fixed linear-congruential stream: the same points every run.
-    let mut state = 0x2545_f491_4f6c_dd1d_u64;
-    let mut uniform = move || {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        (state >> 11) as f64 / (1u64 << 53) as f64
-    };
+    // kiln's seeded generator: the same points every run.
+    let mut rng = kiln::data::batching::rng(0x2545_f491_4f6c_dd1d);
+    let mut uniform = move || kiln::data::batching::unit(&mut rng);
     let examples: Vec<_> = (0..n)
         .map(|i| {
             let label = i % 2;

@@ -344,18 +344,13 @@ impl<B: Backend> Attention<B> for LinearAttention<B> {
 /// features. Each block of up to `d` columns is a Gram–Schmidt-orthonormalised Gaussian block;
 /// each column is then scaled to the norm of an independent `d`-dimensional Gaussian vector,
 /// so columns are marginally `N(0, I)` but orthogonal within a block. Written here (no
-/// random-matrix crate in the tree) with SplitMix64 + Box–Muller so a seed gives the same
-/// features on every backend.
+/// random-matrix crate in the tree) with kiln's one seeded generator (SplitMix64,
+/// `rand_xoshiro`'s) and Box–Muller on uniforms in the open interval `(0, 1)`, so a seed gives
+/// the same features on every backend.
 pub fn orthogonal_gaussian(d: usize, m: usize, seed: u64) -> Vec<f32> {
-    let mut state = seed ^ 0x5DEE_CE66_D1CE_4E5B;
-    let mut uniform = move || {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^= z >> 31;
-        ((z >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
+    use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+    let mut rng = rand_xoshiro::SplitMix64::seed_from_u64(seed ^ 0x5DEE_CE66_D1CE_4E5B);
+    let mut uniform = move || ((rng.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     let mut normal = move || {
         let (u1, u2) = (uniform(), uniform());
         (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()

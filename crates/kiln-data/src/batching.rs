@@ -1,29 +1,33 @@
 //! Deterministic example order and dynamic-padding batches.
 //!
-//! The order of an epoch is a pure function of `(seed, epoch)` (SplitMix64 + Fisher–Yates,
-//! written here so that it never changes with a dependency's version): a resumed run can
-//! recompute the order and skip the batches already seen.
+//! The order of an epoch is a pure function of `(seed, epoch)` (SplitMix64 + Fisher–Yates): a
+//! resumed run can recompute the order and skip the batches already seen.
+//!
+//! [`SplitMix64`] is kiln's one seeded generator (data order, LM windows, MLM masking, GPT-2
+//! sampling, Performer features, UMAP): `rand_xoshiro`'s, re-exported here. Its output is
+//! fixed by its definition (Steele et al. 2014) and pinned below against the reference C
+//! sequence, so a dependency update that changed it — and with it every saved run's data
+//! order — would fail this crate's tests rather than silently reorder resumed runs.
 
 use crate::tokenize::{BatchEncoding, DataError, TextInput, TextTokenizer};
 
-/// SplitMix64 (Steele et al. 2014): a tiny, fully specified PRNG.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SplitMix64(pub u64);
+pub use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+pub use rand_xoshiro::SplitMix64;
 
-impl SplitMix64 {
-    /// Next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
+/// A generator seeded with `seed` as its state (SplitMix64's own seeding: the first output is
+/// the finaliser of `seed + γ`).
+pub fn rng(seed: u64) -> SplitMix64 {
+    SplitMix64::seed_from_u64(seed)
+}
 
-    /// Uniform integer in `0..n` (Lemire's multiply-shift; bias < 2⁻⁶⁴·n).
-    pub fn below(&mut self, n: usize) -> usize {
-        ((self.next_u64() as u128 * n as u128) >> 64) as usize
-    }
+/// Uniform integer in `0..n` (Lemire's multiply-shift; bias < 2⁻⁶⁴·n).
+pub fn below(rng: &mut SplitMix64, n: usize) -> usize {
+    ((rng.next_u64() as u128 * n as u128) >> 64) as usize
+}
+
+/// Uniform `f64` in `[0, 1)` from the top 53 bits.
+pub fn unit(rng: &mut SplitMix64) -> f64 {
+    (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// How an epoch's examples are ordered and grouped.
@@ -44,10 +48,10 @@ pub struct BatchPlan {
 pub fn epoch_batches(plan: &BatchPlan, lengths: &[usize], epoch: u64) -> Vec<Vec<usize>> {
     let n = lengths.len();
     let mut order: Vec<usize> = (0..n).collect();
-    let mut rng = SplitMix64(plan.seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
+    let mut rng = rng(plan.seed ^ epoch.wrapping_mul(0xA24B_AED4_963E_E407));
     if plan.shuffle {
         for i in (1..n).rev() {
-            order.swap(i, rng.below(i + 1));
+            order.swap(i, below(&mut rng, i + 1));
         }
     }
     let bs = plan.batch_size.max(1);
@@ -58,7 +62,7 @@ pub fn epoch_batches(plan: &BatchPlan, lengths: &[usize], epoch: u64) -> Vec<Vec
             }
             let mut batches: Vec<Vec<usize>> = order.chunks(bs).map(<[usize]>::to_vec).collect();
             for i in (1..batches.len()).rev() {
-                batches.swap(i, rng.below(i + 1));
+                batches.swap(i, below(&mut rng, i + 1));
             }
             batches
         }
@@ -105,7 +109,7 @@ mod tests {
     #[test]
     fn splitmix_matches_its_reference_sequence() {
         // First outputs of SplitMix64 seeded with 1234567 (reference C implementation).
-        let mut r = SplitMix64(1234567);
+        let mut r = rng(1234567);
         assert_eq!(r.next_u64(), 6457827717110365317);
         assert_eq!(r.next_u64(), 3203168211198807973);
     }

@@ -2,7 +2,7 @@
 //! streams, a held-out tail, consecutive blocks for evaluation and seeded random windows for
 //! training.
 
-use crate::batching::SplitMix64;
+use crate::batching::{below, rng};
 
 /// Vocabulary of the byte-level tokenizer: one id per byte value.
 pub const BYTE_VOCAB: usize = 256;
@@ -41,8 +41,8 @@ pub fn random_offsets(total: usize, len: usize, count: usize, seed: u64) -> Vec<
     if total < len {
         return Vec::new();
     }
-    let mut rng = SplitMix64(seed);
-    (0..count).map(|_| rng.below(total - len + 1)).collect()
+    let mut rng = rng(seed);
+    (0..count).map(|_| below(&mut rng, total - len + 1)).collect()
 }
 
 /// Evaluation windows: consecutive blocks of `block_len` predicted tokens, each with its one

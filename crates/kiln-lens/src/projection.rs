@@ -357,14 +357,12 @@ pub fn umap(points: &[f32], n: usize, d: usize, config: UmapConfig) -> Vec<f32> 
         .map(|p| p / config.negative_samples.max(1) as f64)
         .collect();
     let mut next_negative = per_negative.clone();
-    let mut rng = config.seed ^ 0x9e37_79b9_7f4a_7c15;
-    let mut draw = move || {
-        // xorshift64*
-        rng ^= rng >> 12;
-        rng ^= rng << 25;
-        rng ^= rng >> 27;
-        rng.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    // Negative samples from kiln's one seeded generator (SplitMix64, `rand_xoshiro`'s).
+    let mut rng = {
+        use rand_xoshiro::rand_core::SeedableRng;
+        rand_xoshiro::SplitMix64::seed_from_u64(config.seed)
     };
+    let mut draw = move || rand_xoshiro::rand_core::RngCore::next_u64(&mut rng);
     let clip = |g: f64| g.clamp(-4.0, 4.0);
     for epoch in 0..config.epochs {
         let alpha = 1.0 - epoch as f64 / config.epochs as f64;

@@ -9,6 +9,8 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, LayerNorm, Linear};
 use burn::prelude::*;
 pub use kiln_attention::LayerState;
 use kiln_attention::{Attention, AttentionKind, AttentionMask, SoftmaxAttention};
+use rand_xoshiro::rand_core::{RngCore, SeedableRng};
+use rand_xoshiro::SplitMix64;
 
 use crate::activation::Activation;
 use crate::capture::{Capture, LayerCapture, ModelOutput};
@@ -485,10 +487,10 @@ impl<B: Backend> Gpt2Model<B> {
         let (logits, mut state) = self.prefill(input)?;
         let [_, n, vocab] = logits.dims();
         let mut last = logits.slice([0..1, n - 1..n, 0..vocab]).reshape([1, vocab]);
-        let mut rng = match sampling {
+        let mut rng = SplitMix64::seed_from_u64(match sampling {
             Sampling::Temperature { seed, .. } => seed,
             Sampling::Greedy => 0,
-        };
+        });
         let mut out = Vec::with_capacity(new_tokens);
         for i in 0..new_tokens {
             let row: Vec<f32> = last.into_data().convert::<f32>().to_vec().expect("f32 logits");
@@ -517,9 +519,9 @@ impl<B: Backend> Gpt2Model<B> {
     }
 }
 
-/// Picks a token from one row of logits. The generator is SplitMix64 on `state`, so a seed
-/// gives the same text on every backend.
-fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
+/// Picks a token from one row of logits. The generator is kiln's one seeded generator
+/// (SplitMix64, `rand_xoshiro`'s), so a seed gives the same text on every backend.
+fn pick(logits: &[f32], sampling: Sampling, rng: &mut SplitMix64) -> u32 {
     let argmax = || {
         logits
             .iter()
@@ -538,12 +540,7 @@ fn pick(logits: &[f32], sampling: Sampling, state: &mut u64) -> u32 {
                 .iter()
                 .map(|&x| ((f64::from(x) - f64::from(max)) / temperature.max(1e-6)).exp())
                 .collect();
-            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = *state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = (z >> 11) as f64 / (1u64 << 53) as f64 * weights.iter().sum::<f64>();
+            let u = (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64 * weights.iter().sum::<f64>();
             let mut acc = 0.0;
             weights
                 .iter()
