@@ -32,7 +32,10 @@ fn close<A: Backend, C: Backend, const D: usize, const E: usize>(
     assert_eq!(a.len(), b.len(), "{what}: lengths");
     let scale = b.iter().fold(1e-3f64, |m, x| m.max(x.abs()));
     let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f64, f64::max);
-    assert!(worst <= tol as f64 * scale, "{what}: max |Δ| {worst:e}, scale {scale:e}");
+    assert!(
+        worst <= tol as f64 * scale,
+        "{what}: max |Δ| {worst:e}, scale {scale:e}"
+    );
 }
 
 /// Composed reference: softmax(q kᵀ/√d with f32::MIN at masked keys) v.

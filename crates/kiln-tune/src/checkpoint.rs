@@ -37,6 +37,42 @@ pub enum CheckpointError {
         #[source]
         source: std::io::Error,
     },
+    /// A checkpoint file is not safetensors.
+    #[error("checkpoint {path}: {source}")]
+    Safetensors {
+        /// The path.
+        path: PathBuf,
+        /// The safetensors error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// `state.json` or the optimizer's step metadata is not JSON of its shape.
+    #[error("checkpoint {path}: {source}")]
+    Json {
+        /// The path.
+        path: PathBuf,
+        /// serde's error (field, line, column).
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A tuned-part file (kiln paths) that does not load.
+    #[error("checkpoint {path}: {source}")]
+    Tuned {
+        /// The path.
+        path: PathBuf,
+        /// Why it does not load.
+        #[source]
+        source: Box<crate::strategy::TunedIoError>,
+    },
+    /// A model family's weights file (GPT-2) that does not load or save.
+    #[error("checkpoint {path}: {source}")]
+    Model {
+        /// The path.
+        path: PathBuf,
+        /// kiln-model's error (boxed: it is large and rare).
+        #[source]
+        source: Box<kiln_model::ModelError>,
+    },
     /// A checkpoint file is malformed or does not fit the model.
     #[error("checkpoint {path}: {message}")]
     Invalid {
@@ -77,10 +113,10 @@ impl From<kiln_format::run::RunFileError> for CheckpointError {
         let message = e.to_string();
         match e {
             E::Io { path, source } => Self::Io { path, source },
-            E::Parse { path, .. }
-            | E::Invalid { path, .. }
-            | E::NewerFormat { path, .. }
-            | E::ModelChanged { file: path, .. } => Self::Invalid { path, message },
+            E::Parse { path, source } => Self::Json { path, source },
+            E::Invalid { path, .. } | E::NewerFormat { path, .. } | E::ModelChanged { file: path, .. } => {
+                Self::Invalid { path, message }
+            }
         }
     }
 }
@@ -233,12 +269,19 @@ fn optimizer_bytes<B: Backend>(opt: &AdamW<B>) -> Result<Vec<u8>, CheckpointErro
         ("step".to_string(), opt.step.to_string()),
         ("param_steps".to_string(), serde_json::to_string(&steps).expect("json")),
     ]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| invalid(Path::new("optimizer"), e))
+    safetensors::serialize(views, Some(meta)).map_err(|source| CheckpointError::Safetensors {
+        path: PathBuf::from("optimizer.safetensors"),
+        source,
+    })
 }
 
 fn load_optimizer<B: Backend>(opt: &mut AdamW<B>, path: &Path, device: &B::Device) -> Result<(), CheckpointError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| invalid(path, e))?;
+    let st_error = |source| CheckpointError::Safetensors {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(st_error)?;
     let step = meta
         .metadata()
         .as_ref()
@@ -246,10 +289,13 @@ fn load_optimizer<B: Backend>(opt: &mut AdamW<B>, path: &Path, device: &B::Devic
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| invalid(path, "no step in metadata"))?;
     let param_steps: HashMap<String, u64> = match meta.metadata().as_ref().and_then(|m| m.get("param_steps")) {
-        Some(text) => serde_json::from_str(text).map_err(|e| invalid(path, e))?,
+        Some(text) => serde_json::from_str(text).map_err(|source| CheckpointError::Json {
+            path: path.to_path_buf(),
+            source,
+        })?,
         None => HashMap::new(),
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| invalid(path, e))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(st_error)?;
     let mut tensors: HashMap<String, Tensor<B, 1>> = HashMap::new();
     for (name, view) in st.tensors() {
         let values: Vec<f32> = view
@@ -357,7 +403,10 @@ pub fn read_weights<B: Backend, M: WholeWeights<B>>(
 ) -> Result<M, CheckpointError> {
     if tuning.restricts() {
         let path = dir.join(TUNED_FILE);
-        crate::strategy::load_tuned(model, tuning, &path).map_err(|e| invalid(&path, e))
+        crate::strategy::load_tuned(model, tuning, &path).map_err(|e| CheckpointError::Tuned {
+            path: path.clone(),
+            source: Box::new(e),
+        })
     } else {
         let mut model = model;
         model.load_whole_weights(&dir.join(MODEL_FILE))?;
@@ -392,13 +441,19 @@ impl<B: Backend> WholeWeights<B> for SequenceClassifier<B> {
 
 impl<B: Backend> WholeWeights<B> for kiln_model::Gpt2Model<B> {
     fn whole_weights(&self) -> Result<Vec<u8>, CheckpointError> {
-        kiln_model::gpt2_weights_bytes(self).map_err(|e| invalid(Path::new("<memory>"), e))
+        kiln_model::gpt2_weights_bytes(self).map_err(|source| CheckpointError::Model {
+            path: PathBuf::from("<memory>"),
+            source: Box::new(source),
+        })
     }
 
     fn load_whole_weights(&mut self, path: &Path) -> Result<(), CheckpointError> {
         kiln_model::load_gpt2_weights(self, path)
             .map(|_| ())
-            .map_err(|e| invalid(path, e))
+            .map_err(|source| CheckpointError::Model {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })
     }
 }
 
@@ -419,7 +474,10 @@ pub fn load_optimizer_and_state<O: Backend>(
 ) -> Result<TrainState, CheckpointError> {
     let state_path = dir.join("state.json");
     let text = std::fs::read_to_string(&state_path).map_err(io(&state_path))?;
-    let state: TrainState = serde_json::from_str(&text).map_err(|e| invalid(&state_path, e))?;
+    let state: TrainState = serde_json::from_str(&text).map_err(|source| CheckpointError::Json {
+        path: state_path.clone(),
+        source,
+    })?;
     load_optimizer(opt, &dir.join("optimizer.safetensors"), device)?;
     Ok(state)
 }

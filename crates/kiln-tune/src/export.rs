@@ -56,6 +56,9 @@ pub enum ExportError {
         #[source]
         source: crate::strategy::StrategyError,
     },
+    /// Serialising the adapter's tensors.
+    #[error("adapter_model.safetensors: {0}")]
+    Safetensors(#[source] safetensors::SafeTensorError),
     /// The adapter or model does not fit.
     #[error("{0}")]
     Invalid(String),
@@ -183,7 +186,7 @@ pub fn export_peft_lora<B: Backend>(
         .map(|(n, s, b)| (n.clone(), TensorView::new(Dtype::F32, s.clone(), b).expect("view")))
         .collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| ExportError::Invalid(e.to_string()))?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(ExportError::Safetensors)?;
     let config = PeftLoraConfig {
         peft_type: "LORA".into(),
         task_type: Some("SEQ_CLS".into()),

@@ -13,7 +13,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
-use kiln_data::batching::SplitMix64;
+use kiln_data::batching::{below, rng, unit};
 use kiln_data::metrics::TaskMetrics;
 use kiln_model::roles::{ModelRoles, Part, Roles, Site};
 use kiln_model::{BertMlmHead, BertModel, Capture};
@@ -92,9 +92,9 @@ impl<B: Backend> WholeWeights<B> for MaskedLmModel<B> {
     fn load_whole_weights(&mut self, path: &std::path::Path) -> Result<(), CheckpointError> {
         let everything = crate::strategy::Tuning::new(&[]).expect("full fine-tuning composes");
         let loaded =
-            crate::strategy::load_tuned(self.clone(), &everything, path).map_err(|e| CheckpointError::Invalid {
+            crate::strategy::load_tuned(self.clone(), &everything, path).map_err(|e| CheckpointError::Tuned {
                 path: path.to_path_buf(),
-                message: e.to_string(),
+                source: Box::new(e),
             })?;
         *self = loaded;
         Ok(())
@@ -116,26 +116,25 @@ pub struct Masking {
 impl Masking {
     /// The masked inputs and, per position, the original token when it is selected.
     pub fn apply(&self, window: &[u32], seed: u64) -> (Vec<u32>, Vec<Option<u32>>) {
-        let mut rng = SplitMix64(seed);
+        let mut rng = rng(seed);
         let mut inputs = window.to_vec();
         let mut labels: Vec<Option<u32>> = vec![None; window.len()];
-        let uniform = |rng: &mut SplitMix64| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
         for (i, &t) in window.iter().enumerate() {
-            if uniform(&mut rng) < self.prob {
+            if unit(&mut rng) < self.prob {
                 labels[i] = Some(t);
             }
         }
         if labels.iter().all(Option::is_none) && !window.is_empty() {
-            let i = rng.below(window.len());
+            let i = below(&mut rng, window.len());
             labels[i] = Some(window[i]);
         }
         for (input, label) in inputs.iter_mut().zip(&labels) {
             if label.is_some() {
-                let r = uniform(&mut rng);
+                let r = unit(&mut rng);
                 if r < 0.8 {
                     *input = self.mask_token;
                 } else if r < 0.9 {
-                    *input = rng.below(self.vocab as usize) as u32;
+                    *input = below(&mut rng, self.vocab as usize) as u32;
                 }
             }
         }

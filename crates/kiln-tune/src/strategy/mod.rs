@@ -237,6 +237,17 @@ pub enum StrategyError {
         /// What is wrong.
         message: String,
     },
+    /// A target pattern that is not a valid regular expression.
+    #[error("{strategy}: target pattern {pattern:?}: {source}")]
+    Pattern {
+        /// Component name.
+        strategy: &'static str,
+        /// The pattern.
+        pattern: String,
+        /// The regex error.
+        #[source]
+        source: regex::Error,
+    },
     /// A target pattern matched nothing.
     #[error("{strategy}: target pattern {pattern:?} matches none of {candidates:?}")]
     NoMatch {

@@ -44,9 +44,10 @@ impl PathPattern {
 pub fn linear_targets(strategy: &'static str, patterns: &[String]) -> Result<Vec<LinearSlot>, StrategyError> {
     let mut chosen = Vec::new();
     for text in patterns {
-        let pattern = PathPattern::parse(text).map_err(|e| StrategyError::Invalid {
+        let pattern = PathPattern::parse(text).map_err(|source| StrategyError::Pattern {
             strategy,
-            message: e.to_string(),
+            pattern: text.clone(),
+            source,
         })?;
         let hits: Vec<LinearSlot> = LinearSlot::ALL
             .into_iter()

@@ -21,9 +21,37 @@ pub enum TunedIoError {
         /// The file.
         path: std::path::PathBuf,
         /// Cause.
+        #[source]
         source: std::io::Error,
     },
-    /// Not a valid safetensors file.
+    /// Not a safetensors file.
+    #[error("{path}: {source}")]
+    Safetensors {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The safetensors error.
+        #[source]
+        source: safetensors::SafeTensorError,
+    },
+    /// The strategy in the file's metadata is not valid JSON of a strategy list.
+    #[error("{path}: kiln.tuning metadata: {source}")]
+    TuningJson {
+        /// The file.
+        path: std::path::PathBuf,
+        /// serde's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The strategy in the file's metadata is not a valid combination.
+    #[error("{path}: kiln.tuning metadata: {source}")]
+    TuningInvalid {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why the strategy is refused.
+        #[source]
+        source: super::StrategyError,
+    },
+    /// Valid safetensors, but not a tuned part (no strategy metadata, a non-f32 tensor).
     #[error("{path}: {message}")]
     Format {
         /// The file.
@@ -166,14 +194,23 @@ pub fn read_tuning(path: &std::path::Path) -> Result<Tuning, TunedIoError> {
         path: path.to_path_buf(),
         message,
     };
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| format(e.to_string()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).map_err(|source| TunedIoError::Safetensors {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let text = meta
         .metadata()
         .as_ref()
         .and_then(|m| m.get("kiln.tuning"))
         .ok_or_else(|| format("no kiln.tuning metadata".into()))?;
-    let components: Vec<StrategyConfig> = serde_json::from_str(text).map_err(|e| format(e.to_string()))?;
-    Tuning::new(&components).map_err(|e| format(e.to_string()))
+    let components: Vec<StrategyConfig> = serde_json::from_str(text).map_err(|source| TunedIoError::TuningJson {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Tuning::new(&components).map_err(|source| TunedIoError::TuningInvalid {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Loads a tuned part saved by [`save_tuned`] into `model`, which must already carry the
@@ -190,9 +227,9 @@ pub fn load_tuned<B: Backend, M: Module<B> + ModelRoles>(
         path: path.to_path_buf(),
         source,
     })?;
-    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| TunedIoError::Format {
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|source| TunedIoError::Safetensors {
         path: path.to_path_buf(),
-        message: e.to_string(),
+        source,
     })?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
