@@ -21,8 +21,19 @@ pub enum ExportFormat {
     Hf,
 }
 
-/// A run's `config.json` (typed, any format this kiln reads) and its task.
+/// A classification run's `config.json` (typed, any format this kiln reads) and its task. A
+/// causal-LM run is refused with a message saying what reads it.
 pub fn run_config(run: &std::path::Path) -> Result<(RunConfig, GlueTask)> {
+    let any = kiln::format::run::RunConfig::<serde_json::Value>::read(run)?;
+    if any.task == kiln::tune::lm::CAUSAL_LM_TASK {
+        anyhow::bail!(
+            "{}: a causal-LM run (GPT-2, kiln_tune::lm::train_lm_run); this command reads \
+             classification runs. Its metrics, results and checkpoints are in the run directory \
+             (`report` draws its curves); the decoder analyses (attention, rollout, gradient × \
+             input, IG, head importance) are kiln_lens functions on the model (docs/lens.md)",
+            run.display()
+        );
+    }
     let config = RunConfig::read(run)?;
     let task = GlueTask::parse(&config.task).with_context(|| run.join("config.json").display().to_string())?;
     Ok((config, task))
@@ -34,7 +45,7 @@ pub fn run_model(run: &std::path::Path, given: Option<&std::path::Path>) -> Resu
     if let Some(dir) = given {
         return Ok(dir.to_path_buf());
     }
-    let recorded = RunConfig::read(run)
+    let recorded = kiln::format::run::RunConfig::<serde_json::Value>::read(run)
         .ok()
         .and_then(|c| c.provenance)
         .map(|p| p.model.path)

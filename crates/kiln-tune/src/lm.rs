@@ -14,13 +14,16 @@ use kiln_data::metrics::TaskMetrics;
 use kiln_model::{Capture, Gpt2Model};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::CheckpointError;
 use crate::objective::causal_lm::CausalLm;
 use crate::objective::masked_lm::{MaskedLm, MaskedLmModel, Masking};
 use crate::objective::Objective;
 use crate::optim::AdamWConfig;
 use crate::params::param_infos;
+use crate::run_dir::OnExisting;
 use crate::strategy::{child_tuning_d_mask, ChildMask, GradientMask, Tuning};
-use crate::train_loop::{LoopEvent, LoopSettings, Session};
+use crate::train_loop::{LoopEvent, LoopSettings, Outcome, Session};
+use crate::trainer::{RunDir, StopAt, TrainError};
 use kiln_model::roles::ModelRoles;
 
 /// Settings of [`train_lm`].
@@ -143,6 +146,8 @@ pub struct LmHistory {
     pub train_tokens: usize,
     /// Trainable parameters.
     pub trainable: usize,
+    /// All parameters, inserted ones included.
+    pub total: usize,
 }
 
 /// Errors of [`train_lm`].
@@ -217,6 +222,16 @@ pub fn train_lm<B: AutodiffBackend>(
     mut on_step: impl FnMut(&LmStep),
     device: &B::Device,
 ) -> Result<(Gpt2Model<B>, LmHistory), LmError> {
+    check_causal_inputs(&model, train, cfg)?;
+    let model = tuning.insert(model, device)?;
+    let objective = CausalLm { train, held_out, cfg };
+    let (model, history, _) = train_objective(&objective, model, cfg, tuning, None, &mut on_step, device)?;
+    Ok((model, history))
+}
+
+/// The checks of [`train_lm`] before anything is built: the configuration, a stream of at
+/// least one window, a block within the model's positions.
+fn check_causal_inputs<B: Backend>(model: &Gpt2Model<B>, train: &[u32], cfg: &LmTrainConfig) -> Result<(), LmError> {
     crate::validate::validate_lm(cfg)?;
     let window = cfg.block_len + 1;
     if train.len() < window {
@@ -231,15 +246,113 @@ pub fn train_lm<B: AutodiffBackend>(
             max: model.max_positions(),
         });
     }
+    Ok(())
+}
+
+/// The task name of a causal-LM run's `config.json` and `results.json`.
+pub const CAUSAL_LM_TASK: &str = "causal-lm";
+
+/// The training part of a language-model run's `config.json`: the loop's settings and the
+/// strategy (what `lens analyse` and a resume need to rebuild the model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LmRunConfig {
+    /// Steps, windows, learning rate, seed …
+    pub train: LmTrainConfig,
+    /// Strategy components (empty: full fine-tuning).
+    #[serde(default)]
+    pub tuning: Vec<crate::strategy::StrategyConfig>,
+}
+
+/// `config.json` of a causal-LM run (task [`CAUSAL_LM_TASK`]).
+pub type LmRunFile = kiln_format::run::RunConfig<LmRunConfig>;
+
+/// Where a language-model run writes, and what it does with a directory that already holds a
+/// run (as [`crate::trainer::train`]: refuse, overwrite or resume).
+#[derive(Debug, Clone)]
+pub struct LmRun<'a> {
+    /// The run directory (locked while training writes).
+    pub dir: &'a RunDir,
+    /// Refuse, overwrite or resume an existing run.
+    pub on_existing: OnExisting,
+    /// Stop early after a step, writing the `last` checkpoint (tests of resume).
+    pub stop: StopAt,
+}
+
+/// [`train_lm`] writing a run directory, as classification runs do: `config.json`
+/// ([`LmRunFile`], with the run's provenance), `metrics.jsonl` (every step and evaluation,
+/// perplexity the primary metric), `checkpoints/last` (each evaluation) and
+/// `checkpoints/best` (lowest held-out perplexity), `trainable.json` and `results.json`.
+/// Resuming continues from `checkpoints/last` and ends bit-identical to an uninterrupted run;
+/// a resume with a different configuration or model is refused. The history covers this
+/// process's steps.
+///
+/// # Errors
+/// As [`train_lm`], plus [`LmError::Train`] for the run directory (locked by another
+/// process, an existing run, nothing to resume, a changed configuration) and checkpoint I/O.
+#[allow(clippy::too_many_arguments)]
+pub fn train_lm_run<B: AutodiffBackend>(
+    model: Gpt2Model<B>,
+    train: &[u32],
+    held_out: &[u32],
+    cfg: &LmTrainConfig,
+    tuning: &Tuning,
+    run: &LmRun<'_>,
+    mut on_step: impl FnMut(&LmStep),
+    device: &B::Device,
+) -> Result<(Gpt2Model<B>, LmHistory), LmError> {
+    let start = std::time::Instant::now();
+    check_causal_inputs(&model, train, cfg)?;
+    tuning.check_fits(&crate::strategy::TunableModel::shape(&model))?;
+    let _lock = run.dir.lock().map_err(TrainError::from)?;
+    let config = LmRunFile::new(
+        CAUSAL_LM_TASK,
+        LmRunConfig {
+            train: cfg.clone(),
+            tuning: tuning.components.clone(),
+        },
+        run.dir.provenance().cloned(),
+    );
+    let resumed = crate::trainer::check_run_dir(run.dir, run.on_existing, &config.to_value())?;
+    config
+        .write(&run.dir.0)
+        .map_err(CheckpointError::from)
+        .map_err(TrainError::from)?;
     let model = tuning.insert(model, device)?;
-    train_in_memory(
-        &CausalLm { train, held_out, cfg },
-        model,
-        cfg,
-        tuning,
-        &mut on_step,
-        device,
-    )
+    let objective = CausalLm { train, held_out, cfg };
+    let written = Written {
+        dir: run.dir,
+        stop: run.stop,
+        resumed,
+    };
+    let (model, history, outcome) =
+        train_objective(&objective, model, cfg, tuning, Some(written), &mut on_step, device)?;
+    let results = kiln_format::run::Results {
+        task: CAUSAL_LM_TASK.into(),
+        final_metrics: outcome.final_metrics,
+        best: outcome.state.best,
+        steps: outcome.state.global_step,
+        wall_time_s: start.elapsed().as_secs_f64(),
+        train_seq_per_s: outcome.train_seq_per_s,
+        peak_rss_mb: crate::trainer::peak_rss_mb(),
+        resumed,
+        strategy: tuning.name(),
+        trainable_params: history.trainable,
+        total_params: history.total,
+        attention: None,
+    };
+    results
+        .write(&run.dir.0)
+        .map_err(CheckpointError::from)
+        .map_err(TrainError::from)?;
+    Ok((model, history))
+}
+
+/// A run directory the loop writes into, and whether it resumes from its `last` checkpoint.
+struct Written<'a> {
+    dir: &'a RunDir,
+    stop: StopAt,
+    resumed: bool,
 }
 
 /// Trains BERT with its MLM head ([`MaskedLmModel`]) with `tuning` on `masking`-masked random
@@ -281,28 +394,31 @@ pub fn train_mlm<B: AutodiffBackend>(
         cfg,
         masking,
     };
-    train_in_memory(&objective, model, cfg, tuning, &mut on_step, device)
+    let (model, history, _) = train_objective(&objective, model, cfg, tuning, None, &mut on_step, device)?;
+    Ok((model, history))
 }
 
-/// Runs `objective` through the training loop in memory (no run directory): the strategy's
-/// selection, schedule and gradient mask, per-step history and periodic evaluations.
-fn train_in_memory<B: AutodiffBackend, O: Objective<B>>(
+/// Runs `objective` through the training loop: the strategy's selection, schedule and gradient
+/// mask, per-step history and periodic evaluations; in memory, or writing metrics,
+/// checkpoints and `trainable.json` into `written`'s directory (resuming from its `last`
+/// checkpoint where it says so).
+#[allow(clippy::too_many_arguments)]
+fn train_objective<B: AutodiffBackend, O: Objective<B>>(
     objective: &O,
     model: O::Model,
     cfg: &LmTrainConfig,
     tuning: &Tuning,
+    written: Option<Written<'_>>,
     on_step: &mut dyn FnMut(&LmStep),
     device: &B::Device,
-) -> Result<(O::Model, LmHistory), LmError> {
+) -> Result<(O::Model, LmHistory, Outcome), LmError> {
     let (infos, roles) = (param_infos(&model), model.param_roles());
-    let trainable: usize = infos
-        .iter()
-        .filter(|i| roles.get(i.id).is_some_and(|r| tuning.trains(r)))
-        .map(|i| i.numel())
-        .sum();
-    if trainable == 0 {
+    let report = crate::strategy::trainable_report(tuning, &infos, &roles);
+    if report.trainable == 0 {
         return Err(LmError::NothingTrains);
     }
+    // The Fisher pass of Child-Tuning_D sees the weights the run started from, also when
+    // resuming (the mask is recomputed, not stored).
     let mask = match tuning.gradient_mask() {
         Some(GradientMask::Bernoulli { keep }) => Some(ChildMask::Bernoulli(keep)),
         Some(GradientMask::Fisher { keep }) => {
@@ -314,6 +430,21 @@ fn train_in_memory<B: AutodiffBackend, O: Objective<B>>(
             })?)
         }
         None => None,
+    };
+    let resumed = written.as_ref().is_some_and(|w| w.resumed);
+    let model = match &written {
+        Some(w) => {
+            report
+                .write(&w.dir.0)
+                .map_err(CheckpointError::from)
+                .map_err(TrainError::from)?;
+            if w.resumed {
+                crate::checkpoint::read_weights(&w.dir.last(), model, tuning).map_err(TrainError::from)?
+            } else {
+                model
+            }
+        }
+        None => model,
     };
     let session = Session {
         objective,
@@ -327,8 +458,8 @@ fn train_in_memory<B: AutodiffBackend, O: Objective<B>>(
         },
         tuning,
         mask: mask.as_ref(),
-        run: None,
-        stop: crate::trainer::StopAt::default(),
+        run: written.as_ref().map(|w| w.dir),
+        stop: written.as_ref().map_or_else(StopAt::default, |w| w.stop),
         device,
     };
     let mut history = LmHistory {
@@ -336,9 +467,10 @@ fn train_in_memory<B: AutodiffBackend, O: Objective<B>>(
         evals: Vec::new(),
         train_seconds: 0.0,
         train_tokens: 0,
-        trainable,
+        trainable: report.trainable,
+        total: report.total,
     };
-    let (model, outcome) = session.run(model, &infos, &roles, false, &mut |event| match event {
+    let (model, outcome) = session.run(model, &infos, &roles, resumed, &mut |event| match event {
         LoopEvent::Step {
             step,
             loss,
@@ -358,7 +490,7 @@ fn train_in_memory<B: AutodiffBackend, O: Objective<B>>(
     })?;
     history.train_seconds = outcome.train_time.as_secs_f64();
     history.train_tokens = history.steps.len() * cfg.batch_size * cfg.block_len;
-    Ok((model, history))
+    Ok((model, history, outcome))
 }
 
 /// Batches of Child-Tuning_D's Fisher pass on a decoder (the first windows of the run).

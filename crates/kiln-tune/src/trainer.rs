@@ -133,6 +133,9 @@ pub enum TrainError {
     /// Tokenization.
     #[error(transparent)]
     Data(#[from] DataError),
+    /// A GLUE task file (the error names the file and line).
+    #[error(transparent)]
+    Glue(#[from] kiln_data::GlueError),
     /// Checkpoint I/O.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
@@ -446,14 +449,20 @@ pub(crate) const INSERT_STREAM: u64 = u64::MAX;
 const FISHER_STREAM: u64 = 1 << 48;
 
 pub(crate) fn mix(seed: u64, x: u64) -> u64 {
-    kiln_data::batching::SplitMix64(seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15)).next_u64()
+    kiln_data::batching::RngCore::next_u64(&mut kiln_data::batching::rng(
+        seed ^ x.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+    ))
 }
 
 /// Applies the run-directory policy ([`crate::run_dir`]) under the lock: a new run needs a
 /// directory without one; a resume needs a complete checkpoint (finishing an interrupted
 /// checkpoint swap first) and, unless allowed, the run's own configuration. Returns whether
 /// training resumes.
-fn check_run_dir(run: &RunDir, on_existing: OnExisting, config_json: &serde_json::Value) -> Result<bool, TrainError> {
+pub(crate) fn check_run_dir(
+    run: &RunDir,
+    on_existing: OnExisting,
+    config_json: &serde_json::Value,
+) -> Result<bool, TrainError> {
     use crate::run_dir::{config_changes, RunDirError};
     match on_existing {
         OnExisting::Refuse => {
@@ -822,12 +831,12 @@ fn gradient_mask<B: AutodiffBackend>(
 /// Loads a task's `train.tsv` and dev file from `glue_dir/<TaskDir>/`.
 ///
 /// # Errors
-/// [`TrainError::Invalid`] wrapping the loader's message (file and line).
+/// [`TrainError::Glue`], naming the file and line.
 pub fn load_glue(glue_dir: &Path, task: GlueTask) -> Result<TaskData, TrainError> {
     let dir = glue_dir.join(task.dir_name());
     let load = |f: &str| {
         task.load(dir.join(f), kiln_data::OnMalformed::Error)
-            .map_err(|e| TrainError::Invalid(e.to_string()))
+            .map_err(TrainError::from)
     };
     Ok(TaskData {
         task,

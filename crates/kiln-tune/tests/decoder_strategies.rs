@@ -10,35 +10,12 @@ use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use kiln_model::roles::{Insert, ModelRoles, ParamRole, Part, TensorKind};
-use kiln_model::{Gpt2Model, GptConfig};
+use kiln_model::Gpt2Model;
 use kiln_tune::lm::{perplexity, train_lm, LmError, LmTrainConfig};
 use kiln_tune::params::param_infos;
 use kiln_tune::strategy::{load_tuned, save_tuned, StrategyConfig, StrategyError, Tuning};
 
 type B = Autodiff<Flex>;
-
-fn config() -> GptConfig {
-    serde_json::from_str(
-        r#"{"vocab_size": 256, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4,
-            "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}"#,
-    )
-    .unwrap()
-}
-
-/// Bytes of sentences drawn (seeded) from a small vocabulary of words.
-fn text(words: &[&str], n_words: usize, seed: u64) -> Vec<u32> {
-    let mut state = seed;
-    let mut out = Vec::new();
-    for i in 0..n_words {
-        state = state
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let w = words[(state >> 33) as usize % words.len()];
-        out.extend(w.bytes().map(u32::from));
-        out.push(if i % 6 == 5 { u32::from(b'.') } else { u32::from(b' ') });
-    }
-    out
-}
 
 fn lm_config(steps: usize, lr: f64) -> LmTrainConfig {
     LmTrainConfig {
@@ -57,8 +34,8 @@ fn lm_config(steps: usize, lr: f64) -> LmTrainConfig {
 fn pretrained() -> Gpt2Model<B> {
     let device = Default::default();
     B::seed(&device, 11);
-    let model = Gpt2Model::<B>::new(&config(), &device);
-    let corpus = text(&["the", "cat", "sat", "on", "mat", "and", "hat"], 3000, 1);
+    let model = Gpt2Model::<B>::new(&common::tiny_gpt_config(), &device);
+    let corpus = common::word_text(&["the", "cat", "sat", "on", "mat", "and", "hat"], 3000, 1);
     let (train, held_out) = corpus.split_at(corpus.len() - 2000);
     let (model, _) = train_lm(
         model,
@@ -75,7 +52,7 @@ fn pretrained() -> Gpt2Model<B> {
 
 /// The new text the decoder is fine-tuned on: other words, other letters.
 fn new_text() -> (Vec<u32>, Vec<u32>) {
-    let corpus = text(&["rivers", "flow", "quickly", "past", "old", "bridges"], 3000, 2);
+    let corpus = common::word_text(&["rivers", "flow", "quickly", "past", "old", "bridges"], 3000, 2);
     let (train, held_out) = corpus.split_at(corpus.len() - 2000);
     (train.to_vec(), held_out.to_vec())
 }
@@ -203,7 +180,7 @@ fn strategies_the_decoder_has_no_place_for_are_refused() {
     let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     B::seed(&device, 1);
-    let model = Gpt2Model::<B>::new(&config(), &device);
+    let model = Gpt2Model::<B>::new(&common::tiny_gpt_config(), &device);
     let stream: Vec<u32> = (0..400).map(|i| i % 200).collect();
     for (json, place) in [
         (r#"[{"kind": "prompt_tuning", "n_virtual": 4}]"#, "the soft prompt"),

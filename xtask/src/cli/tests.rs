@@ -136,3 +136,61 @@ fn variant_names_are_checked_at_parse_time() {
         kiln::attention::AttentionVariant::SlidingWindow { window: 32 }
     );
 }
+
+/// A causal-LM run (`kiln_tune::lm::train_lm_run`) is refused by the readers of
+/// classification runs (`export`, `lens analyse`) with a message saying what it is, and the
+/// report reads it: its task, its perplexity evaluations and the plots of its curves.
+#[test]
+fn a_causal_lm_run_is_refused_by_export_and_drawn_by_the_report() {
+    use kiln::burn::backend::{Autodiff, Flex};
+    use kiln::tune::lm::{train_lm_run, LmRun, LmTrainConfig, CAUSAL_LM_TASK};
+    use kiln::tune::trainer::{RunDir, StopAt};
+    type B = Autodiff<Flex>;
+    let device = Default::default();
+    let config: kiln::model::GptConfig =
+        serde_json::from_str(r#"{"vocab_size": 256, "n_positions": 32, "n_embd": 16, "n_layer": 1, "n_head": 2}"#)
+            .unwrap();
+    let text: Vec<u32> = "to be or not to be, that is the question. "
+        .bytes()
+        .cycle()
+        .take(2000)
+        .map(u32::from)
+        .collect();
+    let (train, held_out) = text.split_at(1600);
+    let cfg = LmTrainConfig {
+        steps: 4,
+        batch_size: 2,
+        block_len: 16,
+        eval_every: 2,
+        eval_tokens: 0,
+        ..LmTrainConfig::default()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let spec = LmRun {
+        dir: &run,
+        on_existing: kiln::tune::run_dir::OnExisting::Refuse,
+        stop: StopAt { step: None },
+    };
+    let tuning = kiln::tune::strategy::Tuning::new(&[]).unwrap();
+    let model = kiln::model::Gpt2Model::<B>::new(&config, &device);
+    train_lm_run(model, train, held_out, &cfg, &tuning, &spec, |_| {}, &device).unwrap();
+
+    let err = export::run_config(dir.path()).unwrap_err().to_string();
+    assert!(
+        err.contains("a causal-LM run") && err.contains("this command reads classification runs"),
+        "{err}"
+    );
+
+    let data = kiln::viz::report_data(dir.path(), None).unwrap();
+    assert_eq!(data["results"]["task"], CAUSAL_LM_TASK);
+    assert_eq!(
+        data["eval"].as_array().unwrap().len(),
+        2,
+        "evaluations at steps 2 and 4"
+    );
+    assert_eq!(data["train"].as_array().unwrap().len(), 4);
+    let plots = kiln::viz::plots::write_plots(dir.path()).unwrap();
+    assert!(!plots.is_empty() && plots.iter().all(|p| p.exists()), "{plots:?}");
+    assert!(kiln::viz::write_report(dir.path(), None).unwrap().exists());
+}
