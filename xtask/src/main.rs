@@ -13,6 +13,7 @@ mod export;
 mod fuzz;
 mod lens;
 mod lm;
+mod lm_finetune;
 mod model_files;
 mod neurons;
 mod parity;

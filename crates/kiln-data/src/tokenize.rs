@@ -243,6 +243,18 @@ impl TextTokenizer {
         Ok(out)
     }
 
+    /// A whole text as one token stream for language modelling: no special tokens, no
+    /// truncation, no padding (the windows are cut later, [`crate::lm`]).
+    ///
+    /// # Errors
+    /// [`DataError::Encode`] if the tokenizer fails.
+    pub fn encode_stream(&self, text: &str) -> Result<Vec<u32>, DataError> {
+        let mut plain = self.inner.clone();
+        plain.with_truncation(None).map_err(DataError::Encode)?;
+        plain.with_padding(None);
+        Ok(plain.encode(text, false).map_err(DataError::Encode)?.get_ids().to_vec())
+    }
+
     /// Decodes ids back to text, skipping special tokens.
     ///
     /// # Errors
@@ -303,6 +315,17 @@ mod tests {
         let tok = TextTokenizer::from_file(f.path(), 4).unwrap();
         let enc = tok.encode_batch(&[TextInput::Single("a b a b a".into())]).unwrap();
         assert_eq!(enc.input_ids, vec![2, 4, 5, 3], "truncated to 4 with its specials");
+    }
+
+    /// A language-model stream keeps every token of a text longer than `max_length` and adds
+    /// no special tokens; the batch encoder of the same tokenizer still truncates.
+    #[test]
+    fn a_stream_is_the_whole_text_without_special_tokens() {
+        let f = file(&bert_like());
+        let tok = TextTokenizer::from_file(f.path(), 4).unwrap();
+        assert_eq!(tok.encode_stream("a b a b a c").unwrap(), vec![4, 5, 4, 5, 4, 1]);
+        let enc = tok.encode_batch(&[TextInput::Single("a b a b a".into())]).unwrap();
+        assert_eq!(enc.input_ids, vec![2, 4, 5, 3]);
     }
 
     /// Found by `cargo xtask fuzz`: a template naming a special token its map lacks parses,

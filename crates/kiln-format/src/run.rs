@@ -340,6 +340,16 @@ pub enum DataSource {
         /// Fixture name.
         name: String,
     },
+    /// A plain-text file tokenized into one stream (causal-LM runs): the last
+    /// `held_out_tokens` tokens are the held-out stream, the rest trains.
+    Text {
+        /// The file.
+        path: PathBuf,
+        /// sha256 of its bytes.
+        sha256: String,
+        /// Tokens held out at the end of the stream.
+        held_out_tokens: usize,
+    },
 }
 
 impl DataSource {
@@ -619,6 +629,11 @@ mod tests {
             DataSource::Glue {
                 dir: "/data/glue".into(),
                 task: "mrpc".into(),
+            },
+            DataSource::Text {
+                path: "/data/input.txt".into(),
+                sha256: "ab".repeat(32),
+                held_out_tokens: 1000,
             },
         ] {
             source.write(run).unwrap();

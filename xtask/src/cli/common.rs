@@ -120,6 +120,11 @@ pub fn run_data(run: &std::path::Path, glue_dir: Option<PathBuf>) -> Result<kiln
     let dir = match (recorded, glue_dir) {
         (Some(DataSource::Fixture { name }), _) if name == "sentiment" => return demo::fixture(),
         (Some(DataSource::Fixture { name }), _) => bail!("{}: unknown fixture {name:?} in data.json", run.display()),
+        (Some(DataSource::Text { path, .. }), _) => bail!(
+            "{}: data.json names a text file ({}), which classification runs do not read",
+            run.display(),
+            path.display()
+        ),
         (_, Some(explicit)) => explicit,
         (Some(DataSource::Glue { dir, .. }), None) => dir,
         (None, None) => kiln::model::hub::shared_dir()

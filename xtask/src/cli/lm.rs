@@ -1,4 +1,5 @@
-//! `lm decoder`: the decoder language-model experiment.
+//! `lm decoder`: the decoder language-model experiment; `lm finetune`: one decoder
+//! fine-tuning run.
 
 use std::path::PathBuf;
 
@@ -147,6 +148,89 @@ impl DecoderArgs {
         )??;
         println!("Written: {}", out.join("results.json").display());
 
+        Ok(())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    /// GPT-2-layout model directory (config.json, model.safetensors; tokenizer.json unless
+    /// byte-level), e.g. the `pretrained/` directory `lm decoder` writes.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// UTF-8 text to fine-tune on; its last --tail fraction of tokens is held out.
+    #[arg(long)]
+    pub text: PathBuf,
+    #[arg(long, default_value = "runs/lm-finetune")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 0.1)]
+    pub tail: f64,
+    /// Strategy composition as JSON, as an experiment file's `tuning` list
+    /// (e.g. '[{"kind": "lora", "r": 8, "targets": ["query", "value"]}]'); default: full.
+    #[arg(long, default_value = "[]")]
+    pub tuning: String,
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 5e-4)]
+    pub lr: f64,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 128)]
+    pub block: usize,
+    /// Evaluate (and checkpoint) every this many steps (default: steps / 5).
+    #[arg(long)]
+    pub eval_every: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Continue the run in --out from its last checkpoint.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Replace a run already in --out.
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl FinetuneArgs {
+    pub fn run(self) -> Result<()> {
+        let tuning: Vec<kiln::tune::strategy::StrategyConfig> =
+            serde_json::from_str(&self.tuning).with_context(|| format!("--tuning {}", self.tuning))?;
+        let on_existing = match (self.resume, self.overwrite) {
+            (true, _) => kiln::tune::run_dir::OnExisting::Resume,
+            (false, true) => kiln::tune::run_dir::OnExisting::Overwrite,
+            (false, false) => kiln::tune::run_dir::OnExisting::Refuse,
+        };
+        let train = kiln::tune::lm::LmTrainConfig {
+            steps: self.steps,
+            batch_size: self.batch,
+            block_len: self.block,
+            lr: self.lr,
+            warmup_steps: self.steps / 10,
+            seed: self.seed,
+            eval_every: self.eval_every.unwrap_or((self.steps / 5).max(1)),
+            ..Default::default()
+        };
+        let out = self.out.clone();
+        let history = run_on(
+            self.device.device,
+            crate::lm_finetune::FinetuneJob {
+                model: self.model,
+                text: self.text,
+                tail: self.tail,
+                out: self.out,
+                tuning,
+                train,
+                on_existing,
+            },
+        )??;
+        if let Some((step, p)) = history.evals.last() {
+            println!(
+                "held-out perplexity {:.3} after {step} steps ({} of {} parameters trained)",
+                p.perplexity, history.trainable, history.total
+            );
+        }
+        println!("Written: {}", out.join("results.json").display());
         Ok(())
     }
 }

@@ -87,6 +87,9 @@ pub enum LmCommand {
     /// Pretrain a byte-level softmax GPT, convert it to linear-attention variants with and
     /// without attention transfer, fine-tune each with the same budget, compare perplexity.
     Decoder(lm::DecoderArgs),
+    /// Fine-tune a GPT-2-layout decoder on a text file with any strategy composition, into a
+    /// resumable run directory (held-out perplexity as the metric).
+    Finetune(lm::FinetuneArgs),
 }
 
 impl LmCommand {
@@ -94,6 +97,7 @@ impl LmCommand {
     pub fn run(self) -> Result<()> {
         match self {
             Self::Decoder(args) => args.run(),
+            Self::Finetune(args) => args.run(),
         }
     }
 }

@@ -194,3 +194,93 @@ fn a_causal_lm_run_is_refused_by_export_and_drawn_by_the_report() {
     assert!(!plots.is_empty() && plots.iter().all(|p| p.exists()), "{plots:?}");
     assert!(kiln::viz::write_report(dir.path(), None).unwrap().exists());
 }
+
+/// `lm finetune` on a byte-level decoder directory (as `lm decoder` writes it): BitFit + a
+/// LoRA on every linear (a random decoder: the strategies' own effect on pretrained ones is
+/// tested in kiln-tune) trains a fraction of the parameters, lowers held-out perplexity on a
+/// repetitive text, and leaves a
+/// run directory recording the text (path, hash, held-out tokens); a second run into the same
+/// directory is refused; a model with neither tokenizer.json nor a byte vocabulary is refused.
+#[test]
+fn lm_finetune_writes_a_run_of_a_byte_level_decoder() {
+    use kiln::burn::backend::{Autodiff, Flex};
+    use kiln::tune::run_dir::OnExisting;
+    type B = Autodiff<Flex>;
+    let dir = tempfile::tempdir().unwrap();
+    let model_dir = dir.path().join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let config = r#"{"vocab_size": 256, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                     "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}"#;
+    std::fs::write(model_dir.join("config.json"), config).unwrap();
+    let _rng = kiln_testkit::rng_lock();
+    <B as kiln::burn::tensor::backend::Backend>::seed(&Default::default(), 3);
+    let model = kiln::model::Gpt2Model::<B>::new(&serde_json::from_str(config).unwrap(), &Default::default());
+    std::fs::write(
+        model_dir.join("model.safetensors"),
+        kiln::model::gpt2_weights_bytes(&model).unwrap(),
+    )
+    .unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "the cat sat on the mat. ".repeat(120)).unwrap();
+    let job = |on_existing| {
+        crate::lm_finetune::FinetuneJob {
+        model: model_dir.clone(),
+        text: text.clone(),
+        tail: 0.2,
+        out: dir.path().join("run"),
+        tuning: serde_json::from_str(r#"[{"kind": "bit_fit"}, {"kind": "lora", "r": 2, "targets": ["query", "key", "value", "attention_output", "intermediate", "output"]}]"#).unwrap(),
+        train: kiln::tune::lm::LmTrainConfig {
+            steps: 30,
+            batch_size: 4,
+            block_len: 32,
+            lr: 2e-2,
+            warmup_steps: 3,
+            eval_every: 15,
+            eval_tokens: 0,
+            ..Default::default()
+        },
+        on_existing,
+    }
+    };
+    let history = run_on(DeviceKind::Flex, job(OnExisting::Refuse)).unwrap().unwrap();
+    let first = history.evals.first().unwrap().1.perplexity;
+    let last = history.evals.last().unwrap().1.perplexity;
+    assert!(
+        last < first && last < 0.8 * history.steps[0].loss.exp(),
+        "{first} → {last}, first loss {}",
+        history.steps[0].loss
+    );
+    assert!(
+        history.trainable * 10 < history.total,
+        "{} of {}",
+        history.trainable,
+        history.total
+    );
+
+    let run = dir.path().join("run");
+    let results = kiln::format::run::Results::read(&run).unwrap().unwrap();
+    assert_eq!((results.steps, results.trainable_params), (30, history.trainable));
+    let held_out = ("the cat sat on the mat. ".len() * 120) - ("the cat sat on the mat. ".len() * 120 * 4 / 5);
+    match DataSource::read(&run).unwrap().unwrap() {
+        DataSource::Text {
+            path,
+            sha256,
+            held_out_tokens,
+        } => {
+            assert_eq!(path, std::path::absolute(&text).unwrap());
+            assert_eq!(sha256, kiln::tune::run_files::sha256_file(&text).unwrap());
+            assert!(
+                held_out_tokens.abs_diff(held_out) <= 1,
+                "{held_out_tokens} vs {held_out}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    let err = run_on(DeviceKind::Flex, job(OnExisting::Refuse)).unwrap().unwrap_err();
+    assert!(format!("{err:#}").contains("already"), "{err:#}");
+
+    let err = crate::lm_finetune::tokens(&model_dir, 50257, "text")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no tokenizer.json and a vocabulary of 50257"), "{err}");
+}
