@@ -322,6 +322,35 @@ impl<T: Serialize + DeserializeOwned> RunConfig<T> {
     }
 }
 
+/// `file`, `write` (atomic) and `read` (`Ok(None)` where the file is absent) of a run file
+/// with a fixed name, through its type.
+macro_rules! run_file {
+    ($ty:ty, $name:literal, $absent:literal) => {
+        impl $ty {
+            #[doc = concat!("`run/", $name, "`.")]
+            pub fn file(run: &Path) -> PathBuf {
+                run.join($name)
+            }
+
+            #[doc = concat!("Writes `run/", $name, "` atomically.")]
+            ///
+            /// # Errors
+            /// [`RunFileError::Io`].
+            pub fn write(&self, run: &Path) -> Result<(), RunFileError> {
+                write_json(&Self::file(run), self)
+            }
+
+            #[doc = concat!("Reads `run/", $name, "`; `Ok(None)` ", $absent, ".")]
+            ///
+            /// # Errors
+            /// [`RunFileError`] if it exists but cannot be read or parsed.
+            pub fn read(run: &Path) -> Result<Option<Self>, RunFileError> {
+                read_optional(&Self::file(run))
+            }
+        }
+    };
+}
+
 /// Where a run's examples came from (`<run>/data.json`), so that what reads the run later
 /// (`lens analyse`, `report`) uses the same data — a demo run on the bundled fixture is not
 /// analysed on GLUE SST-2 because a GLUE directory happens to exist.
@@ -352,28 +381,7 @@ pub enum DataSource {
     },
 }
 
-impl DataSource {
-    /// `run/data.json`.
-    pub fn file(run: &Path) -> PathBuf {
-        run.join("data.json")
-    }
-
-    /// Writes `run/data.json` atomically.
-    ///
-    /// # Errors
-    /// [`RunFileError::Io`].
-    pub fn write(&self, run: &Path) -> Result<(), RunFileError> {
-        write_json(&Self::file(run), self)
-    }
-
-    /// Reads `run/data.json`; `Ok(None)` for runs written before kiln recorded it.
-    ///
-    /// # Errors
-    /// [`RunFileError`] if it exists but cannot be read or parsed.
-    pub fn read(run: &Path) -> Result<Option<Self>, RunFileError> {
-        read_optional(&Self::file(run))
-    }
-}
+run_file!(DataSource, "data.json", "for runs written before kiln recorded it");
 
 /// The metrics of a task on one split: the primary one (which picks the best checkpoint) and
 /// every metric by name.
@@ -442,28 +450,7 @@ pub struct Results {
     pub attention: Option<AttentionSummary>,
 }
 
-impl Results {
-    /// `run/results.json`.
-    pub fn file(run: &Path) -> PathBuf {
-        run.join("results.json")
-    }
-
-    /// Writes `run/results.json` atomically.
-    ///
-    /// # Errors
-    /// [`RunFileError::Io`].
-    pub fn write(&self, run: &Path) -> Result<(), RunFileError> {
-        write_json(&Self::file(run), self)
-    }
-
-    /// Reads `run/results.json`; `Ok(None)` for an unfinished run.
-    ///
-    /// # Errors
-    /// [`RunFileError`] if it exists but cannot be read or parsed.
-    pub fn read(run: &Path) -> Result<Option<Self>, RunFileError> {
-        read_optional(&Self::file(run))
-    }
-}
+run_file!(Results, "results.json", "for an unfinished run");
 
 /// `trainable.json`: what a strategy trains, in total and per module group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -481,28 +468,7 @@ pub struct Trainable {
     pub per_module: Vec<(String, usize, usize)>,
 }
 
-impl Trainable {
-    /// `run/trainable.json`.
-    pub fn file(run: &Path) -> PathBuf {
-        run.join("trainable.json")
-    }
-
-    /// Writes `run/trainable.json` atomically.
-    ///
-    /// # Errors
-    /// [`RunFileError::Io`].
-    pub fn write(&self, run: &Path) -> Result<(), RunFileError> {
-        write_json(&Self::file(run), self)
-    }
-
-    /// Reads `run/trainable.json`; `Ok(None)` where training never got that far.
-    ///
-    /// # Errors
-    /// [`RunFileError`] if it exists but cannot be read or parsed.
-    pub fn read(run: &Path) -> Result<Option<Self>, RunFileError> {
-        read_optional(&Self::file(run))
-    }
-}
+run_file!(Trainable, "trainable.json", "where training never got that far");
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync,
 /// rename, fsync of the directory (so the rename itself survives a power cut). On failure
