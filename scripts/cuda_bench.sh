@@ -8,18 +8,7 @@
 # burn 0.21's CUDA matmul stages f32 as TF32, so the like-for-like PyTorch baseline has TF32 on
 # (--baseline-tf32); PyTorch with TF32 off is printed after it for reference.
 set -u
-log() { echo "== $(date +%T) $*"; }
-mkdir -p "$OUT"
-exec > >(tee "$OUT/log.txt") 2>&1
-log start; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-PY=/opt/torch/.venv/bin/python3; [ -x "$PY" ] || PY=python3
-"$PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-NV=/usr/local/cuda-13.0/lib64
-[ -e "$NV/libnvrtc.so" ] || NV=$(dirname "$(find / -name 'libnvrtc.so*' -not -path '/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$NV:${LD_LIBRARY_PATH:-}" CUBECL_AUTOTUNE_LEVEL=minimal
-X=$PWD/.gpub/xtask; chmod +x "$X"
-# xtask finds benches/python through its compile-time manifest dir (/work/main or a worktree)
-mkdir -p /work && for d in /work/main /work/wt-cuda; do [ -e $d ] || ln -s "$PWD" $d; done
+. "$(dirname "$0")/cuda_env.sh"
 log "MiniLM 32x128, 128x128: forward + train step, PyTorch TF32 baseline"
 timeout 220 "$X" bench minilm --device cuda --shapes 32x128,128x128 --iters 20 --json \
   --baseline-python "$PY" --baseline-tf32 --out "$OUT/minilm"

@@ -7,17 +7,7 @@
 # cubecl autotunes every new matmul/reduction shape on first use and caches the choice on disk,
 # so an untimed warm-up process per shape runs first; the timed runs then start warm.
 set -u
-log() { echo "== $(date +%T) $*"; }
-mkdir -p "$OUT"
-exec > >(tee "$OUT/log.txt") 2>&1
-log start; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
-PY=/opt/torch/.venv/bin/python3; [ -x "$PY" ] || PY=python3
-"$PY" -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-NV=/usr/local/cuda-13.0/lib64
-[ -e "$NV/libnvrtc.so" ] || NV=$(dirname "$(find / -name 'libnvrtc.so*' -not -path '/proc/*' 2>/dev/null | head -1)")
-export LD_LIBRARY_PATH="$NV:${LD_LIBRARY_PATH:-}" CUBECL_AUTOTUNE_LEVEL=minimal
-X=$PWD/.gpub/xtask; chmod +x "$X"
-mkdir -p /work && [ -e /work/main ] || ln -s "$PWD" /work/main
+. "$(dirname "$0")/cuda_env.sh"
 log "warm-up (autotune, untimed): MiniLM 32x128 + 128x128 train step"
 timeout 200 "$X" bench minilm --device cuda --shapes 32x128,128x128 --workloads train-step --iters 1 --out "$OUT/warm" 2>&1 | grep -v Tuning | tail -4
 log "warm-up (autotune, untimed): BERT-base 32x128 train step"
