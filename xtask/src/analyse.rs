@@ -1,18 +1,22 @@
 //! `cargo xtask lens analyse RUN`: loads a finished run's checkpoint and its dev examples,
 //! runs `kiln_lens::pipeline::analyse` (what is computed: that module's doc) with progress
 //! bars, and writes the typed result to `RUN/analysis/analysis.json` (or
-//! `analysis-<checkpoint>.json`; layout in docs/run-directory.md).
+//! `analysis-<checkpoint>.json`; layout in docs/run-directory.md). For a causal-LM run
+//! ([`DecoderAnalyseJob`]) it loads the decoder and the run's held-out tokens instead and runs
+//! `kiln_lens::decoder::analyse_decoder`, written in the same format.
 
 use std::cell::RefCell;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln::backend::{BackendJob, DeviceKind};
 use kiln::burn::tensor::backend::AutodiffBackend;
 use kiln::data::{Example, TextTokenizer};
+use kiln::lens::decoder::{analyse_decoder, DecoderInput};
 use kiln::lens::pipeline::{analyse, AnalysisInput, AnalysisSettings, Phase};
-use kiln::model::{BertConfig, CheckpointDir};
+use kiln::model::{BertConfig, CheckpointDir, Gpt2Model};
+use kiln::tune::strategy::Tuning;
 
 pub struct AnalyseJob {
     pub model: PathBuf,
@@ -129,14 +133,102 @@ impl BackendJob for AnalyseJob {
             layer_norm_eps: BertConfig::from_file(checkpoint.config())?.layer_norm_eps,
         };
         let analysis = analyse(&input, &self.settings, &bars(), &device)?;
-        let dir = self.run.join("analysis");
-        std::fs::create_dir_all(&dir)?;
-        let path = if self.checkpoint == "best" {
-            dir.join("analysis.json")
-        } else {
-            dir.join(format!("analysis-{}.json", self.checkpoint))
+        write_analysis(&self.run, &self.checkpoint, &analysis)
+    }
+}
+
+/// Writes `analysis` of `checkpoint` into `run/analysis/` (`analysis.json` for `best`, else
+/// `analysis-<checkpoint>.json`), atomically.
+fn write_analysis(run: &Path, checkpoint: &str, analysis: &kiln::format::analysis::Analysis) -> Result<PathBuf> {
+    let dir = run.join("analysis");
+    std::fs::create_dir_all(&dir)?;
+    let path = if checkpoint == "best" {
+        dir.join("analysis.json")
+    } else {
+        dir.join(format!("analysis-{checkpoint}.json"))
+    };
+    kiln::tune::checkpoint::write_atomic(&path, serde_json::to_string(analysis)?.as_bytes())?;
+    Ok(path)
+}
+
+/// `lens analyse` on a causal-LM run (`lm finetune`, `train_lm_run`): the decoder the run
+/// started from (its hash checked against the run's provenance), the strategy's modules and
+/// the checkpoint's weights, and the held-out tail of the recorded text (its hash checked
+/// too).
+pub struct DecoderAnalyseJob {
+    pub model: PathBuf,
+    pub run: PathBuf,
+    pub settings: AnalysisSettings,
+    pub checkpoint: String,
+}
+
+impl BackendJob for DecoderAnalyseJob {
+    type Output = Result<PathBuf>;
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
+        use kiln::tune::run_dir::DataSource;
+        let config = kiln::tune::lm::LmRunFile::read(&self.run)?;
+        let provenance = config.provenance.as_ref().with_context(|| {
+            format!(
+                "{}: config.json records no provenance (model, text)",
+                self.run.display()
+            )
+        })?;
+        provenance.model.verify(&self.model)?;
+        let Some(DataSource::Text {
+            path,
+            sha256,
+            held_out_tokens,
+        }) = &provenance.data
+        else {
+            bail!("{}: config.json records no text data source", self.run.display());
         };
-        kiln::tune::checkpoint::write_atomic(&path, serde_json::to_string(&analysis)?.as_bytes())?;
-        Ok(path)
+        let found = kiln::tune::run_files::sha256_file(path).with_context(|| path.display().to_string())?;
+        if &found != sha256 {
+            bail!(
+                "{}: the text changed since the run (sha256 {found}, the run recorded {sha256})",
+                path.display()
+            );
+        }
+        let (model, gpt_config) = Gpt2Model::<B>::from_pretrained(&self.model, &device)
+            .with_context(|| format!("loading the decoder from {}", self.model.display()))?;
+        let tuning = Tuning::new(&config.train.tuning).context("the run's tuning")?;
+        let model = tuning.insert(model, &device)?;
+        let weights = self.run.join("checkpoints").join(&self.checkpoint);
+        let mut model = kiln::tune::checkpoint::read_weights(&weights, model, &tuning)?;
+        model.set_dropout(0.0);
+        let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+        let ids = crate::lm_finetune::tokens(&self.model, gpt_config.vocab_size, &text)?;
+        let held_out = &ids[ids.len().saturating_sub(*held_out_tokens)..];
+        let tokenizer = self.model.join("tokenizer.json");
+        let tokenizer = match tokenizer.exists() {
+            true => Some(TextTokenizer::from_file(&tokenizer, usize::MAX)?),
+            false => None,
+        };
+        let token_text = |id: u32| match &tokenizer {
+            Some(tok) => tok.decode(&[i64::from(id)]).unwrap_or_else(|_| format!("#{id}")),
+            None => byte_text(id),
+        };
+        let input = DecoderInput {
+            model: &model,
+            held_out,
+            block_len: config.train.train.block_len,
+            token_text: &token_text,
+            task: &config.task,
+            strategy: &tuning.name(),
+            checkpoint: &self.checkpoint,
+        };
+        let analysis = analyse_decoder(&input, &self.settings, &bars(), &device)?;
+        write_analysis(&self.run, &self.checkpoint, &analysis)
+    }
+}
+
+/// A byte-level token as text: the character for printable ASCII and whitespace, else `\xNN`.
+fn byte_text(id: u32) -> String {
+    match u8::try_from(id) {
+        Ok(b) if b.is_ascii_graphic() || b == b' ' => char::from(b).to_string(),
+        Ok(b'\n') => "⏎".into(),
+        Ok(b) => format!("\\x{b:02x}"),
+        Err(_) => format!("#{id}"),
     }
 }

@@ -22,19 +22,22 @@ pub enum ExportFormat {
 }
 
 /// A classification run's `config.json` (typed, any format this kiln reads) and its task. A
-/// causal-LM run is refused with a message saying what reads it.
+/// language-model run (causal or masked) is refused with a message saying what reads it.
 pub fn run_config(run: &std::path::Path) -> Result<(RunConfig, GlueTask)> {
-    let any = kiln::format::run::RunConfig::<serde_json::Value>::read(run)?;
-    if any.task == kiln::tune::lm::CAUSAL_LM_TASK {
+    let path = RunConfig::file(run);
+    let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+    let any = kiln::format::run::RunConfig::<serde_json::Value>::parse(&text, &path)?;
+    if kiln::tune::lm::is_lm_task(&any.task) {
         anyhow::bail!(
-            "{}: a causal-LM run (GPT-2, kiln_tune::lm::train_lm_run); this command reads \
+            "{}: a language-model run (task {:?}, kiln_tune::lm); this command reads \
              classification runs. Its metrics, results and checkpoints are in the run directory \
              (`report` draws its curves); the decoder analyses (attention, rollout, gradient × \
              input, IG, head importance) are kiln_lens functions on the model (docs/lens.md)",
-            run.display()
+            run.display(),
+            any.task
         );
     }
-    let config = RunConfig::read(run)?;
+    let config = RunConfig::parse(&text, &path)?;
     let task = GlueTask::parse(&config.task).with_context(|| run.join("config.json").display().to_string())?;
     Ok((config, task))
 }

@@ -243,13 +243,20 @@ pub struct Instance {
     pub tokens: Vec<String>,
     /// Every head's attention map.
     pub attention: AttentionMaps,
-    /// Attention rollout (Abnar & Zuidema) from `[CLS]`, per token.
+    /// Attention rollout (Abnar & Zuidema) from the position the model reads out, per token:
+    /// `[CLS]` for an encoder, the last token (whose next token is predicted) for a decoder.
     pub rollout: Vec<f64>,
-    /// Value-zeroing rollout (Mohebbi et al.) from `[CLS]`.
+    /// Value-zeroing rollout (Mohebbi et al.) from `[CLS]`; empty (absent from the file)
+    /// where not computed (decoders).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub value_zeroing_rollout: Vec<f64>,
-    /// Rollout of the norm-based mixing ratios with residual and LayerNorm (Kobayashi et al.).
+    /// Rollout of the norm-based mixing ratios with residual and LayerNorm (Kobayashi et al.,
+    /// post-LN encoders); empty (absent) where not computed (decoders).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mixing_rollout: Vec<f64>,
-    /// Per layer: the mean share of the token itself in its update (weights and norms).
+    /// Per layer: the mean share of the token itself in its update (weights and norms); empty
+    /// (absent) where not computed (decoders).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mixing: Vec<Mixing>,
     /// Gradient attributions; `None` where the heads are not the backbone's alone.
     pub saliency: Option<Saliency>,

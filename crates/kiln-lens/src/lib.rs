@@ -10,7 +10,9 @@
 //! [`value_zeroing`]; knowledge neurons (Dai et al. 2022) — see [`neurons`]; exact PCA,
 //! t-SNE and neighbourhood-preservation scores of hidden-state projections — see
 //! [`projection`]; data maps of training dynamics — see [`datamap`]. All of them for a trained
-//! classifier at once, as the typed `analysis.json` the report shows: [`pipeline::analyse`].
+//! classifier at once, as the typed `analysis.json` the report shows: [`pipeline::analyse`]; the
+//! ones that make sense for a causal decoder (attention, rollout, gradient × input, IG, head
+//! importance and pruning, projections), in the same format: [`decoder::analyse_decoder`].
 //!
 //! **Owns:** analysis arithmetic on captured tensors, and the pipeline that runs it on a
 //! trained classifier. **Must not touch:** model code (it reads weights and `Capture` outputs
@@ -21,6 +23,7 @@
 
 pub mod attribution;
 pub mod datamap;
+pub mod decoder;
 pub mod heads;
 pub mod neurons;
 pub mod norm;

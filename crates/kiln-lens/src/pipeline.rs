@@ -196,7 +196,7 @@ pub fn analyse<B: AutodiffBackend>(
         hidden,
         examples,
     } = ctx.forward_pass()?;
-    let layers = projections(&pooled, dev.len(), hidden, settings, progress);
+    let layers = projections(&pooled, dev.len(), hidden, settings, !settings.mean_pool, progress);
     let heads = ctx.heads()?;
     let chosen = dev.len().min(settings.instances);
     let mut instances = Vec::new();
@@ -229,16 +229,16 @@ pub fn analyse<B: AutodiffBackend>(
     })
 }
 
-fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+pub(crate) fn floats<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
     t.into_data().convert::<f32>().to_vec().expect("f32")
 }
 
-fn round(v: f64, digits: i32) -> f64 {
+pub(crate) fn round(v: f64, digits: i32) -> f64 {
     let p = 10f64.powi(digits);
     (v * p).round() / p
 }
 
-fn rounded(v: &[f32], digits: i32) -> Vec<f64> {
+pub(crate) fn rounded(v: &[f32], digits: i32) -> Vec<f64> {
     v.iter().map(|&x| round(f64::from(x), digits)).collect()
 }
 
@@ -286,19 +286,20 @@ fn example_row(e: &Example, row: &[f32]) -> ExampleRow {
 }
 
 /// PCA, t-SNE and UMAP of each layer's points (`pooled[l]`: `n × hidden`, flattened), with
-/// distortion scores at [`K`]. The embedding layer at `[CLS]` is skipped: it is the same
-/// vector for every example.
-fn projections(
+/// distortion scores at [`K`]. With `skip_embeddings` the embedding layer is skipped (at
+/// `[CLS]` it is the same vector for every example).
+pub(crate) fn projections(
     pooled: &[Vec<f32>],
     n: usize,
     hidden: usize,
     settings: &AnalysisSettings,
+    skip_embeddings: bool,
     progress: OnProgress<'_>,
 ) -> Vec<LayerProjection> {
     let mut out = Vec::new();
     for (l, points) in pooled.iter().enumerate() {
         progress(Phase::Projections, l, pooled.len());
-        if l == 0 && !settings.mean_pool {
+        if l == 0 && skip_embeddings {
             continue;
         }
         let (fit, coords) = pca(points, n, hidden, 2);

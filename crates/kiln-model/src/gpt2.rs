@@ -294,6 +294,20 @@ impl<B: Backend> Gpt2Model<B> {
         self.h.len()
     }
 
+    /// Sets every dropout probability of the model (0 for analyses and exactness checks):
+    /// embeddings, each block's residual and MLP dropout, its attention mechanism's and its
+    /// inserts' (LoRA).
+    pub fn set_dropout(&mut self, p: f64) {
+        let d = || DropoutConfig::new(p).init();
+        self.drop = d();
+        for block in &mut self.h {
+            block.attn.resid_dropout = d();
+            block.mlp.dropout = d();
+            block.attn.mechanism.set_dropout(p);
+            block.inserts.set_dropout(p);
+        }
+    }
+
     /// `wte(ids) + wpe(positions)` → `[batch, seq, n_embd]` (HF `hidden_states[0]`).
     pub fn embed(&self, input_ids: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         let [batch, seq] = input_ids.dims();

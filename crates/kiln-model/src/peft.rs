@@ -331,6 +331,18 @@ impl<B: Backend> LayerInserts<B> {
         }
     }
 
+    /// Sets the dropout of what is inserted here (the LoRA deltas' input dropout; nothing else
+    /// inserted has one), as the hosts' `set_dropout` does for their own.
+    pub fn set_dropout(&mut self, p: f64) {
+        if let Some(lora) = &mut self.lora {
+            for slot in LinearSlot::ALL {
+                if let Some(delta) = lora.get_mut(slot) {
+                    delta.dropout = DropoutConfig::new(p).init();
+                }
+            }
+        }
+    }
+
     /// Whether anything is inserted on the linear in `slot` (a LoRA delta, a mask or, on the
     /// key and value, an (IA)³ scale): a host with a fused projection splits it only then.
     pub fn touches(&self, slot: LinearSlot) -> bool {

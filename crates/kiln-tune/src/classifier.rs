@@ -104,7 +104,8 @@ impl<B: Backend> SequenceClassifier<B> {
         self.classifier.bias = Some(Param::from_tensor(cls_b));
     }
 
-    /// Sets every dropout probability of the model (e.g. 0 for exactness checks).
+    /// Sets every dropout probability of the model (e.g. 0 for exactness checks), inserted
+    /// LoRA deltas' included.
     pub fn set_dropout(&mut self, p: f64) {
         let d = || DropoutConfig::new(p).init();
         self.dropout = d();
@@ -113,6 +114,7 @@ impl<B: Backend> SequenceClassifier<B> {
             layer.attention.output.dropout = d();
             layer.output.dropout = d();
             layer.attention.self_attention.mechanism.set_dropout(p);
+            layer.inserts.set_dropout(p);
         }
     }
 

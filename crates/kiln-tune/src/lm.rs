@@ -14,7 +14,6 @@ use kiln_data::metrics::TaskMetrics;
 use kiln_model::{Capture, Gpt2Model};
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::CheckpointError;
 use crate::objective::causal_lm::CausalLm;
 use crate::objective::masked_lm::{MaskedLm, MaskedLmModel, Masking};
 use crate::objective::Objective;
@@ -191,6 +190,12 @@ pub enum LmError {
     Train(Box<crate::trainer::TrainError>),
 }
 
+impl From<kiln_format::run::RunFileError> for LmError {
+    fn from(e: kiln_format::run::RunFileError) -> Self {
+        Self::from(TrainError::from(e))
+    }
+}
+
 impl From<crate::trainer::TrainError> for LmError {
     fn from(e: crate::trainer::TrainError) -> Self {
         match e {
@@ -225,8 +230,8 @@ pub fn train_lm<B: AutodiffBackend>(
     check_causal_inputs(&model, train, cfg)?;
     let model = tuning.insert(model, device)?;
     let objective = CausalLm { train, held_out, cfg };
-    let (model, history, _) = train_objective(&objective, model, cfg, tuning, None, &mut on_step, device)?;
-    Ok((model, history))
+    let done = train_objective(&objective, model, cfg, tuning, None, &mut on_step, device)?;
+    Ok((done.model, done.history))
 }
 
 /// The checks of [`train_lm`] before anything is built: the configuration, a stream of at
@@ -252,8 +257,17 @@ fn check_causal_inputs<B: Backend>(model: &Gpt2Model<B>, train: &[u32], cfg: &Lm
 /// The task name of a causal-LM run's `config.json` and `results.json`.
 pub const CAUSAL_LM_TASK: &str = "causal-lm";
 
-/// The training part of a language-model run's `config.json`: the loop's settings and the
-/// strategy (what `lens analyse` and a resume need to rebuild the model).
+/// The task name of a masked-LM run's `config.json` and `results.json`.
+pub const MASKED_LM_TASK: &str = "masked-lm";
+
+/// Whether `task` (a run's `config.json`) names a language-model run of this module.
+pub fn is_lm_task(task: &str) -> bool {
+    task == CAUSAL_LM_TASK || task == MASKED_LM_TASK
+}
+
+/// The training part of a language-model run's `config.json`: the loop's settings, the
+/// strategy and, for a masked-LM run, the masking (what `lens analyse` and a resume need to
+/// rebuild the model).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LmRunConfig {
@@ -262,9 +276,12 @@ pub struct LmRunConfig {
     /// Strategy components (empty: full fine-tuning).
     #[serde(default)]
     pub tuning: Vec<crate::strategy::StrategyConfig>,
+    /// How positions are masked (masked-LM runs only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub masking: Option<Masking>,
 }
 
-/// `config.json` of a causal-LM run (task [`CAUSAL_LM_TASK`]).
+/// `config.json` of a language-model run (task [`CAUSAL_LM_TASK`] or [`MASKED_LM_TASK`]).
 pub type LmRunFile = kiln_format::run::RunConfig<LmRunConfig>;
 
 /// Where a language-model run writes, and what it does with a directory that already holds a
@@ -301,51 +318,109 @@ pub fn train_lm_run<B: AutodiffBackend>(
     mut on_step: impl FnMut(&LmStep),
     device: &B::Device,
 ) -> Result<(Gpt2Model<B>, LmHistory), LmError> {
-    let start = std::time::Instant::now();
     check_causal_inputs(&model, train, cfg)?;
+    let objective = CausalLm { train, held_out, cfg };
+    let config = LmRunConfig {
+        train: cfg.clone(),
+        tuning: tuning.components.clone(),
+        masking: None,
+    };
+    train_in_dir(
+        &objective,
+        model,
+        CAUSAL_LM_TASK,
+        config,
+        tuning,
+        run,
+        &mut on_step,
+        device,
+    )
+}
+
+/// [`train_mlm`] writing a run directory, exactly as [`train_lm_run`] (task
+/// [`MASKED_LM_TASK`], the masking recorded in `config.json`, masked-token perplexity the
+/// primary metric; resume bit-identical, a changed configuration refused).
+///
+/// # Errors
+/// As [`train_mlm`] and [`train_lm_run`].
+#[allow(clippy::too_many_arguments)]
+pub fn train_mlm_run<B: AutodiffBackend>(
+    model: MaskedLmModel<B>,
+    train: &[u32],
+    held_out: &[u32],
+    cfg: &LmTrainConfig,
+    masking: Masking,
+    tuning: &Tuning,
+    run: &LmRun<'_>,
+    mut on_step: impl FnMut(&LmStep),
+    device: &B::Device,
+) -> Result<(MaskedLmModel<B>, LmHistory), LmError> {
+    check_masked_inputs(&model, train, cfg)?;
+    let objective = MaskedLm {
+        train,
+        held_out,
+        cfg,
+        masking,
+    };
+    let config = LmRunConfig {
+        train: cfg.clone(),
+        tuning: tuning.components.clone(),
+        masking: Some(masking),
+    };
+    train_in_dir(
+        &objective,
+        model,
+        MASKED_LM_TASK,
+        config,
+        tuning,
+        run,
+        &mut on_step,
+        device,
+    )
+}
+
+/// The run-directory part shared by [`train_lm_run`] and [`train_mlm_run`]: lock, write or
+/// check `config.json` (`task`, `config`), insert the strategy, train (resuming where `run`
+/// says so) and write `results.json`.
+#[allow(clippy::too_many_arguments)]
+fn train_in_dir<B: AutodiffBackend, O: Objective<B>>(
+    objective: &O,
+    model: O::Model,
+    task: &str,
+    config: LmRunConfig,
+    tuning: &Tuning,
+    run: &LmRun<'_>,
+    on_step: &mut dyn FnMut(&LmStep),
+    device: &B::Device,
+) -> Result<(O::Model, LmHistory), LmError> {
+    let start = std::time::Instant::now();
     tuning.check_fits(&crate::strategy::TunableModel::shape(&model))?;
     let _lock = run.dir.lock().map_err(TrainError::from)?;
-    let config = LmRunFile::new(
-        CAUSAL_LM_TASK,
-        LmRunConfig {
-            train: cfg.clone(),
-            tuning: tuning.components.clone(),
-        },
-        run.dir.provenance().cloned(),
-    );
+    let cfg = config.train.clone();
+    let config = LmRunFile::new(task, config, run.dir.provenance().cloned());
     let resumed = crate::trainer::check_run_dir(run.dir, run.on_existing, &config.to_value())?;
-    config
-        .write(&run.dir.0)
-        .map_err(CheckpointError::from)
-        .map_err(TrainError::from)?;
+    config.write(&run.dir.0)?;
     let model = tuning.insert(model, device)?;
-    let objective = CausalLm { train, held_out, cfg };
     let written = Written {
         dir: run.dir,
         stop: run.stop,
         resumed,
     };
-    let (model, history, outcome) =
-        train_objective(&objective, model, cfg, tuning, Some(written), &mut on_step, device)?;
-    let results = kiln_format::run::Results {
-        task: CAUSAL_LM_TASK.into(),
-        final_metrics: outcome.final_metrics,
-        best: outcome.state.best,
-        steps: outcome.state.global_step,
-        wall_time_s: start.elapsed().as_secs_f64(),
-        train_seq_per_s: outcome.train_seq_per_s,
-        peak_rss_mb: crate::trainer::peak_rss_mb(),
-        resumed,
-        strategy: tuning.name(),
-        trainable_params: history.trainable,
-        total_params: history.total,
-        attention: None,
-    };
-    results
-        .write(&run.dir.0)
-        .map_err(CheckpointError::from)
-        .map_err(TrainError::from)?;
-    Ok((model, history))
+    let done = train_objective(objective, model, &cfg, tuning, Some(written), on_step, device)?;
+    let results = done
+        .outcome
+        .into_results(task.into(), &done.report, start, resumed, None);
+    results.write(&run.dir.0)?;
+    Ok((done.model, done.history))
+}
+
+/// What [`train_objective`] ends with.
+struct Finished<M> {
+    model: M,
+    history: LmHistory,
+    outcome: Outcome,
+    /// What the strategy trains (also in `trainable.json`).
+    report: crate::strategy::TrainableReport,
 }
 
 /// A run directory the loop writes into, and whether it resumes from its `last` checkpoint.
@@ -373,6 +448,25 @@ pub fn train_mlm<B: AutodiffBackend>(
     mut on_step: impl FnMut(&LmStep),
     device: &B::Device,
 ) -> Result<(MaskedLmModel<B>, LmHistory), LmError> {
+    check_masked_inputs(&model, train, cfg)?;
+    let model = tuning.insert(model, device)?;
+    let objective = MaskedLm {
+        train,
+        held_out,
+        cfg,
+        masking,
+    };
+    let done = train_objective(&objective, model, cfg, tuning, None, &mut on_step, device)?;
+    Ok((done.model, done.history))
+}
+
+/// The checks of [`train_mlm`] before anything is built: the configuration, a stream of at
+/// least one window, a block within the encoder's positions.
+fn check_masked_inputs<B: Backend>(
+    model: &MaskedLmModel<B>,
+    train: &[u32],
+    cfg: &LmTrainConfig,
+) -> Result<(), LmError> {
     crate::validate::validate_lm(cfg)?;
     if train.len() < cfg.block_len {
         return Err(LmError::TooShort {
@@ -387,15 +481,7 @@ pub fn train_mlm<B: AutodiffBackend>(
             max,
         });
     }
-    let model = tuning.insert(model, device)?;
-    let objective = MaskedLm {
-        train,
-        held_out,
-        cfg,
-        masking,
-    };
-    let (model, history, _) = train_objective(&objective, model, cfg, tuning, None, &mut on_step, device)?;
-    Ok((model, history))
+    Ok(())
 }
 
 /// Runs `objective` through the training loop: the strategy's selection, schedule and gradient
@@ -411,7 +497,7 @@ fn train_objective<B: AutodiffBackend, O: Objective<B>>(
     written: Option<Written<'_>>,
     on_step: &mut dyn FnMut(&LmStep),
     device: &B::Device,
-) -> Result<(O::Model, LmHistory, Outcome), LmError> {
+) -> Result<Finished<O::Model>, LmError> {
     let (infos, roles) = (param_infos(&model), model.param_roles());
     let report = crate::strategy::trainable_report(tuning, &infos, &roles);
     if report.trainable == 0 {
@@ -434,10 +520,7 @@ fn train_objective<B: AutodiffBackend, O: Objective<B>>(
     let resumed = written.as_ref().is_some_and(|w| w.resumed);
     let model = match &written {
         Some(w) => {
-            report
-                .write(&w.dir.0)
-                .map_err(CheckpointError::from)
-                .map_err(TrainError::from)?;
+            report.write(&w.dir.0)?;
             if w.resumed {
                 crate::checkpoint::read_weights(&w.dir.last(), model, tuning).map_err(TrainError::from)?
             } else {
@@ -490,7 +573,12 @@ fn train_objective<B: AutodiffBackend, O: Objective<B>>(
     })?;
     history.train_seconds = outcome.train_time.as_secs_f64();
     history.train_tokens = history.steps.len() * cfg.batch_size * cfg.block_len;
-    Ok((model, history, outcome))
+    Ok(Finished {
+        model,
+        history,
+        outcome,
+        report,
+    })
 }
 
 /// Batches of Child-Tuning_D's Fisher pass on a decoder (the first windows of the run).

@@ -74,6 +74,33 @@ pub(crate) struct Outcome {
     pub train_time: Duration,
 }
 
+impl Outcome {
+    /// `results.json` of a run that ended with this outcome, started at `started`.
+    pub(crate) fn into_results(
+        self,
+        task: String,
+        report: &crate::strategy::TrainableReport,
+        started: Instant,
+        resumed: bool,
+        attention: Option<kiln_format::run::AttentionSummary>,
+    ) -> kiln_format::run::Results {
+        kiln_format::run::Results {
+            task,
+            final_metrics: self.final_metrics,
+            best: self.state.best,
+            steps: self.state.global_step,
+            wall_time_s: started.elapsed().as_secs_f64(),
+            train_seq_per_s: self.train_seq_per_s,
+            peak_rss_mb: crate::trainer::peak_rss_mb(),
+            resumed,
+            strategy: report.strategy.clone(),
+            trainable_params: report.trainable,
+            total_params: report.total,
+            attention,
+        }
+    }
+}
+
 /// What changes from step to step besides the model and the optimizer.
 struct Progress<'e, M> {
     state: TrainState,

@@ -43,8 +43,7 @@ use kiln_model::roles::ModelRoles;
 use crate::run_files::MetricsLine;
 
 use crate::strategy::{
-    child_tuning_d_mask, load_tuned, trainable_report, ChildMask, GradientMask, StrategyConfig, StrategyError,
-    TunedIoError, Tuning,
+    child_tuning_d_mask, trainable_report, ChildMask, GradientMask, StrategyConfig, StrategyError, TunedIoError, Tuning,
 };
 
 /// Hyper-parameters of a fine-tuning run.
@@ -454,6 +453,12 @@ pub(crate) fn mix(seed: u64, x: u64) -> u64 {
     ))
 }
 
+impl From<kiln_format::run::RunFileError> for TrainError {
+    fn from(e: kiln_format::run::RunFileError) -> Self {
+        Self::Checkpoint(e.into())
+    }
+}
+
 /// Applies the run-directory policy ([`crate::run_dir`]) under the lock: a new run needs a
 /// directory without one; a resume needs a complete checkpoint (finishing an interrupted
 /// checkpoint swap first) and, unless allowed, the run's own configuration. Returns whether
@@ -570,18 +575,15 @@ pub fn train<B: AutodiffBackend>(
     // Child-Tuning_D's Fisher pass sees the pretrained weights, also when resuming (the mask
     // is recomputed, not stored: it is a function of the seed and the pretrained model).
     let mask = gradient_mask(&tuning, &model, &set, tok, cfg, device)?;
-    let mut model = model;
-    if resumed {
-        if tuning.restricts() {
-            model = load_tuned(model, &tuning, &run.last().join(checkpoint::TUNED_FILE))?;
-        } else {
-            checkpoint::load_model(&mut model, &run.last().join(checkpoint::MODEL_FILE))?;
-        }
-    }
+    let model = if resumed {
+        checkpoint::read_weights(&run.last(), model, &tuning)?
+    } else {
+        model
+    };
     let (infos, roles) = (param_infos(&model), model.param_roles());
     let report = trainable_report(&tuning, &infos, &roles);
     tracing::info!(strategy = %report.strategy, trainable = report.trainable, total = report.total, percent = format!("{:.3}", report.percent), "trainable parameters");
-    report.write(&run.0).map_err(checkpoint::CheckpointError::from)?;
+    report.write(&run.0)?;
     let objective = crate::objective::classification::Classification {
         tok,
         data,
@@ -605,21 +607,9 @@ pub fn train<B: AutodiffBackend>(
         device,
     };
     let (model, outcome) = session.run(model, &infos, &roles, resumed, &mut |_| {})?;
-    let results = TrainResults {
-        task: data.task.short_name().into(),
-        final_metrics: outcome.final_metrics,
-        best: outcome.state.best,
-        steps: outcome.state.global_step,
-        wall_time_s: start.elapsed().as_secs_f64(),
-        train_seq_per_s: outcome.train_seq_per_s,
-        peak_rss_mb: peak_rss_mb(),
-        resumed,
-        strategy: report.strategy,
-        trainable_params: report.trainable,
-        total_params: report.total,
-        attention: cfg.attention.as_ref().map(|variant| attention_summary(variant, cfg)),
-    };
-    results.write(&run.0).map_err(checkpoint::CheckpointError::from)?;
+    let attention = cfg.attention.as_ref().map(|variant| attention_summary(variant, cfg));
+    let results = outcome.into_results(data.task.short_name().into(), &report, start, resumed, attention);
+    results.write(&run.0)?;
     Ok((model, results))
 }
 

@@ -64,20 +64,23 @@ fn an_interrupted_lm_run_resumes_bit_identical_and_writes_typed_run_files() {
     let device = Default::default();
     let (train, held_out) = streams();
     let (cfg, tuning) = (cfg(), lora());
+    // A run of `cfg` (or another configuration) from the same starting decoder.
+    let go = |cfg: &LmTrainConfig, dir: &RunDir, on_existing: OnExisting, stop: Option<usize>| {
+        train_lm_run(
+            fresh(&device),
+            &train,
+            &held_out,
+            cfg,
+            &tuning,
+            &run(dir, on_existing, stop),
+            |_| {},
+            &device,
+        )
+    };
 
     let whole_dir = tempfile::tempdir().unwrap();
     let whole = RunDir::new(whole_dir.path());
-    let (whole_model, whole_history) = train_lm_run(
-        fresh(&device),
-        &train,
-        &held_out,
-        &cfg,
-        &tuning,
-        &run(&whole, OnExisting::Refuse, None),
-        |_| {},
-        &device,
-    )
-    .unwrap();
+    let (whole_model, whole_history) = go(&cfg, &whole, OnExisting::Refuse, None).unwrap();
 
     // The same run in memory: the run directory changes nothing about the training.
     B::seed(&device, 21);
@@ -98,29 +101,9 @@ fn an_interrupted_lm_run_resumes_bit_identical_and_writes_typed_run_files() {
     // Stopped after step 6 (between evaluations 4 and 8), then resumed.
     let split_dir = tempfile::tempdir().unwrap();
     let split = RunDir::new(split_dir.path());
-    let (_, first_part) = train_lm_run(
-        fresh(&device),
-        &train,
-        &held_out,
-        &cfg,
-        &tuning,
-        &run(&split, OnExisting::Refuse, Some(6)),
-        |_| {},
-        &device,
-    )
-    .unwrap();
+    let (_, first_part) = go(&cfg, &split, OnExisting::Refuse, Some(6)).unwrap();
     assert_eq!(first_part.steps.len(), 6);
-    let (resumed_model, second_part) = train_lm_run(
-        fresh(&device),
-        &train,
-        &held_out,
-        &cfg,
-        &tuning,
-        &run(&split, OnExisting::Resume, None),
-        |_| {},
-        &device,
-    )
-    .unwrap();
+    let (resumed_model, second_part) = go(&cfg, &split, OnExisting::Resume, None).unwrap();
     assert_eq!(second_part.steps, whole_history.steps[6..].to_vec());
     assert_eq!(second_part.evals.last(), whole_history.evals.last());
     assert_eq!(common::snapshot(&resumed_model), common::snapshot(&whole_model));
@@ -166,33 +149,18 @@ fn an_interrupted_lm_run_resumes_bit_identical_and_writes_typed_run_files() {
     assert!(split_dir.path().join("checkpoints/best/tuned.safetensors").is_file());
 
     // A resume with another learning rate, and a new run into a finished run's directory.
-    let e = train_lm_run(
-        fresh(&device),
-        &train,
-        &held_out,
+    let e = go(
         &LmTrainConfig {
             lr: 2e-2,
             ..cfg.clone()
         },
-        &tuning,
-        &run(&split, OnExisting::Resume, None),
-        |_| {},
-        &device,
+        &split,
+        OnExisting::Resume,
+        None,
     )
     .unwrap_err();
     assert!(matches!(e, LmError::Train(_)), "{e:?}");
     assert!(e.to_string().contains("train.train.lr: 0.01 → 0.02"), "{e}");
-    let e = train_lm_run(
-        fresh(&device),
-        &train,
-        &held_out,
-        &cfg,
-        &tuning,
-        &run(&whole, OnExisting::Refuse, None),
-        |_| {},
-        &device,
-    )
-    .unwrap_err()
-    .to_string();
+    let e = go(&cfg, &whole, OnExisting::Refuse, None).unwrap_err().to_string();
     assert!(e.contains("already holds a run"), "{e}");
 }

@@ -214,3 +214,79 @@ fn training_lowers_masked_perplexity_and_lora_trains_only_its_deltas_and_the_hea
         }
     }
 }
+
+/// A masked-LM run with a run directory, through the same run-dir policy as causal-LM and
+/// classification runs: stopped half-way and resumed, it ends bit-identical to the
+/// uninterrupted run (weights, held-out masked perplexity, results) and to the same training
+/// in memory; `config.json` records the task and the masking; a resume with another masking is
+/// refused naming the key.
+#[test]
+fn an_interrupted_masked_lm_run_resumes_bit_identical() {
+    use kiln_format::run::Results;
+    use kiln_tune::lm::{train_mlm_run, LmError, LmRun, LmRunFile, MASKED_LM_TASK};
+    use kiln_tune::run_dir::OnExisting;
+    use kiln_tune::trainer::{RunDir, StopAt};
+
+    let _rng = kiln_testkit::rng_lock();
+    let device = Default::default();
+    let data = stream(1500);
+    let (train, held_out) = data.split_at(1000);
+    let parts: Vec<StrategyConfig> =
+        serde_json::from_str(r#"[{"kind": "lora", "r": 4, "targets": ["query", "value"]}, {"kind": "bit_fit"}]"#)
+            .unwrap();
+    let tuning = Tuning::new(&parts).unwrap();
+    let c = LmTrainConfig {
+        batch_size: 8,
+        eval_every: 4,
+        ..cfg(12)
+    };
+    let go = |dir: &RunDir, masking: Masking, on_existing: OnExisting, stop: Option<usize>| {
+        let run = LmRun {
+            dir,
+            on_existing,
+            stop: StopAt { step: stop },
+        };
+        train_mlm_run(model(3), train, held_out, &c, masking, &tuning, &run, |_| {}, &device)
+    };
+
+    let whole_dir = tempfile::tempdir().unwrap();
+    let whole = RunDir::new(whole_dir.path());
+    let (whole_model, whole_history) = go(&whole, masking(), OnExisting::Refuse, None).unwrap();
+    let (_, memory) = train_mlm(model(3), train, held_out, &c, masking(), &tuning, |_| {}, &device).unwrap();
+    assert_eq!(memory.steps, whole_history.steps);
+    assert_eq!(memory.evals, whole_history.evals);
+    assert_eq!(whole_history.evals.len(), 3, "evaluations at steps 4, 8, 12");
+
+    let split_dir = tempfile::tempdir().unwrap();
+    let split = RunDir::new(split_dir.path());
+    let (_, first_part) = go(&split, masking(), OnExisting::Refuse, Some(6)).unwrap();
+    assert_eq!(first_part.steps.len(), 6);
+    let other = Masking { prob: 0.3, ..masking() };
+    let err = go(&split, other, OnExisting::Resume, None).unwrap_err();
+    assert!(
+        matches!(err, LmError::Train(_)) && err.to_string().contains("masking"),
+        "{err}"
+    );
+    let (resumed_model, second_part) = go(&split, masking(), OnExisting::Resume, None).unwrap();
+    assert_eq!(second_part.steps, whole_history.steps[6..].to_vec());
+    assert_eq!(second_part.evals.last(), whole_history.evals.last());
+    assert_eq!(common::snapshot(&resumed_model), common::snapshot(&whole_model));
+
+    let config = LmRunFile::read(whole_dir.path()).unwrap();
+    assert_eq!(config.task, MASKED_LM_TASK);
+    assert_eq!(config.train.masking, Some(masking()));
+    assert_eq!(config.train.tuning, tuning.components);
+    let (a, b) = (
+        Results::read(whole_dir.path()).unwrap().unwrap(),
+        Results::read(split_dir.path()).unwrap().unwrap(),
+    );
+    assert_eq!(
+        (a.task.as_str(), a.steps, b.steps, b.resumed),
+        (MASKED_LM_TASK, 12, 12, true)
+    );
+    assert_eq!(a.final_metrics, b.final_metrics);
+    assert_eq!(
+        a.final_metrics.primary_value(),
+        whole_history.evals.last().unwrap().1.perplexity
+    );
+}

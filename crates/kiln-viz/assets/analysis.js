@@ -360,7 +360,8 @@
     // Mixing ratios per layer.
     const mv = document.getElementById("inst-mixing"), mc = mv.getContext("2d"), keys = ["attn_w", "attn_n", "attnres_n", "attnresln_n"];
     const labels = { attn_w: "Attn-W", attn_n: "Attn-N", attnres_n: "AttnRes-N", attnresln_n: "AttnResLn-N" };
-    const W = mv.width, Hh = mv.height, Lm = 40, B = 24, n = inst.mixing.length;
+    const mixing = inst.mixing || []; // absent for decoders
+    const W = mv.width, Hh = mv.height, Lm = 40, B = 24, n = mixing.length;
     mc.clearRect(0, 0, W, Hh);
     const sx = k => Lm + k * (W - Lm - 10) / Math.max(1, n - 1), sy = y => Hh - B - y * (Hh - B - 10);
     mc.strokeStyle = "#c5ccd8"; mc.beginPath(); mc.moveTo(Lm, 10); mc.lineTo(Lm, Hh - B); mc.lineTo(W - 10, Hh - B); mc.stroke();
@@ -370,7 +371,7 @@
     const legend = document.getElementById("mixing-legend"); legend.replaceChildren();
     keys.forEach((key, c) => {
       mc.strokeStyle = palette[c]; mc.lineWidth = 1.5; mc.beginPath();
-      inst.mixing.forEach((m, k) => k ? mc.lineTo(sx(k), sy(m[key])) : mc.moveTo(sx(k), sy(m[key]))); mc.stroke();
+      mixing.forEach((m, k) => k ? mc.lineTo(sx(k), sy(m[key])) : mc.moveTo(sx(k), sy(m[key]))); mc.stroke();
       const sp = document.createElement("span"); sp.style.color = palette[c]; text(sp, "■ " + labels[key]); legend.appendChild(sp);
     });
   }
@@ -378,8 +379,10 @@
     I.forEach((inst, k) => option(instPick, k, "#" + inst.example + " " + ex[inst.example].textShown.slice(0, 60)));
     const classSel = document.getElementById("inst-class");
     option(classSel, "", "predicted");
-    const nc = I[0].saliency && I[0].saliency.per_class ? I[0].saliency.per_class.length : 0;
-    for (let c = 0; c < nc; c++) option(classSel, c, regression ? "score" : "class " + c);
+    const nc = Math.max(0, ...I.map(i => i.saliency && i.saliency.per_class ? i.saliency.per_class.length : 0));
+    // A decoder's outputs are the gold next token and, where it differs, the predicted one.
+    const outputName = c => A.task === "causal-lm" ? ["gold next token", "predicted next token"][c] : "class " + c;
+    for (let c = 0; c < nc; c++) option(classSel, c, regression ? "score" : outputName(c));
     classSel.addEventListener("change", drawInstance);
     for (let l = 0; l < I[0].attention.layers; l++) option(instLayer, l, String(l));
     for (let h = 0; h < I[0].attention.heads; h++) option(instHead, h, String(h));

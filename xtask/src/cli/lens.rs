@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use kiln::backend::run_on;
 
 use super::common::*;
@@ -96,6 +96,26 @@ impl AnalyseArgs {
         let device = device.device;
         require_run(&run)?;
         let model = export::run_model(&run, model.as_deref())?;
+        let task = kiln::format::run::RunConfig::<serde_json::Value>::read(&run)?.task;
+        if task == kiln::tune::lm::CAUSAL_LM_TASK {
+            let job = analyse::DecoderAnalyseJob {
+                model,
+                run: run.clone(),
+                settings: settings.pipeline(),
+                checkpoint: settings.checkpoint,
+            };
+            println!("Analysis: {}", run_on(device, job)??.display());
+            println!("Report: {}", kiln::viz::write_report(&run, None)?.display());
+            report_plots(&run);
+            return Ok(());
+        }
+        if kiln::tune::lm::is_lm_task(&task) {
+            bail!(
+                "{}: a {task} run; lens analyse reads classification and causal-LM runs (the \
+                 masked-LM model's analyses are kiln_lens functions: docs/lens.md)",
+                run.display()
+            );
+        }
         let data = run_data(&run, glue_dir.clone())?;
         let dev = data.dev;
         let path = run_on(

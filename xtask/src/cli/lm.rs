@@ -154,8 +154,10 @@ impl DecoderArgs {
 
 #[derive(clap::Args)]
 pub struct FinetuneArgs {
-    /// GPT-2-layout model directory (config.json, model.safetensors; tokenizer.json unless
-    /// byte-level), e.g. the `pretrained/` directory `lm decoder` writes.
+    /// Model directory: GPT-2 layout (config.json, model.safetensors; tokenizer.json unless
+    /// byte-level; e.g. the `pretrained/` directory `lm decoder` writes), fine-tuned on
+    /// next-token prediction; or BERT with its masked-LM head (cls.predictions) and
+    /// tokenizer.json, fine-tuned on masked-token prediction.
     #[arg(long)]
     pub model: PathBuf,
     /// UTF-8 text to fine-tune on; its last --tail fraction of tokens is held out.
@@ -182,6 +184,10 @@ pub struct FinetuneArgs {
     pub eval_every: Option<usize>,
     #[arg(long, default_value_t = 42)]
     pub seed: u64,
+    /// Fraction of positions masked (BERT models; each replaced by [MASK] 80%, a random
+    /// token 10%, kept 10%).
+    #[arg(long, default_value_t = 0.15)]
+    pub mask_prob: f64,
     /// Continue the run in --out from its last checkpoint.
     #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
@@ -221,6 +227,7 @@ impl FinetuneArgs {
                 out: self.out,
                 tuning,
                 train,
+                mask_prob: self.mask_prob,
                 on_existing,
             },
         )??;

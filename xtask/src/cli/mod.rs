@@ -87,8 +87,10 @@ pub enum LmCommand {
     /// Pretrain a byte-level softmax GPT, convert it to linear-attention variants with and
     /// without attention transfer, fine-tune each with the same budget, compare perplexity.
     Decoder(lm::DecoderArgs),
-    /// Fine-tune a GPT-2-layout decoder on a text file with any strategy composition, into a
-    /// resumable run directory (held-out perplexity as the metric).
+    /// Fine-tune a language model on a text file with any strategy composition, into a
+    /// resumable run directory: a GPT-2-layout decoder on next-token prediction, a BERT
+    /// checkpoint with its MLM head on masked-token prediction (held-out perplexity as the
+    /// metric).
     Finetune(lm::FinetuneArgs),
 }
 

@@ -178,7 +178,8 @@ fn a_causal_lm_run_is_refused_by_export_and_drawn_by_the_report() {
 
     let err = export::run_config(dir.path()).unwrap_err().to_string();
     assert!(
-        err.contains("a causal-LM run") && err.contains("this command reads classification runs"),
+        err.contains("a language-model run (task \"causal-lm\"")
+            && err.contains("this command reads classification runs"),
         "{err}"
     );
 
@@ -195,6 +196,26 @@ fn a_causal_lm_run_is_refused_by_export_and_drawn_by_the_report() {
     assert!(kiln::viz::write_report(dir.path(), None).unwrap().exists());
 }
 
+/// A random byte-level GPT-2 directory (config.json without dropout, model.safetensors) in
+/// `dir/model`, as `lm decoder` writes one (the caller holds the RNG lock).
+fn byte_level_decoder(dir: &std::path::Path) -> std::path::PathBuf {
+    use kiln::burn::backend::{Autodiff, Flex};
+    type B = Autodiff<Flex>;
+    let model_dir = dir.join("model");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let config = r#"{"vocab_size": 256, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4,
+                     "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}"#;
+    std::fs::write(model_dir.join("config.json"), config).unwrap();
+    <B as kiln::burn::tensor::backend::Backend>::seed(&Default::default(), 3);
+    let model = kiln::model::Gpt2Model::<B>::new(&serde_json::from_str(config).unwrap(), &Default::default());
+    std::fs::write(
+        model_dir.join("model.safetensors"),
+        kiln::model::gpt2_weights_bytes(&model).unwrap(),
+    )
+    .unwrap();
+    model_dir
+}
+
 /// `lm finetune` on a byte-level decoder directory (as `lm decoder` writes it): BitFit + a
 /// LoRA on every linear (a random decoder: the strategies' own effect on pretrained ones is
 /// tested in kiln-tune) trains a fraction of the parameters, lowers held-out perplexity on a
@@ -203,23 +224,10 @@ fn a_causal_lm_run_is_refused_by_export_and_drawn_by_the_report() {
 /// directory is refused; a model with neither tokenizer.json nor a byte vocabulary is refused.
 #[test]
 fn lm_finetune_writes_a_run_of_a_byte_level_decoder() {
-    use kiln::burn::backend::{Autodiff, Flex};
     use kiln::tune::run_dir::OnExisting;
-    type B = Autodiff<Flex>;
     let dir = tempfile::tempdir().unwrap();
-    let model_dir = dir.path().join("model");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    let config = r#"{"vocab_size": 256, "n_positions": 64, "n_embd": 32, "n_layer": 2, "n_head": 4,
-                     "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}"#;
-    std::fs::write(model_dir.join("config.json"), config).unwrap();
     let _rng = kiln_testkit::rng_lock();
-    <B as kiln::burn::tensor::backend::Backend>::seed(&Default::default(), 3);
-    let model = kiln::model::Gpt2Model::<B>::new(&serde_json::from_str(config).unwrap(), &Default::default());
-    std::fs::write(
-        model_dir.join("model.safetensors"),
-        kiln::model::gpt2_weights_bytes(&model).unwrap(),
-    )
-    .unwrap();
+    let model_dir = byte_level_decoder(dir.path());
     let text = dir.path().join("text.txt");
     std::fs::write(&text, "the cat sat on the mat. ".repeat(120)).unwrap();
     let job = |on_existing| {
@@ -239,6 +247,7 @@ fn lm_finetune_writes_a_run_of_a_byte_level_decoder() {
             eval_tokens: 0,
             ..Default::default()
         },
+        mask_prob: 0.15,
         on_existing,
     }
     };
@@ -283,4 +292,206 @@ fn lm_finetune_writes_a_run_of_a_byte_level_decoder() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("no tokenizer.json and a vocabulary of 50257"), "{err}");
+}
+
+/// `lm finetune` on a BERT checkpoint with its masked-LM head (the committed tiny fixture) is
+/// masked-token fine-tuning: the run records task `masked-lm` and BERT's masking with the
+/// tokenizer's `[MASK]` id, LoRA + BitFit lower held-out masked perplexity on a repetitive
+/// text; a `model_type` this command cannot fine-tune is refused naming the ones it can.
+#[test]
+fn lm_finetune_runs_masked_lm_on_a_bert_checkpoint() {
+    use kiln::tune::lm::{LmRunFile, MASKED_LM_TASK};
+    use kiln::tune::run_dir::OnExisting;
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny-bert-mlm");
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("text.txt");
+    std::fs::write(
+        &text,
+        "paris is the capital of france . rome is the capital of italy . the sky is blue . ".repeat(60),
+    )
+    .unwrap();
+    let _rng = kiln_testkit::rng_lock();
+    let job = crate::lm_finetune::FinetuneJob {
+        model: fixture.clone(),
+        text: text.clone(),
+        tail: 0.2,
+        out: dir.path().join("run"),
+        tuning: serde_json::from_str(r#"[{"kind": "bit_fit"}, {"kind": "lora", "r": 4, "targets": ["query", "value", "intermediate", "output"]}]"#).unwrap(),
+        train: kiln::tune::lm::LmTrainConfig {
+            steps: 40,
+            batch_size: 8,
+            block_len: 16,
+            lr: 1e-2,
+            warmup_steps: 4,
+            eval_every: 20,
+            eval_tokens: 0,
+            ..Default::default()
+        },
+        mask_prob: 0.15,
+        on_existing: OnExisting::Refuse,
+    };
+    let history = run_on(DeviceKind::Flex, job).unwrap().unwrap();
+    let (first, last) = (
+        history.evals[0].1.perplexity,
+        history.evals.last().unwrap().1.perplexity,
+    );
+    assert!(
+        last < first && last < 0.5 * history.steps[0].loss.exp(),
+        "{first} → {last}, first loss {}",
+        history.steps[0].loss
+    );
+    let config = LmRunFile::read(&dir.path().join("run")).unwrap();
+    assert_eq!(config.task, MASKED_LM_TASK);
+    let masking = config.train.masking.unwrap();
+    assert_eq!((masking.prob, masking.mask_token, masking.vocab), (0.15, 4, 64));
+    assert!(matches!(
+        DataSource::read(&dir.path().join("run")).unwrap(),
+        Some(DataSource::Text { .. })
+    ));
+    let err = export::run_config(&dir.path().join("run")).unwrap_err().to_string();
+    assert!(err.contains("\"masked-lm\""), "{err}");
+
+    let other = dir.path().join("t5");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("config.json"), r#"{"model_type": "t5"}"#).unwrap();
+    let err = crate::lm_finetune::family(&other).unwrap_err().to_string();
+    assert!(
+        err.contains("\"t5\"") && err.contains("gpt2") && err.contains("bert"),
+        "{err}"
+    );
+}
+
+/// `lens analyse` on a causal-LM run (the decoder pipeline, same analysis format): the
+/// pruning curve at 0 % equals the held-out perplexity the training loop evaluated at the same
+/// checkpoint (another code path: the loop's evaluation vs the checkpoint reloaded here), each
+/// example's loss is −ln p(gold), integrated gradients are complete, attention is causal and
+/// rollout rows are distributions; the report reads it; a changed text is refused naming both
+/// hashes.
+#[test]
+fn lens_analyse_runs_the_decoder_pipeline_on_a_causal_lm_run() {
+    use kiln::format::analysis::{Analysis, Target};
+    use kiln::tune::run_dir::OnExisting;
+    let dir = tempfile::tempdir().unwrap();
+    let _rng = kiln_testkit::rng_lock();
+    let model_dir = byte_level_decoder(dir.path());
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, "a stitch in time saves nine; ".repeat(60)).unwrap();
+    let run = dir.path().join("run");
+    let block = 16;
+    let job = crate::lm_finetune::FinetuneJob {
+        model: model_dir.clone(),
+        text: text.clone(),
+        tail: 0.5,
+        out: run.clone(),
+        // LoRA dropout: the analysis must switch it off (else its gradients are random).
+        tuning: serde_json::from_str(r#"[{"kind": "lora", "r": 2, "dropout": 0.2, "targets": ["query", "value"]}]"#)
+            .unwrap(),
+        train: kiln::tune::lm::LmTrainConfig {
+            steps: 10,
+            batch_size: 4,
+            block_len: block,
+            lr: 1e-2,
+            warmup_steps: 2,
+            eval_every: 5,
+            eval_tokens: 0,
+            ..Default::default()
+        },
+        mask_prob: 0.15,
+        on_existing: OnExisting::Refuse,
+    };
+    run_on(DeviceKind::Flex, job).unwrap().unwrap();
+    let held_out = match DataSource::read(&run).unwrap().unwrap() {
+        DataSource::Text { held_out_tokens, .. } => held_out_tokens,
+        other => panic!("{other:?}"),
+    };
+    let windows = (held_out - 1) / block;
+    let settings = kiln::lens::pipeline::AnalysisSettings {
+        importance_examples: 1000,
+        instances: 3,
+        ig_steps: 64,
+        tsne_epochs: 100,
+        head_effects: true,
+        ..Default::default()
+    };
+    let analyse = |checkpoint: &str| {
+        let job = crate::analyse::DecoderAnalyseJob {
+            model: model_dir.clone(),
+            run: run.clone(),
+            settings: settings.clone(),
+            checkpoint: checkpoint.into(),
+        };
+        run_on(DeviceKind::Flex, job).unwrap()
+    };
+    let path = analyse("best").unwrap();
+    let a = Analysis::read(&path).unwrap();
+    assert_eq!(
+        (a.task.as_str(), a.num_labels, a.examples.len()),
+        ("causal-lm", 256, windows)
+    );
+    let results = kiln::format::run::Results::read(&run).unwrap().unwrap();
+    let heads = a.heads.as_ref().unwrap();
+    let (ours, loops) = (heads.pruning[0].metric, results.best.unwrap().0);
+    assert!(
+        (ours - loops).abs() < 1e-3 * loops,
+        "perplexity {ours} vs the loop's {loops}"
+    );
+    assert_eq!(heads.examples, windows);
+    assert_eq!(heads.masked_metric.as_ref().unwrap().len(), 2);
+    for e in &a.examples {
+        let p = e.p_gold.unwrap();
+        assert!((p - (-e.loss).exp()).abs() < 1e-3, "{e:?}");
+        assert!(matches!(e.label, Target::Class(c) if c < 256));
+    }
+    assert_eq!(a.instances.len(), 3);
+    for inst in &a.instances {
+        assert_eq!(inst.tokens.len(), block);
+        let sal = inst.saliency.as_ref().unwrap();
+        for c in &sal.per_class {
+            let want = f64::from(c.ig_completeness.f_x - c.ig_completeness.f_baseline);
+            let sum = f64::from(c.ig_completeness.sum);
+            assert!((sum - want).abs() < 0.01 * want.abs() + 1e-4, "Σ IG {sum} vs {want}");
+        }
+        let rollout: f64 = inst.rollout.iter().sum();
+        assert!((rollout - 1.0).abs() < 1e-3, "rollout row sums to {rollout}");
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(&inst.attention.data)
+            .unwrap();
+        assert_eq!(bytes.len(), 2 * 4 * block * block);
+        for (k, &b) in bytes.iter().enumerate() {
+            let (query, key) = ((k / block) % block, k % block);
+            if key > query {
+                assert_eq!(b, 0, "attention above the diagonal at byte {k}");
+            }
+        }
+        assert!(inst.mixing.is_empty() && inst.value_zeroing_rollout.is_empty());
+    }
+    // The report's views render the decoder analysis in a real browser (no script error,
+    // the instance's tokens drawn, the decoder's output names offered).
+    let page = kiln::viz::write_report(&run, None).unwrap();
+    let chromium = kiln::viz::headless::chromium()
+        .expect("no headless browser: install Debian's chromium (as .ci/run does) or set KILN_CHROMIUM");
+    let profile = tempfile::tempdir().unwrap();
+    let out = kiln::viz::headless::command(&chromium, profile.path())
+        .arg("--virtual-time-budget=5000")
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(
+        kiln::viz::headless::body_attr(&dom, "data-ready").as_deref(),
+        Some("1"),
+        "{dom:.2000}"
+    );
+    assert_eq!(kiln::viz::headless::body_attr(&dom, "data-errors"), None, "{dom:.2000}");
+    assert!(
+        dom.contains(&format!("data-tokens=\"{block}\"")),
+        "instance tokens not drawn"
+    );
+    assert!(dom.contains(">gold next token</option>"));
+
+    std::fs::write(&text, "a stitch in time saves ten; ".repeat(60)).unwrap();
+    let err = format!("{:#}", analyse("best").unwrap_err());
+    assert!(err.contains("the text changed since the run"), "{err}");
 }
