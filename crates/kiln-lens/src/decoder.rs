@@ -25,22 +25,24 @@
 
 use std::cell::Cell;
 
-use base64::Engine;
 use burn::module::AutodiffModule;
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::TensorData;
 use kiln_format::analysis::{
-    Analysis, AttentionMaps, ClassSaliency, Completeness, ExampleRow, ExampleText, Heads, Instance, Projection,
-    PruningPoint, Saliency, Target, ANALYSIS_FORMAT,
+    Analysis, ClassSaliency, Completeness, ExampleRow, ExampleText, Heads, Instance, Projection, Saliency, Target,
+    ANALYSIS_FORMAT,
 };
 use kiln_model::{Capture, Gpt2Model};
 use kiln_tune::lm::next_token_loss;
 
 use crate::attribution::{gradient_x_input, integrated_gradients, rollout};
-use crate::heads::{head_importance, prune_least_important, set_head_gates, taylor_importance};
-use crate::pipeline::{floats, projections, round, rounded, AnalysisError, AnalysisSettings, OnProgress, Phase, K};
+use crate::heads::{head_importance, set_head_gates, taylor_importance};
+use crate::pipeline::{
+    attention_maps, enough_examples, floats, projections, pruning_and_effects, round, round6, rounded, AnalysisError,
+    AnalysisSettings, OnProgress, Phase, K,
+};
 
 const BATCH: usize = 16;
 
@@ -78,12 +80,7 @@ pub fn analyse_decoder<B: AutodiffBackend>(
         .into_iter()
         .take(settings.max_examples)
         .collect();
-    if windows.len() < 2 * K + 2 {
-        return Err(AnalysisError::TooFewExamples {
-            needed: 2 * K + 2,
-            found: windows.len(),
-        });
-    }
+    enough_examples(windows.len())?;
     let inner = input.model.valid();
     let ctx = DecoderCtx {
         input,
@@ -95,7 +92,7 @@ pub fn analyse_decoder<B: AutodiffBackend>(
     };
     let (pooled, hidden, examples) = ctx.forward_pass();
     let layers = projections(&pooled, windows.len(), hidden, settings, false, progress);
-    let heads = ctx.heads();
+    let heads = ctx.heads()?;
     let chosen = windows.len().min(settings.instances);
     let mut instances = Vec::with_capacity(chosen);
     for (index, row) in examples.iter().enumerate().take(chosen) {
@@ -196,7 +193,7 @@ impl<B: AutodiffBackend> DecoderCtx<'_, B> {
 
     /// Gate and Taylor importance of the mean next-token loss, the pruning curve and (with
     /// `head_effects`) each head masked alone, as perplexity on the importance windows.
-    fn heads(&self) -> Heads {
+    fn heads(&self) -> Result<Heads, AnalysisError> {
         let (model, device) = (self.input.model, self.device);
         let subset = &self.windows[..self.windows.len().min(self.settings.importance_examples)];
         let batches: Vec<&[&[u32]]> = subset.chunks(BATCH).collect();
@@ -209,51 +206,20 @@ impl<B: AutodiffBackend> DecoderCtx<'_, B> {
         let gate = head_importance(model, batches.len(), true, &loss_of);
         let taylor = taylor_importance(model, batches.len(), &loss_of);
         (self.progress)(Phase::Importance, 2 * batches.len(), 2 * batches.len());
-        let total: usize = gate.iter().map(Vec::len).sum();
-        let pruning = [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]
-            .into_iter()
-            .map(|share| {
-                let pruned = (share * total as f64).round() as usize;
-                PruningPoint {
-                    pruned,
-                    share,
-                    metric: round(
-                        self.perplexity_with_gates(subset, &prune_least_important(&gate, pruned)),
-                        4,
-                    ),
-                }
-            })
-            .collect();
-        let masked_metric = self.settings.head_effects.then(|| {
-            let mut done = 0;
-            let rows = gate
-                .iter()
-                .enumerate()
-                .map(|(l, row)| {
-                    (0..row.len())
-                        .map(|h| {
-                            (self.progress)(Phase::HeadMasking, done, total);
-                            done += 1;
-                            let mut gates: Vec<Vec<f32>> = gate.iter().map(|r| vec![1.0; r.len()]).collect();
-                            gates[l][h] = 0.0;
-                            round(self.perplexity_with_gates(subset, &gates), 4)
-                        })
-                        .collect()
-                })
-                .collect();
-            (self.progress)(Phase::HeadMasking, total, total);
-            rows
-        });
-        let round6 =
-            |m: &[Vec<f64>]| -> Vec<Vec<f64>> { m.iter().map(|r| r.iter().map(|&v| round(v, 6)).collect()).collect() };
-        Heads {
+        let (pruning, masked_metric) = pruning_and_effects(
+            &gate,
+            self.settings.head_effects,
+            self.progress,
+            &mut |gates: &[Vec<f32>]| Ok(self.perplexity_with_gates(subset, gates)),
+        )?;
+        Ok(Heads {
             gate: round6(&gate),
             taylor: round6(&taylor),
             examples: subset.len(),
             pruning,
             masked_metric,
             metric: "perplexity".into(),
-        }
+        })
     }
 
     /// Perplexity (every position's next token) on `windows` with head gates `gates`.
@@ -281,15 +247,6 @@ impl<B: AutodiffBackend> DecoderCtx<'_, B> {
             .iter()
             .map(|l| l.attention_probs.clone().expect("captured"))
             .collect();
-        let (layers, heads) = (attentions.len(), attentions[0].dims()[1]);
-        let mut bytes = Vec::with_capacity(layers * heads * s * s);
-        for a in &attentions {
-            bytes.extend(
-                floats(a.clone())
-                    .iter()
-                    .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8),
-            );
-        }
         let all = Tensor::<B::InnerBackend, 2, Int>::ones([1, s], self.device);
         let from_last = rounded(&floats(rollout(&attentions, all).slice([0..1, s - 1..s, 0..s])), 5);
         let gold = window[s] as usize;
@@ -304,13 +261,7 @@ impl<B: AutodiffBackend> DecoderCtx<'_, B> {
         Instance {
             example: index,
             tokens: window[..s].iter().map(|&t| (self.input.token_text)(t)).collect(),
-            attention: AttentionMaps {
-                layers,
-                heads,
-                seq: s,
-                encoding: "u8 base64, value/255, [layer][head][query][key]".into(),
-                data: base64::engine::general_purpose::STANDARD.encode(&bytes),
-            },
+            attention: attention_maps(&attentions),
             rollout: from_last,
             value_zeroing_rollout: Vec::new(),
             mixing_rollout: Vec::new(),

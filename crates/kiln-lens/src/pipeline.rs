@@ -175,12 +175,7 @@ pub fn analyse<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<Analysis, AnalysisError> {
     let dev = &input.dev[..input.dev.len().min(settings.max_examples)];
-    if dev.len() < 2 * K + 2 {
-        return Err(AnalysisError::TooFewExamples {
-            needed: 2 * K + 2,
-            found: dev.len(),
-        });
-    }
+    enough_examples(dev.len())?;
     let inner = input.model.valid();
     let ctx = Ctx {
         input,
@@ -240,6 +235,82 @@ pub(crate) fn round(v: f64, digits: i32) -> f64 {
 
 pub(crate) fn rounded(v: &[f32], digits: i32) -> Vec<f64> {
     v.iter().map(|&x| round(f64::from(x), digits)).collect()
+}
+
+/// Refuses fewer examples than the projection scores need (`2K + 2`).
+pub(crate) fn enough_examples(found: usize) -> Result<(), AnalysisError> {
+    if found < 2 * K + 2 {
+        return Err(AnalysisError::TooFewExamples {
+            needed: 2 * K + 2,
+            found,
+        });
+    }
+    Ok(())
+}
+
+/// A `[layer][head]` table rounded to 6 digits.
+pub(crate) fn round6(m: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    m.iter().map(|r| r.iter().map(|&v| round(v, 6)).collect()).collect()
+}
+
+/// Every layer's attention `[1, heads, s, s]`, quantised to bytes and base64-encoded.
+pub(crate) fn attention_maps<BB: Backend>(attentions: &[Tensor<BB, 4>]) -> AttentionMaps {
+    let [_, heads, s, _] = attentions[0].dims();
+    let mut bytes = Vec::with_capacity(attentions.len() * heads * s * s);
+    for a in attentions {
+        bytes.extend(
+            floats(a.clone())
+                .iter()
+                .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8),
+        );
+    }
+    AttentionMaps {
+        layers: attentions.len(),
+        heads,
+        seq: s,
+        encoding: "u8 base64, value/255, [layer][head][query][key]".into(),
+        data: base64::engine::general_purpose::STANDARD.encode(&bytes),
+    }
+}
+
+/// The pruning curve (the metric with the least important heads by `gate` masked, 0–90 %)
+/// and, with `effects`, the metric with each head masked alone; `metric(gates)` evaluates
+/// the model with head gates `gates` (`[layer][head]`, 0 masks a head).
+#[allow(clippy::type_complexity)]
+pub(crate) fn pruning_and_effects(
+    gate: &[Vec<f64>],
+    effects: bool,
+    progress: OnProgress<'_>,
+    metric: &mut dyn FnMut(&[Vec<f32>]) -> Result<f64, AnalysisError>,
+) -> Result<(Vec<PruningPoint>, Option<Vec<Vec<f64>>>), AnalysisError> {
+    let total: usize = gate.iter().map(Vec::len).sum();
+    let mut pruning = Vec::new();
+    for share in [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] {
+        let pruned = (share * total as f64).round() as usize;
+        pruning.push(PruningPoint {
+            pruned,
+            share,
+            metric: round(metric(&prune_least_important(gate, pruned))?, 4),
+        });
+    }
+    if !effects {
+        return Ok((pruning, None));
+    }
+    let mut rows = Vec::new();
+    let mut done = 0;
+    for (l, row) in gate.iter().enumerate() {
+        let mut out = Vec::new();
+        for h in 0..row.len() {
+            progress(Phase::HeadMasking, done, total);
+            let mut gates: Vec<Vec<f32>> = gate.iter().map(|r| vec![1.0; r.len()]).collect();
+            gates[l][h] = 0.0;
+            out.push(round(metric(&gates)?, 4));
+            done += 1;
+        }
+        rows.push(out);
+    }
+    progress(Phase::HeadMasking, total, total);
+    Ok((pruning, Some(rows)))
 }
 
 fn text_of(e: &Example) -> ExampleText {
@@ -441,33 +512,21 @@ impl<B: AutodiffBackend> Ctx<'_, B> {
         let gate = head_importance(&model.bert, batches.len(), true, &loss_of);
         let taylor = taylor_importance(&model.bert, batches.len(), &loss_of);
         (self.progress)(Phase::Importance, 2 * batches.len(), 2 * batches.len());
-        let total: usize = gate.iter().map(Vec::len).sum();
-        let mut pruning = Vec::new();
-        let mut metric = String::new();
-        for share in [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9] {
-            let pruned = (share * total as f64).round() as usize;
-            let m = self.metric_with_gates(subset, &prune_least_important(&gate, pruned))?;
-            metric.clone_from(&m.primary);
-            pruning.push(PruningPoint {
-                pruned,
-                share,
-                metric: round(m.primary_value(), 4),
-            });
-        }
-        let masked_metric = if self.settings.head_effects {
-            Some(self.masked_metrics(subset, &gate)?)
-        } else {
-            None
+        let metric = Cell::new(String::new());
+        let mut metric_of = |gates: &[Vec<f32>]| {
+            let m = self.metric_with_gates(subset, gates)?;
+            metric.set(m.primary.clone());
+            Ok(m.primary_value())
         };
-        let round6 =
-            |m: &[Vec<f64>]| -> Vec<Vec<f64>> { m.iter().map(|r| r.iter().map(|&v| round(v, 6)).collect()).collect() };
+        let (pruning, masked_metric) =
+            pruning_and_effects(&gate, self.settings.head_effects, self.progress, &mut metric_of)?;
         Ok(Some(Heads {
             gate: round6(&gate),
             taylor: round6(&taylor),
             examples: subset.len(),
             pruning,
             masked_metric,
-            metric,
+            metric: metric.take(),
         }))
     }
 
@@ -487,26 +546,6 @@ impl<B: AutodiffBackend> Ctx<'_, B> {
             64,
             self.device,
         )?)
-    }
-
-    /// Each head masked alone: the precomputed effect the head grid shows.
-    fn masked_metrics(&self, subset: &[Example], gate: &[Vec<f64>]) -> Result<Vec<Vec<f64>>, AnalysisError> {
-        let total: usize = gate.iter().map(Vec::len).sum();
-        let mut rows = Vec::new();
-        let mut done = 0;
-        for (l, row) in gate.iter().enumerate() {
-            let mut out = Vec::new();
-            for h in 0..row.len() {
-                (self.progress)(Phase::HeadMasking, done, total);
-                let mut gates: Vec<Vec<f32>> = gate.iter().map(|r| vec![1.0; r.len()]).collect();
-                gates[l][h] = 0.0;
-                out.push(round(self.metric_with_gates(subset, &gates)?.primary_value(), 4));
-                done += 1;
-            }
-            rows.push(out);
-        }
-        (self.progress)(Phase::HeadMasking, total, total);
-        Ok(rows)
     }
 
     /// One example's token-level views: tokens, every head's attention (u8, base64),
@@ -536,15 +575,7 @@ impl<B: AutodiffBackend> Ctx<'_, B> {
             .iter()
             .map(|l| l.attention_probs.clone().expect("captured"))
             .collect();
-        let heads = attentions[0].dims()[1];
-        let mut bytes = Vec::with_capacity(layers * heads * s * s);
-        for a in &attentions {
-            bytes.extend(
-                floats(a.clone())
-                    .iter()
-                    .map(|v| (v.clamp(0.0, 1.0) * 255.0).round() as u8),
-            );
-        }
+
         let from_cls = |t: Tensor<B::InnerBackend, 3>| rounded(&floats(t.slice([0..1, 0..1, 0..s])), 5);
         let vz: Vec<_> = (0..layers)
             .map(|l| value_zeroing_layer(&inner.bert, l, out.hidden_states[l].clone(), mask.clone(), 16))
@@ -571,13 +602,7 @@ impl<B: AutodiffBackend> Ctx<'_, B> {
         Ok(Instance {
             example: index,
             tokens,
-            attention: AttentionMaps {
-                layers,
-                heads,
-                seq: s,
-                encoding: "u8 base64, value/255, [layer][head][query][key]".into(),
-                data: base64::engine::general_purpose::STANDARD.encode(&bytes),
-            },
+            attention: attention_maps(&attentions),
             rollout: from_cls(rollout(&attentions, mask.clone())),
             value_zeroing_rollout: from_cls(rollout_matrices(&vz, mask.clone(), false)),
             mixing_rollout,
