@@ -239,12 +239,14 @@
 
   // ---------- heads ----------
   const H = A.heads;
+  // Perplexity (decoder runs) is better lower: a harmful mask raises it.
+  const lowerBetter = !!H && H.metric === "perplexity", split = A.split || "dev";
   const grid = document.getElementById("head-grid"), scoreSel = document.getElementById("head-score");
   function drawHeads() {
     if (!H) return;
     const base = H.pruning && H.pruning.length ? H.pruning[0].metric : 0;
-    // "masked": the drop of the dev metric when the head alone is masked (negative = helps).
-    const m = scoreSel.value === "masked" ? H.masked_metric.map(r => r.map(v => base - v))
+    // "masked": how much worse the metric gets when the head alone is masked (negative = helps).
+    const m = scoreSel.value === "masked" ? H.masked_metric.map(r => r.map(v => lowerBetter ? v - base : base - v))
       : scoreSel.value === "patterns" ? H.gate : H[scoreSel.value]; // patterns: only the shape of m is used
     const L = m.length, N = m[0].length, ctx = grid.getContext("2d");
     const max = Math.max(...m.flat().map(Math.abs)) || 1, left = 56, top = 20;
@@ -271,7 +273,7 @@
           ctx.fillStyle = scoreSel.value === "masked" ? diverging(m[l][h] / max) : ramp(m[l][h] / max);
           ctx.fillRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2);
         }
-        if (scoreSel.value === "masked") { ctx.fillStyle = "#1d2330"; ctx.fillText(fmt(-m[l][h], 3), left + h * cw + 3, top + l * ch + ch / 2 + 4); }
+        if (scoreSel.value === "masked") { ctx.fillStyle = "#1d2330"; ctx.fillText(fmt(lowerBetter ? m[l][h] : -m[l][h], 3), left + h * cw + 3, top + l * ch + ch / 2 + 4); }
         if (l === state.focusHead[0] && h === state.focusHead[1]) { ctx.strokeStyle = "#d9480f"; ctx.lineWidth = 2; ctx.strokeRect(left + h * cw + 1, top + l * ch + 1, cw - 2, ch - 2); }
       }
     }
@@ -294,10 +296,10 @@
     pts.forEach(p => c.fillText(Math.round(100 * p.share) + "%", sx(p.share) - 8, Ht - 10));
     c.strokeStyle = palette[0]; c.lineWidth = 1.5; c.beginPath();
     pts.forEach((p, i) => i ? c.lineTo(sx(p.share), sy(p.metric)) : c.moveTo(sx(p.share), sy(p.metric))); c.stroke();
-    text(document.getElementById("pruning-caption"), "dev " + H.metric + " (" + H.examples + " examples) with the least important heads (gate score) masked");
+    text(document.getElementById("pruning-caption"), split + " " + H.metric + " (" + H.examples + " examples) with the least important heads (gate score) masked");
   }
   if (H && H.masked_metric) {
-    option(scoreSel, "masked", "drop of dev " + H.metric + " when masked alone");
+    option(scoreSel, "masked", (lowerBetter ? "rise of " : "drop of ") + split + " " + H.metric + " when masked alone");
   }
   if (H && (A.instances || []).length) option(scoreSel, "patterns", "attention patterns of the instance's example");
   scoreSel.addEventListener("change", drawHeads);

@@ -490,6 +490,7 @@ fn lens_analyse_runs_the_decoder_pipeline_on_a_causal_lm_run() {
         "instance tokens not drawn"
     );
     assert!(dom.contains(">gold next token</option>"));
+    assert!(dom.contains(">rise of held-out perplexity when masked alone</option>"));
 
     std::fs::write(&text, "a stitch in time saves ten; ".repeat(60)).unwrap();
     let err = format!("{:#}", analyse("best").unwrap_err());
