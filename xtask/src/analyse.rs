@@ -175,21 +175,15 @@ impl BackendJob for DecoderAnalyseJob {
             )
         })?;
         provenance.model.verify(&self.model)?;
-        let Some(DataSource::Text {
-            path,
-            sha256,
-            held_out_tokens,
-        }) = &provenance.data
+        let Some(
+            data @ DataSource::Text {
+                path, held_out_tokens, ..
+            },
+        ) = provenance.data.as_ref()
         else {
             bail!("{}: config.json records no text data source", self.run.display());
         };
-        let found = kiln::tune::run_files::sha256_file(path).with_context(|| path.display().to_string())?;
-        if &found != sha256 {
-            bail!(
-                "{}: the text changed since the run (sha256 {found}, the run recorded {sha256})",
-                path.display()
-            );
-        }
+        data.verify()?;
         let (model, gpt_config) = Gpt2Model::<B>::from_pretrained(&self.model, &device)
             .with_context(|| format!("loading the decoder from {}", self.model.display()))?;
         let tuning = Tuning::new(&config.train.tuning).context("the run's tuning")?;
@@ -198,13 +192,9 @@ impl BackendJob for DecoderAnalyseJob {
         let mut model = kiln::tune::checkpoint::read_weights(&weights, model, &tuning)?;
         model.set_dropout(0.0);
         let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-        let ids = crate::lm_finetune::tokens(&self.model, gpt_config.vocab_size, &text)?;
+        let tokenizer = crate::lm_finetune::tokenizer(&self.model)?;
+        let ids = crate::lm_finetune::encode(tokenizer.as_ref(), &self.model, gpt_config.vocab_size, &text)?;
         let held_out = &ids[ids.len().saturating_sub(*held_out_tokens)..];
-        let tokenizer = self.model.join("tokenizer.json");
-        let tokenizer = match tokenizer.exists() {
-            true => Some(TextTokenizer::from_file(&tokenizer, usize::MAX)?),
-            false => None,
-        };
         let token_text = |id: u32| match &tokenizer {
             Some(tok) => tok.decode(&[i64::from(id)]).unwrap_or_else(|_| format!("#{id}")),
             None => byte_text(id),

@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use kiln::backend::{BackendJob, DeviceKind};
 use kiln::burn::tensor::backend::AutodiffBackend;
 use kiln::data::lm::{byte_tokens, BYTE_VOCAB};
+use kiln::data::TextTokenizer;
 use kiln::model::{BertMlmHead, BertModel, Gpt2Model};
 use kiln::tune::lm::{train_lm_run, train_mlm_run, LmHistory, LmRun, LmTrainConfig};
 use kiln::tune::objective::masked_lm::{MaskedLmModel, Masking};
@@ -65,12 +66,24 @@ pub fn family(dir: &Path) -> Result<Family> {
     }
 }
 
+/// The model directory's `tokenizer.json`, if it has one.
+pub fn tokenizer(model_dir: &Path) -> Result<Option<TextTokenizer>> {
+    let path = model_dir.join("tokenizer.json");
+    Ok(match path.exists() {
+        true => Some(TextTokenizer::from_file(&path, usize::MAX)?),
+        false => None,
+    })
+}
+
 /// The text as token ids: the model directory's `tokenizer.json` where it has one (no special
 /// tokens), else bytes for a byte-level model (vocabulary of 256); anything else is refused.
 pub fn tokens(model_dir: &Path, vocab_size: usize, text: &str) -> Result<Vec<u32>> {
-    let tokenizer = model_dir.join("tokenizer.json");
-    if tokenizer.exists() {
-        let tok = kiln::data::TextTokenizer::from_file(&tokenizer, usize::MAX)?;
+    encode(tokenizer(model_dir)?.as_ref(), model_dir, vocab_size, text)
+}
+
+/// [`tokens`] with the directory's tokenizer already loaded (`None`: it has none).
+pub fn encode(tokenizer: Option<&TextTokenizer>, model_dir: &Path, vocab_size: usize, text: &str) -> Result<Vec<u32>> {
+    if let Some(tok) = tokenizer {
         return Ok(tok.encode_stream(text)?);
     }
     if vocab_size == BYTE_VOCAB {
@@ -92,33 +105,32 @@ impl BackendJob for FinetuneJob {
             bar.set_position(s.step as u64 + 1);
             bar.set_message(format!("loss {:.3}", s.loss));
         };
-        let (history, held_out_tokens) = match family(&self.model)? {
+        let (history, data) = match family(&self.model)? {
             Family::Gpt2 => {
                 let (model, config) = Gpt2Model::<B>::from_pretrained(&self.model, &device)
                     .with_context(|| format!("loading the decoder from {}", self.model.display()))?;
-                let ids = self.token_stream(config.vocab_size)?;
+                let ids = tokens(&self.model, config.vocab_size, &self.text()?)?;
                 let (train, held_out) = self.split(&ids, self.train.block_len + 1)?;
-                let run = self.run_dir(held_out.len(), kind)?;
-                let spec = self.spec(&run);
-                let history = train_lm_run(
+                let (run, data) = self.run_dir(held_out.len(), kind)?;
+                let tuning = self.tuning()?;
+                let (_, history) = train_lm_run(
                     model,
                     train,
                     held_out,
                     &self.train,
-                    &self.tuning()?,
-                    &spec,
+                    &tuning,
+                    &self.spec(&run),
                     on_step,
                     &device,
-                )?
-                .1;
-                (history, held_out.len())
+                )?;
+                (history, data)
             }
             Family::Bert => {
                 let (bert, config) = BertModel::<B>::from_pretrained(&self.model, false, &device)
                     .with_context(|| format!("loading the encoder from {}", self.model.display()))?;
                 let head = BertMlmHead::<B>::from_checkpoint(&config, self.model.join("model.safetensors"), &device)
                     .context("masked-LM fine-tuning needs the checkpoint's masked-LM head (cls.predictions.*)")?;
-                let tokenizer = kiln::data::TextTokenizer::from_file(self.model.join("tokenizer.json"), usize::MAX)
+                let tokenizer = tokenizer(&self.model)?
                     .with_context(|| format!("{}: masked-LM fine-tuning needs tokenizer.json", self.model.display()))?;
                 let mask_token = tokenizer
                     .token_id("[MASK]")
@@ -128,13 +140,12 @@ impl BackendJob for FinetuneJob {
                     mask_token,
                     vocab: config.vocab_size as u32,
                 };
-                let ids = self.token_stream(config.vocab_size)?;
+                let ids = tokenizer.encode_stream(&self.text()?)?;
                 let (train, held_out) = self.split(&ids, self.train.block_len)?;
-                let run = self.run_dir(held_out.len(), kind)?;
+                let (run, data) = self.run_dir(held_out.len(), kind)?;
+                let (model, tuning) = (MaskedLmModel { bert, head }, self.tuning()?);
                 let spec = self.spec(&run);
-                let model = MaskedLmModel { bert, head };
-                let tuning = self.tuning()?;
-                let history = train_mlm_run(
+                let (_, history) = train_mlm_run(
                     model,
                     train,
                     held_out,
@@ -144,23 +155,21 @@ impl BackendJob for FinetuneJob {
                     &spec,
                     on_step,
                     &device,
-                )?
-                .1;
-                (history, held_out.len())
+                )?;
+                (history, data)
             }
         };
         bar.finish_and_clear();
-        self.data_source(held_out_tokens)?.write(&self.out)?;
+        data.write(&self.out)?;
         Ok(history)
     }
 }
 
 impl FinetuneJob {
-    /// The text file's tokens for a model with `vocab_size` entries.
-    fn token_stream(&self, vocab_size: usize) -> Result<Vec<u32>> {
+    /// The text file's contents.
+    fn text(&self) -> Result<String> {
         let bytes = std::fs::read(&self.text).with_context(|| self.text.display().to_string())?;
-        let text = String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8", self.text.display()))?;
-        tokens(&self.model, vocab_size, &text)
+        String::from_utf8(bytes).with_context(|| format!("{}: not UTF-8", self.text.display()))
     }
 
     /// The stream split into training tokens and its held-out tail, which must fill one
@@ -183,19 +192,17 @@ impl FinetuneJob {
         Tuning::new(&self.tuning).context("--tuning")
     }
 
-    fn data_source(&self, held_out_tokens: usize) -> Result<DataSource> {
-        Ok(DataSource::Text {
+    /// The run directory, with provenance naming the model and the text, and the text's
+    /// `data.json` record.
+    fn run_dir(&self, held_out_tokens: usize, kind: DeviceKind) -> Result<(RunDir, DataSource)> {
+        let data = DataSource::Text {
             path: std::path::absolute(&self.text)?,
             sha256: kiln::tune::run_files::sha256_file(&self.text)?,
             held_out_tokens,
-        })
-    }
-
-    /// The run directory, with provenance naming the model and the text.
-    fn run_dir(&self, held_out_tokens: usize, kind: DeviceKind) -> Result<RunDir> {
-        let data = self.data_source(held_out_tokens)?;
+        };
         std::fs::create_dir_all(&self.out)?;
-        Ok(RunDir::new(&self.out).with_provenance(crate::experiment::provenance(&self.model, Some(data), kind)?))
+        let provenance = crate::experiment::provenance(&self.model, Some(data.clone()), kind)?;
+        Ok((RunDir::new(&self.out).with_provenance(provenance), data))
     }
 
     fn spec<'a>(&self, dir: &'a RunDir) -> LmRun<'a> {

@@ -136,6 +136,29 @@ impl ModelRecord {
     }
 }
 
+impl DataSource {
+    /// Checks that a [`DataSource::Text`] file still has the recorded hash (other sources
+    /// record none and pass).
+    ///
+    /// # Errors
+    /// [`RunFileError::DataChanged`] naming both hashes; [`RunFileError::Io`].
+    pub fn verify(&self) -> Result<(), RunFileError> {
+        let DataSource::Text { path, sha256, .. } = self else {
+            return Ok(());
+        };
+        let actual = sha256_file(path)?;
+        if &actual == sha256 {
+            Ok(())
+        } else {
+            Err(RunFileError::DataChanged {
+                file: path.clone(),
+                recorded: sha256.clone(),
+                actual,
+            })
+        }
+    }
+}
+
 /// SHA-256 of a file, lowercase hex (read in 1 MiB chunks).
 ///
 /// # Errors
@@ -199,6 +222,16 @@ pub enum RunFileError {
     #[error("{file} is not the model this run was trained from: its SHA-256 is {actual}, the run recorded {recorded} (pass the original model, or retrain)")]
     ModelChanged {
         /// The weights file checked.
+        file: PathBuf,
+        /// The hash in `config.json`.
+        recorded: String,
+        /// The file's hash now.
+        actual: String,
+    },
+    /// A run's text data differs from the file it was trained on.
+    #[error("{file}: the text changed since the run (sha256 {actual}, the run recorded {recorded})")]
+    DataChanged {
+        /// The text file checked.
         file: PathBuf,
         /// The hash in `config.json`.
         recorded: String,

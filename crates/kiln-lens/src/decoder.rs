@@ -35,7 +35,7 @@ use kiln_format::analysis::{
     ANALYSIS_FORMAT,
 };
 use kiln_model::{Capture, Gpt2Model};
-use kiln_tune::lm::next_token_loss;
+use kiln_tune::lm::{next_token_loss, perplexity};
 
 use crate::attribution::{gradient_x_input, integrated_gradients, rollout};
 use crate::heads::{head_importance, set_head_gates, taylor_importance};
@@ -210,7 +210,7 @@ impl<B: AutodiffBackend> DecoderCtx<'_, B> {
             &gate,
             self.settings.head_effects,
             self.progress,
-            &mut |gates: &[Vec<f32>]| Ok(self.perplexity_with_gates(subset, gates)),
+            &mut |gates: &[Vec<f32>]| Ok(self.perplexity_with_gates(subset.len(), gates)),
         )?;
         Ok(Heads {
             gate: round6(&gate),
@@ -222,16 +222,13 @@ impl<B: AutodiffBackend> DecoderCtx<'_, B> {
         })
     }
 
-    /// Perplexity (every position's next token) on `windows` with head gates `gates`.
-    fn perplexity_with_gates(&self, windows: &[&[u32]], gates: &[Vec<f32>]) -> f64 {
+    /// Perplexity (every position's next token) on the first `count` windows with head gates
+    /// `gates`: `kiln_tune::lm::perplexity` of the stream those windows cover.
+    fn perplexity_with_gates(&self, count: usize, gates: &[Vec<f32>]) -> f64 {
         let mut gated = self.inner.clone();
         set_head_gates(&mut gated, Some(gates));
-        let mut total = 0.0;
-        for chunk in windows.chunks(BATCH) {
-            let mean = next_token_loss(&gated, ids(chunk, self.block() + 1, self.device));
-            total += mean.into_scalar().elem::<f64>() * chunk.len() as f64;
-        }
-        (total / windows.len() as f64).exp()
+        let s = self.block();
+        perplexity(&gated, &self.input.held_out[..count * s + 1], s, BATCH, self.device).perplexity
     }
 
     /// One window's token-level views.

@@ -114,9 +114,10 @@ impl From<kiln_format::run::RunFileError> for CheckpointError {
         match e {
             E::Io { path, source } => Self::Io { path, source },
             E::Parse { path, source } => Self::Json { path, source },
-            E::Invalid { path, .. } | E::NewerFormat { path, .. } | E::ModelChanged { file: path, .. } => {
-                Self::Invalid { path, message }
-            }
+            E::Invalid { path, .. }
+            | E::NewerFormat { path, .. }
+            | E::ModelChanged { file: path, .. }
+            | E::DataChanged { file: path, .. } => Self::Invalid { path, message },
         }
     }
 }

@@ -320,21 +320,8 @@ pub fn train_lm_run<B: AutodiffBackend>(
 ) -> Result<(Gpt2Model<B>, LmHistory), LmError> {
     check_causal_inputs(&model, train, cfg)?;
     let objective = CausalLm { train, held_out, cfg };
-    let config = LmRunConfig {
-        train: cfg.clone(),
-        tuning: tuning.components.clone(),
-        masking: None,
-    };
-    train_in_dir(
-        &objective,
-        model,
-        CAUSAL_LM_TASK,
-        config,
-        tuning,
-        run,
-        &mut on_step,
-        device,
-    )
+    let task = (CAUSAL_LM_TASK, None);
+    train_in_dir(&objective, model, cfg, task, tuning, run, &mut on_step, device)
 }
 
 /// [`train_mlm`] writing a run directory, exactly as [`train_lm_run`] (task
@@ -362,32 +349,19 @@ pub fn train_mlm_run<B: AutodiffBackend>(
         cfg,
         masking,
     };
-    let config = LmRunConfig {
-        train: cfg.clone(),
-        tuning: tuning.components.clone(),
-        masking: Some(masking),
-    };
-    train_in_dir(
-        &objective,
-        model,
-        MASKED_LM_TASK,
-        config,
-        tuning,
-        run,
-        &mut on_step,
-        device,
-    )
+    let task = (MASKED_LM_TASK, Some(masking));
+    train_in_dir(&objective, model, cfg, task, tuning, run, &mut on_step, device)
 }
 
 /// The run-directory part shared by [`train_lm_run`] and [`train_mlm_run`]: lock, write or
-/// check `config.json` (`task`, `config`), insert the strategy, train (resuming where `run`
-/// says so) and write `results.json`.
+/// check `config.json` (the task name, `cfg`, the strategy and, for masked LM, the masking), insert the strategy, train (resuming where `run` says so) and write
+/// `results.json`.
 #[allow(clippy::too_many_arguments)]
 fn train_in_dir<B: AutodiffBackend, O: Objective<B>>(
     objective: &O,
     model: O::Model,
-    task: &str,
-    config: LmRunConfig,
+    cfg: &LmTrainConfig,
+    (task, masking): (&str, Option<Masking>),
     tuning: &Tuning,
     run: &LmRun<'_>,
     on_step: &mut dyn FnMut(&LmStep),
@@ -396,7 +370,11 @@ fn train_in_dir<B: AutodiffBackend, O: Objective<B>>(
     let start = std::time::Instant::now();
     tuning.check_fits(&crate::strategy::TunableModel::shape(&model))?;
     let _lock = run.dir.lock().map_err(TrainError::from)?;
-    let cfg = config.train.clone();
+    let config = LmRunConfig {
+        train: cfg.clone(),
+        tuning: tuning.components.clone(),
+        masking,
+    };
     let config = LmRunFile::new(task, config, run.dir.provenance().cloned());
     let resumed = crate::trainer::check_run_dir(run.dir, run.on_existing, &config.to_value())?;
     config.write(&run.dir.0)?;
@@ -406,7 +384,7 @@ fn train_in_dir<B: AutodiffBackend, O: Objective<B>>(
         stop: run.stop,
         resumed,
     };
-    let done = train_objective(objective, model, &cfg, tuning, Some(written), on_step, device)?;
+    let done = train_objective(objective, model, cfg, tuning, Some(written), on_step, device)?;
     let results = done
         .outcome
         .into_results(task.into(), &done.report, start, resumed, None);
