@@ -177,8 +177,8 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(err.to_string().contains("not one vocabulary entry"), "{err}");
-        let (minilm, _) =
-            kiln::model::hub::locate_model(kiln::model::hub::DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+        let minilm = kiln::model::hub::locate_or_fetch(kiln::model::hub::DEFAULT_MODEL_ID, None, true)
+            .unwrap_or_else(|e| panic!("{e}"));
         let ok = r#"[{"prompt": "the [MASK].", "target": "cat"}]"#;
         let err = kiln::backend::run_on(DeviceKind::Cpu, job(minilm, ok, dir.path()))
             .unwrap()

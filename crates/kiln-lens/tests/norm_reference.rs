@@ -9,7 +9,7 @@ use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_data::{TextInput, TextTokenizer};
 use kiln_lens::norm::{analyse_layer, capture};
-use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
+use kiln_model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
 use kiln_model::BertModel;
 
 type B = Flex;
@@ -20,7 +20,7 @@ fn norm(v: &[f64]) -> f64 {
 
 #[test]
 fn mixing_ratios_match_a_float64_implementation_on_minilm() {
-    let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    let dir = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"));
     let device = Default::default();
     let (model, config) = BertModel::<B>::from_pretrained(&dir, false, &device).unwrap();
     let tok = TextTokenizer::from_file(dir.join("tokenizer.json"), 64).unwrap();

@@ -13,7 +13,7 @@ use burn::prelude::*;
 use kiln_data::{Example, GlueTask, Label, TextInput, TextTokenizer};
 use kiln_format::analysis::{Analysis, Target};
 use kiln_lens::pipeline::{analyse, AnalysisError, AnalysisInput, AnalysisSettings, Phase};
-use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
+use kiln_model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
 use kiln_model::{BertConfig, BertModel};
 use kiln_tune::classifier::SequenceClassifier;
 use kiln_tune::trainer::tensors;
@@ -69,7 +69,7 @@ fn every_reported_number_agrees_with_an_independent_computation() {
     let _rng = kiln_testkit::rng_lock();
     let device = Default::default();
     let model = classifier();
-    let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    let dir = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"));
     let tok = TextTokenizer::from_file(dir.join("tokenizer.json"), 32).unwrap();
     let examples = dev(30);
     let input = AnalysisInput {

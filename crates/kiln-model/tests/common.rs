@@ -1,23 +1,19 @@
-//! Locating the shared assets for integration tests: a missing asset is a failure with a
-//! message saying how to provide it, never a silent pass.
+//! Where the integration tests find their model and references: the MiniLM checkpoint through
+//! the same lookup + one-time fetch as the demo, the PyTorch references committed under
+//! `fixtures/reference`. Nothing here needs `../shared`.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
 
-pub fn shared() -> PathBuf {
-    kiln_model::hub::shared_dir().unwrap_or_else(|| {
-        panic!("shared assets not found: set KILN_SHARED_DIR to the directory holding models/ and reference/ (CI has it beside the checkout)")
-    })
-}
-
 pub fn minilm_dir() -> PathBuf {
-    let (dir, _) =
-        kiln_model::hub::locate_model(kiln_model::hub::DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
-    dir
+    kiln_model::hub::locate_or_fetch(kiln_model::hub::DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn reference(rel: &str) -> PathBuf {
-    let p = shared().join("reference").join(rel);
-    assert!(p.exists(), "reference file {} is missing", p.display());
-    p
+    kiln_testkit::reference(rel)
+}
+
+/// The committed tiny random GPT-2 (HF layout) the GPT-2 references were computed with.
+pub fn gpt2_tiny() -> PathBuf {
+    reference("gpt2-tiny")
 }

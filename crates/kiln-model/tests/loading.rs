@@ -14,7 +14,7 @@ type B = Flex;
 
 /// The tiny GPT-2 checkpoint's tensors as (name → (shape, f32 bytes)).
 fn gpt2_tensors() -> BTreeMap<String, (Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(common::shared().join("reference/gpt2-tiny/model.safetensors")).unwrap();
+    let bytes = std::fs::read(common::gpt2_tiny().join("model.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     st.tensors()
         .into_iter()
@@ -31,7 +31,7 @@ fn write(path: &Path, tensors: &BTreeMap<String, (Vec<usize>, Vec<u8>)>) {
 }
 
 fn load_modified(modify: impl FnOnce(&mut BTreeMap<String, (Vec<usize>, Vec<u8>)>)) -> Result<(), ModelError> {
-    let config = GptConfig::from_file(common::shared().join("reference/gpt2-tiny/config.json")).unwrap();
+    let config = GptConfig::from_file(common::gpt2_tiny().join("config.json")).unwrap();
     let mut tensors = gpt2_tensors();
     modify(&mut tensors);
     let dir = tempfile::tempdir().unwrap();
@@ -109,12 +109,12 @@ fn unexpected_tensor_is_an_error_but_known_buffers_are_ignored() {
 
 #[test]
 fn truncated_file_is_a_checkpoint_error() {
-    let bytes = std::fs::read(common::shared().join("reference/gpt2-tiny/model.safetensors")).unwrap();
+    let bytes = std::fs::read(common::gpt2_tiny().join("model.safetensors")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("model.safetensors");
     for cut in [4, 100, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&path, &bytes[..cut]).unwrap();
-        let config = GptConfig::from_file(common::shared().join("reference/gpt2-tiny/config.json")).unwrap();
+        let config = GptConfig::from_file(common::gpt2_tiny().join("config.json")).unwrap();
         let mut model = Gpt2Model::<B>::new(&config, &Default::default());
         let err = load_gpt2_weights(&mut model, &path).unwrap_err();
         assert!(matches!(err, ModelError::Checkpoint { .. }), "cut at {cut}: {err:?}");

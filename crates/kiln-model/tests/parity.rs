@@ -1,5 +1,5 @@
 //! kiln vs PyTorch transformers on the real all-MiniLM-L6-v2 checkpoint and a tiny GPT-2,
-//! at the tolerances of `shared/reference/README.md`.
+//! at the tolerances of `fixtures/reference/README.md` (committed slices of the PyTorch outputs).
 
 mod common;
 
@@ -48,7 +48,7 @@ fn minilm_pairs_match_pytorch() {
 #[test]
 fn gpt2_tiny_matches_pytorch() {
     let device = Default::default();
-    let (model, _) = Gpt2Model::<B>::from_pretrained(common::shared().join("reference/gpt2-tiny"), &device).unwrap();
+    let (model, _) = Gpt2Model::<B>::from_pretrained(common::gpt2_tiny(), &device).unwrap();
     let reference = ReferenceFile::open(common::reference("gpt2-tiny/reference.safetensors")).unwrap();
     let rows = gpt2_parity(&model, &reference, Tolerances::default(), &device).unwrap();
     // 4 hidden states, 3 attention maps, logits.

@@ -1,10 +1,27 @@
 //! Fixtures shared by kiln's own test binaries. A dev-dependency of the crates whose tests
 //! need it; nothing here is part of kiln's API and the crate is never published.
 //!
-//! Owns: process-wide test fixtures that do not depend on burn. Must not: hold test
-//! assertions or references (each test states its own), or be a dependency of a library.
+//! Owns: process-wide test fixtures that do not depend on burn, and where the committed
+//! fixture files are. Must not: hold test assertions (each test states its own), or be a
+//! dependency of a library.
 
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// The repository's `fixtures/` directory (committed test data).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// A committed PyTorch reference file, `fixtures/reference/<rel>` (small slices of the full
+/// references in `shared/reference`, written by `scripts/slice_reference_fixtures.py`; the
+/// format is in `fixtures/reference/README.md`). Panics naming the path if it is missing:
+/// a missing reference is a failure, never a skipped check.
+pub fn reference(rel: &str) -> PathBuf {
+    let path = fixtures_dir().join("reference").join(rel);
+    assert!(path.exists(), "reference fixture {} is missing", path.display());
+    path
+}
 
 /// Holds burn's backend random-number generator for one test.
 ///

@@ -106,9 +106,9 @@ fn converted_full_finetuning_resumes_bit_for_bit() {
     let _rng = kiln_testkit::rng_lock();
     let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
     use kiln_data::{Example, GlueTask, Label, TextInput, TextTokenizer};
-    use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
+    use kiln_model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
     use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig};
-    let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    let dir = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"));
     let tok = TextTokenizer::from_file(dir.join("tokenizer.json"), 32).unwrap();
     let ex = |i: usize| Example {
         input: TextInput::Single(format!("film {} was {}", i, ["good", "bad"][i % 2])),

@@ -5,7 +5,7 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use kiln_data::{Example, GlueTask, Label, TextInput, TextTokenizer};
-use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
+use kiln_model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
 use kiln_model::{BertConfig, BertModel};
 use kiln_tune::checkpoint::model_bytes;
 use kiln_tune::classifier::SequenceClassifier;
@@ -15,7 +15,7 @@ use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig, TrainErro
 type A = Autodiff<Flex>;
 
 fn tokenizer() -> TextTokenizer {
-    let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    let dir = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"));
     TextTokenizer::from_file(dir.join("tokenizer.json"), 32).unwrap()
 }
 
@@ -417,7 +417,7 @@ fn out_of_range_settings_are_errors_before_anything_is_written() {
     ];
     for (cfg, max_length, message) in cases {
         let dir = tempfile::tempdir().unwrap();
-        let (model_dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+        let model_dir = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"));
         let tok = TextTokenizer::from_file(model_dir.join("tokenizer.json"), max_length).unwrap();
         let err = train(
             tiny_model(1, 2),

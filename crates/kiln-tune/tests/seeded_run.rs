@@ -15,7 +15,7 @@ use std::path::Path;
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use kiln_data::{GlueTask, OnMalformed, TextTokenizer};
-use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
+use kiln_model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
 use kiln_tune::classifier::SequenceClassifier;
 use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig};
 
@@ -42,7 +42,7 @@ fn split(name: &str) -> Vec<kiln_data::Example> {
 #[test]
 fn a_seeded_run_reproduces_its_pinned_loss_curve() {
     let _rng = kiln_testkit::rng_lock();
-    let (model_dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    let model_dir = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"));
     let device = Default::default();
     let cfg = TrainConfig {
         epochs: 1,

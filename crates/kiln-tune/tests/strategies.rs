@@ -14,7 +14,7 @@ use burn::optim::GradientsParams;
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use kiln_data::{Example, GlueTask, Label, TextInput, TextTokenizer};
-use kiln_model::hub::{locate_model, DEFAULT_MODEL_ID};
+use kiln_model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
 use kiln_model::peft::set_merged;
 use kiln_model::roles::{ModelRoles, ParamRole, Site};
 use kiln_model::{BertConfig, BertModel};
@@ -451,7 +451,7 @@ fn toy_data(dev: usize) -> TaskData {
 }
 
 fn tokenizer() -> TextTokenizer {
-    let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    let dir = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"));
     TextTokenizer::from_file(dir.join("tokenizer.json"), 32).unwrap()
 }
 

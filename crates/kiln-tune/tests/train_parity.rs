@@ -1,16 +1,15 @@
 //! Three AdamW steps of kiln vs PyTorch + transformers on the real MiniLM
-//! (`shared/reference/minilm-train-step`): losses, pre-clip gradient norms, parameters.
+//! (`fixtures/reference/minilm-train-step`): losses, pre-clip gradient norms, parameters.
 
 use burn::backend::{Autodiff, Flex};
-use kiln_model::hub::{locate_model, shared_dir, DEFAULT_MODEL_ID};
+use kiln_model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
 use kiln_model::parity::ReferenceFile;
 use kiln_tune::train_parity::{train_step_parity, TrainParityConfig};
 
 #[test]
 fn three_adamw_steps_match_pytorch() {
-    let shared = shared_dir().expect("shared assets not found: set KILN_SHARED_DIR (CI has them beside the checkout)");
-    let (model, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
-    let reference = ReferenceFile::open(shared.join("reference/minilm-train-step/reference.safetensors")).unwrap();
+    let model = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"));
+    let reference = ReferenceFile::open(kiln_testkit::reference("minilm-train-step/reference.safetensors")).unwrap();
     let rows =
         train_step_parity::<Autodiff<Flex>>(&model, &reference, TrainParityConfig::default(), &Default::default())
             .unwrap();

@@ -15,12 +15,12 @@
 //! larger than f32 summation order alone explains; which backend is closer to
 //! PyTorch element by element is not yet known (the reference stores norms, not gradients).
 //!
-//! Needs `shared/` (the reference outputs): set `KILN_SHARED_DIR` when it is not beside the
-//! checkout; the tests fail with that message otherwise.
+//! The references are the committed slices under `fixtures/reference`; the model comes through
+//! the demo's lookup and one-time fetch (`kiln::model::hub::locate_or_fetch`).
 
 use burn::backend::Autodiff;
 use burn::tensor::backend::Backend;
-use kiln::model::hub::{locate_model, shared_dir, DEFAULT_MODEL_ID};
+use kiln::model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
 use kiln::model::parity::{bert_parity, gpt2_parity, ReferenceFile, Tolerances};
 use kiln::model::{BertModel, Gpt2Model};
 use kiln::tune::train_parity::{train_step_parity, TrainParityConfig};
@@ -29,8 +29,12 @@ use kiln::tune::train_parity::{train_step_parity, TrainParityConfig};
 #[allow(dead_code)]
 const GPU_SLACK: f64 = 50.0;
 
-fn shared() -> std::path::PathBuf {
-    shared_dir().expect("shared assets not found: set KILN_SHARED_DIR (CI has them beside the checkout)")
+fn reference(rel: &str) -> std::path::PathBuf {
+    kiln_testkit::reference(rel)
+}
+
+fn model_dir() -> std::path::PathBuf {
+    locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn tolerances(slack: f64) -> Tolerances {
@@ -55,22 +59,22 @@ fn check_rows(what: &str, rows: &[kiln::model::parity::ParityRow], expected: usi
 }
 
 fn forward_parity<B: Backend>(device: &B::Device, slack: f64) {
-    let (model_dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    let model_dir = model_dir();
     let (bert, _) = BertModel::<B>::from_pretrained(&model_dir, false, device).unwrap();
     for file in ["minilm/reference.safetensors", "minilm/reference_pairs.safetensors"] {
-        let reference = ReferenceFile::open(shared().join("reference").join(file)).unwrap();
+        let reference = ReferenceFile::open(reference(file)).unwrap();
         let rows = bert_parity(&bert, &reference, tolerances(slack), device).unwrap();
         check_rows(file, &rows, 14);
     }
-    let (gpt, _) = Gpt2Model::<B>::from_pretrained(shared().join("reference/gpt2-tiny"), device).unwrap();
-    let reference = ReferenceFile::open(shared().join("reference/gpt2-tiny/reference.safetensors")).unwrap();
+    let (gpt, _) = Gpt2Model::<B>::from_pretrained(reference("gpt2-tiny"), device).unwrap();
+    let reference = ReferenceFile::open(reference("gpt2-tiny/reference.safetensors")).unwrap();
     let rows = gpt2_parity(&gpt, &reference, tolerances(slack), device).unwrap();
     check_rows("gpt2-tiny", &rows, 8);
 }
 
 fn training_parity<B: burn::tensor::backend::AutodiffBackend>(device: &B::Device, slack: f64, not_flex: bool) {
-    let (model_dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
-    let reference = ReferenceFile::open(shared().join("reference/minilm-train-step/reference.safetensors")).unwrap();
+    let model_dir = model_dir();
+    let reference = ReferenceFile::open(reference("minilm-train-step/reference.safetensors")).unwrap();
     let base = TrainParityConfig::default();
     let cfg = TrainParityConfig {
         tol_loss: base.tol_loss * slack,
@@ -96,8 +100,8 @@ fn step_gradients<B: burn::tensor::backend::AutodiffBackend>() -> Vec<(String, V
     use burn::tensor::TensorData;
     use kiln::tune::classifier::{SequenceClassifier, Targets};
     let device = Default::default();
-    let r = ReferenceFile::open(shared().join("reference/minilm-train-step/reference.safetensors")).unwrap();
-    let (dir, _) = locate_model(DEFAULT_MODEL_ID, None).unwrap_or_else(|e| panic!("{e}"));
+    let r = ReferenceFile::open(reference("minilm-train-step/reference.safetensors")).unwrap();
+    let dir = model_dir();
     let tensor = |name: &str| {
         let (shape, values) = r.f32(name).unwrap();
         TensorData::new(values.to_vec(), shape.to_vec())

