@@ -16,6 +16,8 @@
 
 pub mod analysis;
 pub mod run;
+pub mod runs;
+pub mod tensorboard;
 pub mod training;
 
 use std::path::{Path, PathBuf};
@@ -65,6 +67,14 @@ pub enum FormatError {
         found: String,
         /// The version this kiln writes and reads.
         expected: &'static str,
+    },
+    /// A binary file (a TensorBoard event file) is not in its format.
+    #[error("{path} is malformed: {why}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, and where.
+        why: String,
     },
 }
 

@@ -183,7 +183,7 @@ impl RunDir {
     }
 
     /// Removes every entry of [`RUN_ENTRIES`] (the run and what was derived from it) and
-    /// nothing else.
+    /// kiln's TensorBoard event files (`events.out.tfevents.*.kiln`), nothing else.
     ///
     /// # Errors
     /// [`RunDirError::Io`].
@@ -199,6 +199,12 @@ impl RunDir {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
                 Err(err) => return Err(io(&p)(err)),
+            }
+        }
+        // kiln's TensorBoard event files (a user's own event files there stay).
+        for p in kiln_format::tensorboard::event_files(&self.0) {
+            if p.extension().is_some_and(|e| e == "kiln") {
+                std::fs::remove_file(&p).map_err(io(&p))?;
             }
         }
         Ok(())
@@ -256,7 +262,14 @@ mod tests {
     fn clear_removes_the_run_and_its_derived_files_and_nothing_else() {
         let dir = tempfile::tempdir().unwrap();
         let run = RunDir::new(dir.path());
-        for f in ["config.json", "metrics.jsonl", "report.html", "notes.txt"] {
+        for f in [
+            "config.json",
+            "metrics.jsonl",
+            "report.html",
+            "notes.txt",
+            "events.out.tfevents.1.h.2.kiln",
+            "events.out.tfevents.1.mine",
+        ] {
             std::fs::write(dir.path().join(f), "x").unwrap();
         }
         for d in ["checkpoints/last", "analysis", "data"] {
@@ -266,6 +279,8 @@ mod tests {
         run.clear().unwrap();
         assert_eq!(run.existing_run(), None);
         assert!(dir.path().join("notes.txt").exists() && dir.path().join("data").exists());
+        assert!(!dir.path().join("events.out.tfevents.1.h.2.kiln").exists());
+        assert!(dir.path().join("events.out.tfevents.1.mine").exists());
     }
 
     #[test]

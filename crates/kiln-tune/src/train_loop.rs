@@ -258,7 +258,7 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
         let keep = Some(state.global_step).filter(|_| resumed);
         let (log, dynamics) = match self.run {
             Some(run) => (
-                Some(MetricsLog::open(run.metrics(), keep)?),
+                Some(MetricsLog::open_with_events(run, keep)?),
                 match self.settings.data_map {
                     true => Some(MetricsLog::open(run.0.join("dynamics.jsonl"), keep)?),
                     false => None,

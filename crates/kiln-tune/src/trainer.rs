@@ -41,6 +41,7 @@ use crate::run_dir::OnExisting;
 use kiln_model::roles::ModelRoles;
 
 use crate::run_files::MetricsLine;
+use kiln_format::tensorboard::{self, EventWriter};
 
 use crate::strategy::{
     child_tuning_d_mask, trainable_report, ChildMask, GradientMask, StrategyConfig, StrategyError, TunedIoError, Tuning,
@@ -176,6 +177,9 @@ pub enum TrainError {
     /// A tuned-part file could not be read or does not fit.
     #[error(transparent)]
     Tuned(#[from] TunedIoError),
+    /// A run file (`metrics.jsonl`, a TensorBoard event file) could not be read or written.
+    #[error(transparent)]
+    RunFile(#[from] kiln_format::FormatError),
 }
 
 /// Training and dev examples of a task.
@@ -402,9 +406,34 @@ pub fn evaluate<B: Backend>(
 
 pub(crate) struct MetricsLog {
     path: PathBuf,
+    /// TensorBoard's copy of the scalars (`metrics.jsonl` only, not `dynamics.jsonl`).
+    events: Option<EventWriter>,
 }
 
 impl MetricsLog {
+    /// [`MetricsLog::open`] for `metrics.jsonl`, plus a new TensorBoard event file in the run
+    /// directory: kiln's earlier event files there are removed and the kept lines replayed
+    /// into the new one (with the replay's wall time), so after a resume TensorBoard shows
+    /// each step once, as `metrics.jsonl` does.
+    pub(crate) fn open_with_events(run: &RunDir, keep_until: Option<usize>) -> Result<Self, TrainError> {
+        let mut log = Self::open(run.metrics(), keep_until)?;
+        for old in tensorboard::event_files(&run.0) {
+            if old.extension().is_some_and(|e| e == "kiln") {
+                std::fs::remove_file(&old).map_err(|source| TrainError::Io {
+                    path: old.clone(),
+                    source,
+                })?;
+            }
+        }
+        let now = tensorboard::now();
+        let events = EventWriter::create(&run.0, now)?;
+        for line in kiln_format::training::read_lines::<MetricsLine>(&log.path)? {
+            events.metrics_line(&line, now)?;
+        }
+        log.events = Some(events);
+        Ok(log)
+    }
+
     /// Keeps only lines of steps ≤ `keep_until` (a resumed run rewrites what followed).
     pub(crate) fn open(path: PathBuf, keep_until: Option<usize>) -> Result<Self, TrainError> {
         let kept = match (keep_until, std::fs::read_to_string(&path)) {
@@ -421,10 +450,13 @@ impl MetricsLog {
             _ => String::new(),
         };
         checkpoint::write_atomic(&path, kept.as_bytes())?;
-        Ok(Self { path })
+        Ok(Self { path, events: None })
     }
 
     pub(crate) fn write(&self, line: MetricsLine) -> Result<(), TrainError> {
+        if let Some(events) = &self.events {
+            events.metrics_line(&line, tensorboard::now())?;
+        }
         self.write_value(serde_json::to_value(line).expect("a metrics line serialises"))
     }
 

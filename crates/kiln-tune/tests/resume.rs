@@ -139,6 +139,37 @@ fn stopped_and_resumed_run_equals_uninterrupted_run_bit_for_bit() {
         .map(|v| v["step"].as_u64().unwrap())
         .collect();
     assert_eq!(train_steps, vec![1, 2, 3, 4, 5, 6]);
+    assert_tensorboard_mirrors_metrics(dir_b.path());
+}
+
+/// The run's one TensorBoard event file holds exactly the scalars of `metrics.jsonl`: each
+/// training line's loss, lr, gradient norm and throughput, each evaluation's metrics, at their
+/// steps, once each (a resume replays the kept lines into a new file).
+fn assert_tensorboard_mirrors_metrics(dir: &std::path::Path) {
+    use kiln_format::tensorboard::{event_files, read_scalars, scalars_of};
+    use kiln_format::training::{read_lines, MetricsLine};
+    let files = event_files(dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let got: Vec<(String, i64, f32)> = read_scalars(&files[0])
+        .unwrap()
+        .into_iter()
+        .map(|s| (s.tag, s.step, s.value))
+        .collect();
+    let lines: Vec<MetricsLine> = read_lines(&dir.join("metrics.jsonl")).unwrap();
+    let want: Vec<(String, i64, f32)> = lines
+        .iter()
+        .flat_map(|l| {
+            let (step, scalars) = scalars_of(l);
+            scalars.into_iter().map(move |(tag, v)| (tag, step as i64, v))
+        })
+        .collect();
+    assert_eq!(got, want);
+    let tags: std::collections::BTreeSet<&str> = got.iter().map(|g| g.0.as_str()).collect();
+    assert!(
+        tags.contains("train/loss") && tags.contains("train/lr") && tags.contains("eval/accuracy"),
+        "{tags:?}"
+    );
+    assert_eq!(got.iter().filter(|g| g.0 == "train/loss").count(), 6);
 }
 
 #[test]

@@ -8,6 +8,7 @@ mod demo;
 mod lens;
 mod lm;
 mod run;
+mod runs;
 #[cfg(test)]
 mod tests;
 
@@ -39,6 +40,9 @@ pub enum Command {
     },
     /// Write RUN/report.html: a self-contained interactive report of a run directory.
     Report(run::ReportArgs),
+    /// List the run directories under a folder (task, strategy, seed, best metric, wall time),
+    /// or compare runs side by side (--compare A B ...: differing configuration, results).
+    Runs(runs::RunsArgs),
     /// Aggregate finished sweeps into a table (markdown + CSV).
     Table {
         #[command(subcommand)]
@@ -73,6 +77,7 @@ impl Command {
             Self::Export(args) => args.run(),
             Self::Lens { what } => what.run(),
             Self::Report(args) => args.run(),
+            Self::Runs(args) => args.run(),
             Self::Table { what } => what.run(),
             Self::Fuzz(args) => fuzz::fuzz(args),
             Self::Fetch(args) => args.run(),

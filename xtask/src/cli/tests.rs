@@ -285,6 +285,35 @@ fn lm_finetune_writes_a_run_of_a_byte_level_decoder() {
         }
         other => panic!("{other:?}"),
     }
+    // TensorBoard: the run's event file has every logged step's loss and both evaluations.
+    let events = kiln::format::tensorboard::event_files(&run);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let scalars = kiln::format::tensorboard::read_scalars(&events[0]).unwrap();
+    let steps_of = |tag: &str| {
+        scalars
+            .iter()
+            .filter(|s| s.tag == tag)
+            .map(|s| s.step)
+            .collect::<Vec<_>>()
+    };
+    let logged: Vec<kiln::format::training::MetricsLine> =
+        kiln::format::training::read_lines(&run.join("metrics.jsonl")).unwrap();
+    let train_lines = logged
+        .iter()
+        .filter(|l| matches!(l, kiln::format::training::MetricsLine::Train { .. }))
+        .count();
+    assert_eq!(steps_of("train/loss").len(), train_lines);
+    assert!(train_lines > 0 && steps_of("train/lr").len() == train_lines);
+    assert_eq!(steps_of("eval/perplexity"), [15, 30], "{scalars:?}");
+    // `runs` lists it, finished, with its task and held-out perplexity.
+    let listing = super::runs::listing(dir.path()).unwrap();
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    let row = listing.lines().nth(2).unwrap();
+    assert!(
+        row.contains("causal-lm") && row.contains("finished") && row.contains("perplexity="),
+        "{listing}"
+    );
+
     let err = run_on(DeviceKind::Flex, job(OnExisting::Refuse)).unwrap().unwrap_err();
     assert!(format!("{err:#}").contains("already"), "{err:#}");
 
