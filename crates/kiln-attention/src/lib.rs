@@ -52,6 +52,22 @@ pub struct AttentionOutput<B: Backend> {
 
 /// An attention mechanism: maps per-head `q`, `k`, `v` to per-head context vectors.
 ///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::prelude::*;
+/// use kiln_attention::{Attention, AttentionMask, SoftmaxAttention};
+///
+/// let device = Default::default();
+/// // One head, two positions; the keys are equal, so each query attends half to each.
+/// let q = Tensor::<Flex, 4>::from_floats([[[[1.0, 0.0], [0.0, 1.0]]]], &device);
+/// let k = Tensor::<Flex, 4>::from_floats([[[[1.0, 1.0], [1.0, 1.0]]]], &device);
+/// let v = Tensor::<Flex, 4>::from_floats([[[[2.0, 0.0], [0.0, 4.0]]]], &device);
+/// let out = SoftmaxAttention::new(0.0).attend(q, k, v, &AttentionMask::none(), true);
+/// let context: Vec<f32> = out.context.into_data().to_vec().unwrap();
+/// assert_eq!(context, [1.0, 2.0, 1.0, 2.0]);
+/// assert!(out.weights.is_some());
+/// ```
+///
 /// Shapes: `q` is `[batch, heads, seq_q, head_dim]`, `k` is `[batch, heads, seq_k, head_dim]`,
 /// `v` is `[batch, heads, seq_k, head_dim_v]`. Queries are *not* pre-scaled: each mechanism
 /// applies its own scaling (softmax uses `head_dim^-1/2`).

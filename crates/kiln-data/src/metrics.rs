@@ -36,6 +36,14 @@ pub fn f1(pred: &[usize], gold: &[usize]) -> f64 {
 
 /// Matthews correlation coefficient of binary predictions; 0 when a marginal is empty
 /// (sklearn's convention).
+///
+/// ```
+/// use kiln_data::metrics::matthews;
+/// // tp = 2, tn = 1, fp = 1, fn = 0: (2·1 − 1·0) / √(3·2·2·1) = 2/√12
+/// let mcc = matthews(&[1, 1, 1, 0], &[1, 1, 0, 0]);
+/// assert!((mcc - 2.0 / 12f64.sqrt()).abs() < 1e-12);
+/// assert_eq!(matthews(&[1, 1], &[1, 0]), 0.0); // a constant prediction
+/// ```
 pub fn matthews(pred: &[usize], gold: &[usize]) -> f64 {
     let (tp, tn, fp, fn_) = confusion(pred, gold);
     let denom = ((tp + fp) * (tp + fn_) * (tn + fp) * (tn + fn_)).sqrt();

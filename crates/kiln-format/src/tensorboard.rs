@@ -121,6 +121,17 @@ fn record(data: &[u8]) -> Vec<u8> {
 /// Appends events to one `events.out.tfevents.*` file. Each record is written whole with one
 /// `write` call, so a run killed mid-way leaves at most a truncated last record, which
 /// TensorBoard skips.
+///
+/// ```
+/// use kiln_format::tensorboard::{read_scalars, EventWriter};
+///
+/// let dir = tempfile::tempdir()?;
+/// let events = EventWriter::create(dir.path(), 1_700_000_000.0)?;
+/// events.scalar("train/loss", 0.5, 10, 1_700_000_001.0)?;
+/// let back = read_scalars(events.path())?;
+/// assert_eq!((back[0].tag.as_str(), back[0].step, back[0].value), ("train/loss", 10, 0.5));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct EventWriter {
     path: PathBuf,

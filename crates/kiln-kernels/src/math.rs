@@ -270,6 +270,17 @@ pub fn erf(x: &[f32], y: &mut [f32]) {
 }
 
 /// Exact GELU, `y = x·Φ(x)`, in parallel.
+///
+/// ```
+/// let x = [-1.0f32, 0.0, 1.0, 3.0];
+/// let mut y = [0.0f32; 4];
+/// kiln_kernels::math::gelu(&x, &mut y);
+/// // x·Φ(x) with Φ(1) = 0.841344746, Φ(-1) = 1 − Φ(1), Φ(3) = 0.998650102
+/// let want = [-(1.0 - 0.841_344_75), 0.0, 0.841_344_75, 3.0 * 0.998_650_1];
+/// for (a, b) in y.iter().zip(want) {
+///     assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+/// }
+/// ```
 pub fn gelu(x: &[f32], y: &mut [f32]) {
     par_map(x, y, gelu_slice);
 }

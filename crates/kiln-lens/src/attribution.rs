@@ -20,6 +20,20 @@ use burn::tensor::backend::AutodiffBackend;
 
 /// Attention rollout `[N, S, S]` from per-layer attention `[N, H, S, S]` (bottom layer first)
 /// and the attention mask `[N, S]`.
+///
+/// ```
+/// use burn::backend::Flex;
+/// use burn::prelude::*;
+///
+/// let device = Default::default();
+/// // One layer, one head, two tokens, each attending only to token 0.
+/// let attention = Tensor::<Flex, 4>::from_floats([[[[1.0, 0.0], [1.0, 0.0]]]], &device);
+/// let mask = Tensor::<Flex, 2, Int>::ones([1, 2], &device);
+/// let r = kiln_lens::attribution::rollout(&[attention], mask);
+/// // 0.5·A + 0.5·I, rows renormalised: token 1 keeps half of itself.
+/// let got: Vec<f32> = r.into_data().to_vec().unwrap();
+/// assert_eq!(got, [1.0, 0.0, 0.5, 0.5]);
+/// ```
 pub fn rollout<B: Backend>(attentions: &[Tensor<B, 4>], attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
     let means: Vec<Tensor<B, 3>> = attentions
         .iter()

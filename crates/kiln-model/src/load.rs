@@ -216,6 +216,29 @@ impl<B: Backend> BertModel<B> {
     /// Builds the model from `dir/config.json` and loads `dir/model.safetensors`.
     /// With `with_pooler`, the checkpoint must contain `pooler.dense`.
     ///
+    /// Loading a checkpoint and running a forward pass that captures every hidden state and
+    /// attention map (what transformers returns with `output_hidden_states=True,
+    /// output_attentions=True`):
+    ///
+    /// ```
+    /// use burn::backend::Flex;
+    /// use burn::prelude::*;
+    /// use kiln_model::{BertModel, Capture};
+    ///
+    /// let device = Default::default();
+    /// // A 2-layer BERT in Hugging Face layout (any BERT checkpoint directory works).
+    /// let (model, config) = BertModel::<Flex>::from_pretrained("../../fixtures/tiny-bert-mlm", false, &device)?;
+    /// let ids = Tensor::<Flex, 2, Int>::from_ints([[2, 17, 30, 3]], &device);
+    /// let mask = Tensor::<Flex, 2, Int>::ones([1, 4], &device);
+    /// let out = model.forward(ids, None, Some(mask), Capture::hidden_and_attentions());
+    /// assert_eq!(out.last_hidden_state.dims(), [1, 4, config.hidden_size]);
+    /// assert_eq!(out.hidden_states.len(), config.num_hidden_layers + 1);
+    /// let attentions = out.attentions(); // per layer [batch, heads, seq, seq]
+    /// let row_sum: f32 = attentions[0].clone().sum_dim(3).mean().into_scalar();
+    /// assert!((row_sum - 1.0).abs() < 1e-5);
+    /// # Ok::<(), kiln_model::ModelError>(())
+    /// ```
+    ///
     /// # Errors
     /// Any [`ModelError`] from the config or the weights.
     pub fn from_pretrained(

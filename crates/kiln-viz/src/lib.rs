@@ -205,6 +205,25 @@ pub fn render(data: &Value) -> String {
 
 /// Writes `run/report.html` (atomically: temporary file, then rename) and returns its path.
 ///
+/// Every view draws what the run directory holds; a run with only its training log gets the
+/// curves, and the analysis views appear once `analysis/analysis.json` exists:
+///
+/// ```
+/// use kiln_format::training::MetricsLine;
+///
+/// let run = tempfile::tempdir()?;
+/// let lines = [
+///     MetricsLine::Train { step: 1, epoch: 0, loss: 0.69, lr: 2e-5, grad_norm: 1.5, seq_per_s: 40.0 },
+///     MetricsLine::Eval { step: 1, epoch: 0, metrics: [("accuracy".to_string(), 0.75)].into() },
+/// ];
+/// let text: String = lines.iter().map(|l| serde_json::to_string(l).unwrap() + "\n").collect();
+/// std::fs::write(run.path().join("metrics.jsonl"), text)?;
+/// let page = kiln_viz::write_report(run.path(), None)?;
+/// let html = std::fs::read_to_string(page)?;
+/// assert!(html.starts_with("<!DOCTYPE html>") && html.contains("0.69"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Errors
 /// [`ReportError`].
 pub fn write_report(run: &Path, texts: Option<Vec<String>>) -> Result<PathBuf, ReportError> {

@@ -117,6 +117,25 @@ pub trait BackendJob {
 
 /// Runs `job` on the backend named by `kind`.
 ///
+/// ```
+/// use burn::prelude::*;
+/// use burn::tensor::backend::AutodiffBackend;
+/// use kiln::backend::{run_on, BackendJob, DeviceKind};
+///
+/// /// Generic code, instantiated for whichever backend the user picked.
+/// struct SumOfSquares(Vec<f32>);
+/// impl BackendJob for SumOfSquares {
+///     type Output = f32;
+///     fn run<B: AutodiffBackend>(self, device: B::Device, _: DeviceKind) -> f32 {
+///         let x = Tensor::<B, 1>::from_floats(self.0.as_slice(), &device);
+///         x.powi_scalar(2).sum().into_scalar().elem()
+///     }
+/// }
+/// let kind: DeviceKind = "cpu".parse()?;
+/// assert_eq!(run_on(kind, SumOfSquares(vec![1.0, 2.0, 3.0]))?, 14.0);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Errors
 /// Starts a GPU backend's default device with one tiny operation. Their runtimes report a
 /// missing driver or adapter by panicking (cudarc, on a device thread, when `libcuda.so` is not

@@ -21,6 +21,30 @@ pub struct Tuning {
 impl Tuning {
     /// Validates and composes `components` (empty = full fine-tuning).
     ///
+    /// Applying LoRA + BitFit to a classifier: the components come from JSON (as in an
+    /// experiment file), [`Tuning::insert`] adds the LoRA factors, and the report counts what
+    /// trains — the inserts, every bias and the new head, nothing else:
+    ///
+    /// ```
+    /// use burn::backend::{Autodiff, Flex};
+    /// use kiln_model::roles::ModelRoles;
+    /// use kiln_tune::classifier::SequenceClassifier;
+    /// use kiln_tune::params::param_infos;
+    /// use kiln_tune::strategy::{trainable_report, StrategyConfig, Tuning};
+    ///
+    /// type B = Autodiff<Flex>;
+    /// let device = Default::default();
+    /// let (model, _) = SequenceClassifier::<B>::from_pretrained("../../fixtures/tiny-bert-mlm", 2, &device)?;
+    /// let components: Vec<StrategyConfig> =
+    ///     serde_json::from_str(r#"[{"kind": "lora", "r": 2, "targets": ["query", "value"]}, {"kind": "bit_fit"}]"#)?;
+    /// let tuning = Tuning::new(&components)?;
+    /// let model = tuning.insert(model, &device)?;
+    /// let report = trainable_report(&tuning, &param_infos(&model), &model.param_roles());
+    /// assert_eq!(tuning.name(), "lora+bit_fit");
+    /// assert!(report.trainable > 0 && report.trainable * 5 < report.total, "{report:?}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
     /// # Errors
     /// [`StrategyError`] for an incompatible combination or a bad setting.
     pub fn new(components: &[StrategyConfig]) -> Result<Self, StrategyError> {
