@@ -25,6 +25,7 @@
 //! The optimizer is kiln's own rather than `burn::optim::AdamW`: see [`optim`] for why.
 #![warn(missing_docs)]
 
+pub mod callbacks;
 pub mod checkpoint;
 pub mod classifier;
 pub mod export;

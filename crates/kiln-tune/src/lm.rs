@@ -14,6 +14,7 @@ use kiln_data::metrics::TaskMetrics;
 use kiln_model::{Capture, Gpt2Model};
 use serde::{Deserialize, Serialize};
 
+use crate::callbacks::{Control, TrainEvent};
 use crate::objective::causal_lm::CausalLm;
 use crate::objective::masked_lm::{MaskedLm, MaskedLmModel, Masking};
 use crate::objective::Objective;
@@ -21,7 +22,7 @@ use crate::optim::AdamWConfig;
 use crate::params::param_infos;
 use crate::run_dir::OnExisting;
 use crate::strategy::{child_tuning_d_mask, ChildMask, GradientMask, Tuning};
-use crate::train_loop::{LoopEvent, LoopSettings, Outcome, Session};
+use crate::train_loop::{LoopSettings, Outcome, Session};
 use crate::trainer::{RunDir, StopAt, TrainError};
 use kiln_model::roles::ModelRoles;
 
@@ -516,6 +517,8 @@ fn train_objective<B: AutodiffBackend, O: Objective<B>>(
             eval_every: Some(cfg.eval_every).filter(|&n| n > 0),
             log_every: 1,
             data_map: false,
+            best_metric: None,
+            progress_bar: written.is_some(),
         },
         tuning,
         mask: mask.as_ref(),
@@ -531,23 +534,27 @@ fn train_objective<B: AutodiffBackend, O: Objective<B>>(
         trainable: report.trainable,
         total: report.total,
     };
-    let (model, outcome) = session.run(model, &infos, &roles, resumed, &mut |event| match event {
-        LoopEvent::Step {
-            step,
-            loss,
-            lr,
-            grad_norm,
-        } => {
-            let logged = LmStep {
-                step: step - 1,
-                loss: *loss,
-                lr: *lr,
-                grad_norm: *grad_norm,
-            };
-            on_step(&logged);
-            history.steps.push(logged);
+    let (model, outcome) = session.run(model, &infos, &roles, resumed, &mut |event| {
+        match event {
+            TrainEvent::Step {
+                step,
+                loss,
+                lr,
+                grad_norm,
+            } => {
+                let logged = LmStep {
+                    step: step - 1,
+                    loss: *loss,
+                    lr: *lr,
+                    grad_norm: *grad_norm,
+                };
+                on_step(&logged);
+                history.steps.push(logged);
+            }
+            TrainEvent::Eval { step, metrics } => history.evals.push((*step, perplexity_of(metrics))),
+            TrainEvent::Checkpoint { .. } => {}
         }
-        LoopEvent::Eval { step, metrics } => history.evals.push((*step, perplexity_of(metrics))),
+        Control::Continue
     })?;
     history.train_seconds = outcome.train_time.as_secs_f64();
     history.train_tokens = history.steps.len() * cfg.batch_size * cfg.block_len;

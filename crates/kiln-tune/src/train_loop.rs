@@ -17,6 +17,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln_data::metrics::TaskMetrics;
 use kiln_model::roles::Roles;
 
+use crate::callbacks::{Control, TrainEvent};
 use crate::checkpoint::{self, TrainState};
 use crate::objective::{Inner, Objective};
 use crate::optim::{AdamW, AdamWConfig, GradientTransform, ParamGroup};
@@ -27,33 +28,23 @@ use crate::trainer::{mix, MetricsLog, RunDir, StopAt, TrainError};
 
 /// The loop's own settings (the objective holds the data-side ones).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct LoopSettings {
+pub(crate) struct LoopSettings<'a> {
     pub adamw: AdamWConfig,
     pub lr: f64,
     pub seed: u64,
     pub eval_every: Option<usize>,
     pub log_every: usize,
     pub data_map: bool,
-}
-
-/// What the loop reports as it goes (progress bars, in-memory histories).
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum LoopEvent<'a> {
-    /// An optimizer step (1-based `step`) with the mean loss of its micro-batches.
-    Step {
-        step: usize,
-        loss: f64,
-        lr: f64,
-        grad_norm: f64,
-    },
-    /// An evaluation after `step`.
-    Eval { step: usize, metrics: &'a TaskMetrics },
+    /// The metric that picks `checkpoints/best` (`None`: the objective's primary metric).
+    pub best_metric: Option<&'a str>,
+    /// Whether the loop draws a progress bar (a run directory's command-line default).
+    pub progress_bar: bool,
 }
 
 /// What the loop needs and does not change.
 pub(crate) struct Session<'a, B: AutodiffBackend, O: Objective<B>> {
     pub objective: &'a O,
-    pub settings: LoopSettings,
+    pub settings: LoopSettings<'a>,
     pub tuning: &'a Tuning,
     pub mask: Option<&'a ChildMask<B::InnerBackend>>,
     /// Where metrics and checkpoints go; `None` trains in memory.
@@ -113,10 +104,19 @@ struct Progress<'e, M> {
     last_metrics: Option<TaskMetrics>,
     started: Instant,
     train_time: Duration,
-    observe: &'e mut dyn FnMut(&LoopEvent<'_>),
+    observe: &'e mut dyn FnMut(&TrainEvent<'_>) -> Control,
+    /// A callback asked the run to end.
+    stop_requested: bool,
 }
 
 impl<M> Progress<'_, M> {
+    /// Hands `event` to the callbacks; a `Stop` ends the run after the current step.
+    fn tell(&mut self, event: &TrainEvent<'_>) {
+        if (self.observe)(event) == Control::Stop {
+            self.stop_requested = true;
+        }
+    }
+
     fn window_mean(&self) -> f64 {
         self.window_loss / self.window_n.max(1) as f64
     }
@@ -144,7 +144,7 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
         infos: &[ParamInfo],
         roles: &Roles,
         resumed: bool,
-        observe: &mut dyn FnMut(&LoopEvent<'_>),
+        observe: &mut dyn FnMut(&TrainEvent<'_>) -> Control,
     ) -> Result<(O::Model, Outcome), TrainError> {
         let num_layers = model.shape().layers;
         let mut model = self.tuning.freeze(model);
@@ -180,6 +180,7 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
             started: Instant::now(),
             train_time: Duration::ZERO,
             observe,
+            stop_requested: false,
         };
         let steps = self.objective.steps();
         'epochs: for epoch in progress.state.epoch..steps.epochs {
@@ -207,13 +208,18 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
                 model = self.update(model, &mut opt, &mut progress, &out, (epoch, bi, last_of_epoch))?;
                 progress.train_time += started.elapsed();
                 let step = progress.state.global_step;
-                let stopping = self.stop.step == Some(step);
                 let eval_now = last_of_epoch || self.settings.eval_every.is_some_and(|n| step.is_multiple_of(n.max(1)));
                 if eval_now {
                     self.evaluate(&model, &mut progress, &out, epoch, last_of_epoch)?;
                 }
+                let stopping = self.stop.step == Some(step) || progress.stop_requested;
                 if let (true, Some(run)) = (eval_now || stopping, self.run) {
                     checkpoint::save(&run.last(), &model, self.tuning, &opt, &progress.state)?;
+                    progress.tell(&TrainEvent::Checkpoint {
+                        step,
+                        path: &run.last(),
+                        best: false,
+                    });
                 }
                 if stopping {
                     break 'epochs;
@@ -266,10 +272,11 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
             ),
             None => (None, None),
         };
-        // In memory the caller reports progress (its `observe`), so the loop's bar stays hidden.
-        let bar = match self.run {
-            Some(_) => ProgressBar::new(self.objective.steps().total as u64),
-            None => ProgressBar::hidden(),
+        // The bar is the command line's default; a library caller follows the run through its
+        // callbacks (and `tracing`).
+        let bar = match self.settings.progress_bar {
+            true => ProgressBar::new(self.objective.steps().total as u64),
+            false => ProgressBar::hidden(),
         };
         let bar = bar.with_style(
             ProgressStyle::with_template("{spinner} {prefix} [{bar:30}] {pos}/{len} steps  {msg}  ETA {eta}")
@@ -340,7 +347,7 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
         }
         let step = state.global_step;
         let step_loss = std::mem::take(&mut progress.step_loss) / micro_batches.max(1) as f64;
-        (progress.observe)(&LoopEvent::Step {
+        progress.tell(&TrainEvent::Step {
             step,
             loss: step_loss,
             lr,
@@ -386,8 +393,16 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
         let inner: Inner<B, O> = model.valid();
         let last = step == self.objective.steps().total;
         let metrics = self.objective.evaluate(&inner, last, self.device)?;
-        let value = metrics.primary_value();
-        if self.run.is_some() {
+        let value = match self.settings.best_metric {
+            None => metrics.primary_value(),
+            Some(name) => *metrics.values.get(name).ok_or_else(|| {
+                TrainError::Invalid(format!(
+                    "best_metric `{name}` is not among this task's metrics ({})",
+                    metrics.values.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?,
+        };
+        if self.settings.progress_bar {
             out.bar.println(format!(
                 "{} step {step} epoch {epoch}: {} = {value:.4}",
                 self.objective.label(),
@@ -395,7 +410,7 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
             ));
         }
         tracing::info!(step, epoch, metric = %metrics.primary, value, "evaluation");
-        (progress.observe)(&LoopEvent::Eval {
+        progress.tell(&TrainEvent::Eval {
             step,
             metrics: &metrics,
         });
@@ -419,6 +434,11 @@ impl<B: AutodiffBackend, O: Objective<B>> Session<'_, B, O> {
             progress.state.best = Some((value, step));
             if let Some(run) = self.run {
                 checkpoint::write_weights(&run.best(), model, self.tuning)?;
+                progress.tell(&TrainEvent::Checkpoint {
+                    step,
+                    path: &run.best(),
+                    best: true,
+                });
             }
         }
         progress.last_metrics = Some(metrics);

@@ -96,6 +96,30 @@ pub struct TrainConfig {
     /// Record training dynamics: at each epoch end, the gold-class probability of every
     /// training example (`dynamics.jsonl`, one line per epoch; classification only).
     pub data_map: bool,
+    /// The dev metric that picks `checkpoints/best` and `results.json`'s `best` (`None`: the
+    /// task's primary metric; GLUE's metrics all increase).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub best_metric: Option<String>,
+    /// Stop when the dev metric stops improving ([`crate::callbacks::EarlyStopping`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingConfig>,
+}
+
+/// `early_stopping` of a [`TrainConfig`]: HF's `early_stopping_patience` and
+/// `early_stopping_threshold`, on `metric` (default: [`TrainConfig::best_metric`], else the
+/// primary metric).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EarlyStoppingConfig {
+    /// Evaluations without improvement before stopping.
+    #[serde(deserialize_with = "crate::validate::whole")]
+    pub patience: usize,
+    /// The least change that counts as an improvement.
+    #[serde(default)]
+    pub min_delta: f64,
+    /// The metric watched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -120,6 +144,8 @@ impl Default for TrainConfig {
             attention_layers: None,
             attention_transfer: None,
             data_map: false,
+            best_metric: None,
+            early_stopping: None,
         }
     }
 }
@@ -580,6 +606,9 @@ pub(crate) fn check_run_dir(
 /// `false` refuses, `true` resumes): resuming continues from `run/checkpoints/last`, so that
 /// the final weights equal those of an uninterrupted run (see [`crate::run_dir`]).
 ///
+/// The command line's entry point: a progress bar, and the early stopping the configuration
+/// asks for. [`Trainer`] is the same run with callbacks and no bar.
+///
 /// # Errors
 /// [`TrainError`]; on a non-finite loss or gradient the run stops and the last checkpoint is
 /// left as it was.
@@ -594,55 +623,172 @@ pub fn train<B: AutodiffBackend>(
     stop: StopAt,
     device: &B::Device,
 ) -> Result<(SequenceClassifier<B>, TrainResults), TrainError> {
-    let start = Instant::now();
-    let (tuning, resumed, _lock) = open_run(&model, tok, data, cfg, run, on_existing.into())?;
-    let set = TrainSet::new(data, cfg)?;
-    let mut model = model;
-    if let Some(p) = cfg.dropout {
-        model.set_dropout(p);
+    Trainer::new(cfg, run)
+        .on_existing(on_existing)
+        .stop_at(stop)
+        .progress_bar(true)
+        .train(model, tok, data, device)
+}
+
+/// A fine-tuning run of a [`SequenceClassifier`], built up and then started: the run
+/// directory and what to do with one that exists, callbacks that see every step, evaluation
+/// and checkpoint and may stop the run ([`crate::callbacks`]), whether to draw a progress
+/// bar (off: a library caller reports through its callbacks), a stop step.
+///
+/// ```no_run
+/// # use burn::backend::{Autodiff, Flex};
+/// # use kiln_tune::classifier::SequenceClassifier;
+/// # use kiln_tune::trainer::{TaskData, TrainConfig, Trainer, RunDir};
+/// use kiln_tune::callbacks::{Control, EarlyStopping, TrainEvent};
+/// # fn demo(model: SequenceClassifier<Autodiff<Flex>>, tok: &kiln_data::TextTokenizer, data: &TaskData) -> Result<(), Box<dyn std::error::Error>> {
+/// let cfg = TrainConfig { epochs: 10, ..TrainConfig::default() };
+/// let run = RunDir::new("runs/mine");
+/// let mut losses = Vec::new();
+/// let (model, results) = Trainer::new(&cfg, &run)
+///     .callback(EarlyStopping::new(2))
+///     .callback(|e: &TrainEvent<'_>| {
+///         if let TrainEvent::Step { loss, .. } = e {
+///             losses.push(*loss);
+///         }
+///         Control::Continue
+///     })
+///     .train(model, tok, data, &Default::default())?;
+/// # Ok(()) }
+/// ```
+pub struct Trainer<'a> {
+    cfg: &'a TrainConfig,
+    run: &'a RunDir,
+    on_existing: OnExisting,
+    stop: StopAt,
+    progress_bar: bool,
+    callbacks: Vec<Box<dyn crate::callbacks::Callback + 'a>>,
+}
+
+impl<'a> Trainer<'a> {
+    /// A run of `cfg` into `run`: refuses a directory that holds a run, no bar, no callbacks
+    /// (besides the configuration's early stopping).
+    pub fn new(cfg: &'a TrainConfig, run: &'a RunDir) -> Self {
+        Self {
+            cfg,
+            run,
+            on_existing: OnExisting::Refuse,
+            stop: StopAt::default(),
+            progress_bar: false,
+            callbacks: Vec::new(),
+        }
     }
-    B::seed(device, mix(cfg.seed, INSERT_STREAM));
-    let model = convert_attention(model, cfg, &set, tok, run, resumed, device)?;
-    let model = tuning.insert(model, device)?;
-    // Child-Tuning_D's Fisher pass sees the pretrained weights, also when resuming (the mask
-    // is recomputed, not stored: it is a function of the seed and the pretrained model).
-    let mask = gradient_mask(&tuning, &model, &set, tok, cfg, device)?;
-    let model = if resumed {
-        checkpoint::read_weights(&run.last(), model, &tuning)?
-    } else {
-        model
-    };
-    let (infos, roles) = (param_infos(&model), model.param_roles());
-    let report = trainable_report(&tuning, &infos, &roles);
-    tracing::info!(strategy = %report.strategy, trainable = report.trainable, total = report.total, percent = format!("{:.3}", report.percent), "trainable parameters");
-    report.write(&run.0)?;
-    let objective = crate::objective::classification::Classification {
-        tok,
-        data,
-        cfg,
-        set: &set,
-    };
-    let session = crate::train_loop::Session {
-        objective: &objective,
-        settings: crate::train_loop::LoopSettings {
-            adamw: cfg.adamw,
-            lr: cfg.lr,
-            seed: cfg.seed,
-            eval_every: cfg.eval_every,
-            log_every: cfg.log_every,
-            data_map: cfg.data_map,
-        },
-        tuning: &tuning,
-        mask: mask.as_ref(),
-        run: Some(run),
-        stop,
-        device,
-    };
-    let (model, outcome) = session.run(model, &infos, &roles, resumed, &mut |_| {})?;
-    let attention = cfg.attention.as_ref().map(|variant| attention_summary(variant, cfg));
-    let results = outcome.into_results(data.task.short_name().into(), &report, start, resumed, attention);
-    results.write(&run.0)?;
-    Ok((model, results))
+
+    /// What to do where `run` already holds a run.
+    pub fn on_existing(mut self, on_existing: impl Into<OnExisting>) -> Self {
+        self.on_existing = on_existing.into();
+        self
+    }
+
+    /// Stop after a given optimizer step (the `last` checkpoint written).
+    pub fn stop_at(mut self, stop: StopAt) -> Self {
+        self.stop = stop;
+        self
+    }
+
+    /// Draw a progress bar on the terminal.
+    pub fn progress_bar(mut self, on: bool) -> Self {
+        self.progress_bar = on;
+        self
+    }
+
+    /// Adds a callback (called in the order added).
+    pub fn callback(mut self, callback: impl crate::callbacks::Callback + 'a) -> Self {
+        self.callbacks.push(Box::new(callback));
+        self
+    }
+
+    /// Trains `model` on `data` (see [`train`]).
+    ///
+    /// # Errors
+    /// As [`train`].
+    pub fn train<B: AutodiffBackend>(
+        self,
+        model: SequenceClassifier<B>,
+        tok: &TextTokenizer,
+        data: &TaskData,
+        device: &B::Device,
+    ) -> Result<(SequenceClassifier<B>, TrainResults), TrainError> {
+        let Self {
+            cfg,
+            run,
+            on_existing,
+            stop,
+            progress_bar,
+            mut callbacks,
+        } = self;
+        let start = Instant::now();
+        let (tuning, resumed, _lock) = open_run(&model, tok, data, cfg, run, on_existing)?;
+        if let Some(es) = &cfg.early_stopping {
+            let mut cb = crate::callbacks::EarlyStopping::new(es.patience).min_delta(es.min_delta);
+            cb.metric = es.metric.clone().or_else(|| cfg.best_metric.clone());
+            callbacks.push(Box::new(cb));
+        }
+        let set = TrainSet::new(data, cfg)?;
+        let mut model = model;
+        if let Some(p) = cfg.dropout {
+            model.set_dropout(p);
+        }
+        B::seed(device, mix(cfg.seed, INSERT_STREAM));
+        let model = convert_attention(model, cfg, &set, tok, run, resumed, device)?;
+        let model = tuning.insert(model, device)?;
+        // Child-Tuning_D's Fisher pass sees the pretrained weights, also when resuming (the
+        // mask is recomputed, not stored: it is a function of the seed and the pretrained model).
+        let mask = gradient_mask(&tuning, &model, &set, tok, cfg, device)?;
+        let model = if resumed {
+            checkpoint::read_weights(&run.last(), model, &tuning)?
+        } else {
+            model
+        };
+        let (infos, roles) = (param_infos(&model), model.param_roles());
+        let report = trainable_report(&tuning, &infos, &roles);
+        tracing::info!(strategy = %report.strategy, trainable = report.trainable, total = report.total, percent = format!("{:.3}", report.percent), "trainable parameters");
+        report.write(&run.0)?;
+        let objective = crate::objective::classification::Classification {
+            tok,
+            data,
+            cfg,
+            set: &set,
+        };
+        let session = crate::train_loop::Session {
+            objective: &objective,
+            settings: crate::train_loop::LoopSettings {
+                adamw: cfg.adamw,
+                lr: cfg.lr,
+                seed: cfg.seed,
+                eval_every: cfg.eval_every,
+                log_every: cfg.log_every,
+                data_map: cfg.data_map,
+                best_metric: cfg.best_metric.as_deref(),
+                progress_bar,
+            },
+            tuning: &tuning,
+            mask: mask.as_ref(),
+            run: Some(run),
+            stop,
+            device,
+        };
+        let mut observe = |event: &crate::callbacks::TrainEvent<'_>| {
+            // Every callback sees every event; any one may stop the run.
+            callbacks
+                .iter_mut()
+                .fold(crate::callbacks::Control::Continue, |control, cb| {
+                    match cb.on_event(event) {
+                        crate::callbacks::Control::Stop => crate::callbacks::Control::Stop,
+                        crate::callbacks::Control::Continue => control,
+                    }
+                })
+        };
+        let (model, outcome) = session.run(model, &infos, &roles, resumed, &mut observe)?;
+        let attention = cfg.attention.as_ref().map(|variant| attention_summary(variant, cfg));
+        let results = outcome.into_results(data.task.short_name().into(), &report, start, resumed, attention);
+        results.write(&run.0)?;
+        Ok((model, results))
+    }
 }
 
 /// What `results.json` records of an attention conversion: the variant's kind and settings

@@ -7,10 +7,11 @@ use burn::prelude::*;
 use kiln_data::{Example, GlueTask, Label, TextInput, TextTokenizer};
 use kiln_model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
 use kiln_model::{BertConfig, BertModel};
+use kiln_tune::callbacks::{Control, TrainEvent};
 use kiln_tune::checkpoint::model_bytes;
 use kiln_tune::classifier::SequenceClassifier;
 use kiln_tune::strategy::{Houlsby, Lora};
-use kiln_tune::trainer::{train, RunDir, StopAt, TaskData, TrainConfig, TrainError};
+use kiln_tune::trainer::{train, EarlyStoppingConfig, RunDir, StopAt, TaskData, TrainConfig, TrainError, Trainer};
 
 type A = Autodiff<Flex>;
 
@@ -467,4 +468,75 @@ fn out_of_range_settings_are_errors_before_anything_is_written() {
             "{message}: nothing written"
         );
     }
+}
+
+/// A library caller's callbacks see every step, evaluation and checkpoint in order; the
+/// configuration's early stopping (patience 1 on a metric that cannot move at lr 1e-12) ends
+/// the 6-epoch run at the second evaluation with `checkpoints/last` and `results.json`
+/// written; a `best_metric` the task does not have is an error naming the ones it has.
+#[test]
+fn callbacks_see_every_event_and_early_stopping_ends_the_run_cleanly() {
+    let _rng = kiln_testkit::rng_lock();
+    let tok = tokenizer();
+    let data = data(|i| Label::Class((i % 8) % 2));
+    let dir = tempfile::tempdir().unwrap();
+    let run = RunDir::new(dir.path());
+    let cfg = TrainConfig {
+        epochs: 6,
+        lr: 1e-12,
+        eval_every: None,
+        early_stopping: Some(EarlyStoppingConfig {
+            patience: 1,
+            min_delta: 0.0,
+            metric: None,
+        }),
+        ..config()
+    };
+    let mut events = Vec::new();
+    let (_, results) = Trainer::new(&cfg, &run)
+        .callback(|e: &TrainEvent<'_>| {
+            events.push(match e {
+                TrainEvent::Step { step, .. } => format!("step {step}"),
+                TrainEvent::Eval { step, .. } => format!("eval {step}"),
+                TrainEvent::Checkpoint { step, best, path } => {
+                    assert!(path.is_dir(), "{}", path.display());
+                    format!("{} {step}", if *best { "best" } else { "last" })
+                }
+            });
+            Control::Continue
+        })
+        .train(tiny_model(7, 2), &tok, &data, &Default::default())
+        .unwrap();
+    assert_eq!(
+        events,
+        [
+            "step 1", "step 2", "step 3", "eval 3", "best 3", "last 3", "step 4", "step 5", "step 6", "eval 6",
+            "last 6"
+        ]
+    );
+    assert_eq!((results.steps, results.best.map(|b| b.1)), (6, Some(3)));
+    let on_disk = kiln_format::run::Results::read(dir.path()).unwrap().unwrap();
+    assert_eq!(on_disk.steps, 6);
+    assert!(run.last().join("state.json").exists());
+
+    let bad = TrainConfig {
+        epochs: 1,
+        best_metric: Some("f1".into()),
+        ..config()
+    };
+    let other = tempfile::tempdir().unwrap();
+    let err = train(
+        tiny_model(7, 2),
+        &tok,
+        &data,
+        &bad,
+        &RunDir::new(other.path()),
+        false,
+        StopAt::default(),
+        &Default::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(err.contains("best_metric `f1`") && err.contains("accuracy"), "{err}");
 }
