@@ -11,6 +11,7 @@ mod embed;
 mod experiment;
 mod export;
 mod fuzz;
+mod import_peft;
 mod lens;
 mod lm;
 mod lm_finetune;

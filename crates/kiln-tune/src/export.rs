@@ -171,15 +171,26 @@ pub fn export_peft_lora<B: Backend>(
             tensors.push((format!("{key}.lora_B.weight"), s, b));
         }
     }
-    let (s, b) = f32s(model.classifier.weight.val().transpose());
-    tensors.push((format!("{PREFIX}classifier.weight"), s, b));
-    if let Some(bias) = &model.classifier.bias {
-        let v = bias.val().into_data().convert::<f32>().to_vec::<f32>().expect("f32");
-        tensors.push((
-            format!("{PREFIX}classifier.bias"),
-            vec![v.len()],
-            v.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        ));
+    // The head: the classifier and the pooler under it. The pooler is saved too (PEFT's
+    // `modules_to_save` "pooler"): checkpoints such as all-MiniLM-L6-v2 have none, so the base
+    // model alone would give it fresh random weights and the adapter would not reproduce the
+    // logits (an adapter of such a model saved without it cannot be reproduced in PyTorch
+    // either).
+    let mut linears = vec![("classifier", &model.classifier)];
+    if let Some(pooler) = &model.bert.pooler {
+        linears.push(("bert.pooler.dense", &pooler.dense));
+    }
+    for (name, linear) in linears {
+        let (s, b) = f32s(linear.weight.val().transpose());
+        tensors.push((format!("{PREFIX}{name}.weight"), s, b));
+        if let Some(bias) = &linear.bias {
+            let v = bias.val().into_data().convert::<f32>().to_vec::<f32>().expect("f32");
+            tensors.push((
+                format!("{PREFIX}{name}.bias"),
+                vec![v.len()],
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            ));
+        }
     }
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
@@ -197,7 +208,7 @@ pub fn export_peft_lora<B: Backend>(
         bias: "none".into(),
         fan_in_fan_out: false,
         use_rslora: false,
-        modules_to_save: Some(vec!["classifier".into(), "score".into()]),
+        modules_to_save: Some(vec!["classifier".into(), "score".into(), "pooler".into()]),
         base_model_name_or_path: Some(base_model.into()),
         inference_mode: true,
     };
@@ -259,9 +270,20 @@ pub fn import_peft_lora<B: Backend>(
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect(),
+            // Adapters saved from a half-precision model (`model.half()`, `torch_dtype=bf16`).
+            Dtype::F16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => view
+                .data()
+                .chunks_exact(2)
+                .map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32())
+                .collect(),
             other => {
                 return Err(ExportError::Invalid(format!(
-                    "{}: {name} is {other:?}; kiln reads F32 adapters",
+                    "{}: {name} is {other:?}; kiln reads F32, F16 and BF16 adapters",
                     st_path.display()
                 )))
             }
@@ -273,7 +295,8 @@ pub fn import_peft_lora<B: Backend>(
         let key = key.replace(".modules_to_save.default.", ".");
         tensors.insert(key, (view.shape().to_vec(), data));
     }
-    let mut take2 = |key: &str, want: [usize; 2]| -> Result<Tensor<B, 2>, ExportError> {
+    type Read = HashMap<String, (Vec<usize>, Vec<f32>)>;
+    let take2 = |tensors: &mut Read, key: &str, want: [usize; 2]| -> Result<Tensor<B, 2>, ExportError> {
         let (shape, data) = tensors
             .remove(key)
             .ok_or_else(|| ExportError::Invalid(format!("{}: missing {key}", st_path.display())))?;
@@ -292,14 +315,16 @@ pub fn import_peft_lora<B: Backend>(
             let key = format!("{PREFIX}bert.encoder.layer.{i}.{}", slot.hf_path());
             let [d_in, r] = delta.a.dims();
             let [_, d_out] = delta.b.dims();
-            let a = take2(&format!("{key}.lora_A.weight"), [r, d_in])?.transpose();
-            let b = take2(&format!("{key}.lora_B.weight"), [d_out, r])?.transpose();
+            let a = take2(&mut tensors, &format!("{key}.lora_A.weight"), [r, d_in])?.transpose();
+            let b = take2(&mut tensors, &format!("{key}.lora_B.weight"), [d_out, r])?.transpose();
             delta.a = Param::initialized(delta.a.id, a);
             delta.b = Param::initialized(delta.b.id, b);
         }
     }
     let [hidden, labels] = model.classifier.weight.dims();
-    if let Ok(w) = take2(&format!("{PREFIX}classifier.weight"), [labels, hidden]) {
+    // A head of another shape (another task's label count) is an error naming it, not ignored.
+    if tensors.contains_key(&format!("{PREFIX}classifier.weight")) {
+        let w = take2(&mut tensors, &format!("{PREFIX}classifier.weight"), [labels, hidden])?;
         model.classifier.weight = Param::initialized(model.classifier.weight.id, w.transpose());
         if let Some((shape, data)) = tensors.remove(&format!("{PREFIX}classifier.bias")) {
             if let Some(bias) = &mut model.classifier.bias {
@@ -311,6 +336,27 @@ pub fn import_peft_lora<B: Backend>(
         }
     } else {
         tracing::warn!("{}: no classifier head; the model keeps its own", st_path.display());
+    }
+    if let Some(pooler) = &mut model.bert.pooler {
+        let [d_in, d_out] = pooler.dense.weight.dims();
+        if tensors.contains_key(&format!("{PREFIX}bert.pooler.dense.weight")) {
+            let w = take2(
+                &mut tensors,
+                &format!("{PREFIX}bert.pooler.dense.weight"),
+                [d_out, d_in],
+            )?;
+            pooler.dense.weight = Param::initialized(pooler.dense.weight.id, w.transpose());
+            if let Some((shape, data)) = tensors.remove(&format!("{PREFIX}bert.pooler.dense.bias")) {
+                if let Some(bias) = &mut pooler.dense.bias {
+                    if shape != [d_out] {
+                        return Err(ExportError::Invalid(format!(
+                            "bert.pooler.dense.bias has shape {shape:?}"
+                        )));
+                    }
+                    *bias = Param::initialized(bias.id, Tensor::from_data(TensorData::new(data, shape), device));
+                }
+            }
+        }
     }
     if !tensors.is_empty() {
         let mut left: Vec<String> = tensors.into_keys().collect();

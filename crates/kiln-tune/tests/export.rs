@@ -106,8 +106,8 @@ fn peft_round_trip_reproduces_logits_with_peft_key_names() {
         st.tensor("base_model.model.classifier.weight").unwrap().shape(),
         [3, 16]
     );
-    // 2 layers × 3 targets × (A, B) + head weight and bias.
-    assert_eq!(st.len(), 2 * 3 * 2 + 2);
+    // 2 layers × 3 targets × (A, B) + head and pooler, weight and bias each.
+    assert_eq!(st.len(), 2 * 3 * 2 + 4);
 
     let (imported, stored) = import_peft_lora(tiny(1), dir.path(), &device).unwrap();
     assert_eq!(stored.name(), "lora");
@@ -116,6 +116,95 @@ fn peft_round_trip_reproduces_logits_with_peft_key_names() {
     // A different base gives different logits: the adapter alone does not carry the model.
     let (other, _) = import_peft_lora(tiny(2), dir.path(), &device).unwrap();
     assert_ne!(logits(&other), logits(&model));
+}
+
+/// An adapter saved in half precision (PEFT from a `.half()` or bf16 model) imports: the
+/// logits are those of the f32 adapter rounded to 11 (f16) or 8 (bf16) significant bits.
+#[test]
+fn half_precision_peft_adapters_import() {
+    let _rng = kiln_testkit::rng_lock();
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let (model, tuning) = trained_lora(&["query", "value"]);
+    let dir = tempfile::tempdir().unwrap();
+    export_peft_lora(&model, &tuning, "base", dir.path()).unwrap();
+    let path = dir.path().join("adapter_model.safetensors");
+    let f32_bytes = std::fs::read(&path).unwrap();
+    let (f32_model, _) = import_peft_lora(tiny(1), dir.path(), &device).unwrap();
+    let want = logits(&f32_model);
+    let spread = want.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    for (dtype, to_bytes, tol) in [
+        (
+            safetensors::Dtype::F16,
+            (|x: f32| half::f16::from_f32(x).to_le_bytes()) as fn(f32) -> [u8; 2],
+            2e-3,
+        ),
+        (
+            safetensors::Dtype::BF16,
+            |x: f32| half::bf16::from_f32(x).to_le_bytes(),
+            2e-2,
+        ),
+    ] {
+        let st = safetensors::SafeTensors::deserialize(&f32_bytes).unwrap();
+        let converted: Vec<(String, Vec<usize>, Vec<u8>)> = st
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| {
+                let data = view
+                    .data()
+                    .chunks_exact(4)
+                    .flat_map(|b| to_bytes(f32::from_le_bytes(b.try_into().unwrap())))
+                    .collect();
+                (name, view.shape().to_vec(), data)
+            })
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = converted
+            .iter()
+            .map(|(n, shape, data)| {
+                (
+                    n.clone(),
+                    safetensors::tensor::TensorView::new(dtype, shape.clone(), data).unwrap(),
+                )
+            })
+            .collect();
+        std::fs::write(&path, safetensors::serialize(views, None).unwrap()).unwrap();
+        let (half_model, _) = import_peft_lora(tiny(1), dir.path(), &device).unwrap();
+        let got = logits(&half_model);
+        let diff = max_diff(&got, &want);
+        assert!(
+            diff > 0.0 && diff < tol * spread.max(1.0),
+            "{dtype:?}: {diff} (logits up to {spread})"
+        );
+    }
+}
+
+/// A restricted strategy's tuned file restores the run's pooler, which no such strategy
+/// trains: on a checkpoint without one (all-MiniLM-L6-v2) the pooler is drawn fresh for the
+/// run, so a restore onto a base with another pooler must still give the run's logits (before
+/// the pooler was saved, `lens analyse` and `export` of a LoRA run saw a different one).
+#[test]
+fn a_tuned_checkpoint_restores_the_pooler_its_run_drew() {
+    let _rng = kiln_testkit::rng_lock();
+    let _turn = BACKEND_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let device = Default::default();
+    let (model, tuning) = trained_lora(&["query"]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tuned.safetensors");
+    kiln_tune::strategy::save_tuned(&model, &tuning, &file).unwrap();
+    // The same encoder with another pooler and head, as a fresh process would draw them.
+    let mut base = tiny(1);
+    let random =
+        |shape: [usize; 2]| Tensor::<A, 2>::random(shape, burn::tensor::Distribution::Normal(0.0, 0.5), &device);
+    base.set_head(
+        random([16, 16]),
+        Tensor::zeros([16], &device),
+        random([3, 16]),
+        Tensor::zeros([3], &device),
+    );
+    let fresh = tuning.insert(base, &device).unwrap();
+    assert_ne!(logits(&fresh), logits(&model));
+    let restored = kiln_tune::strategy::load_tuned(fresh, &tuning, &file).unwrap();
+    assert!(max_diff(&logits(&restored), &logits(&model)) < 1e-6);
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub enum Command {
     Sweep(run::SweepArgs),
     /// Export a run's best checkpoint: a PEFT LoRA adapter (--format peft) or a Hugging Face model (--format hf).
     Export(run::ExportArgs),
+    /// Turn a PEFT LoRA adapter into a kiln run directory (for lens analyse, report, export).
+    ImportPeft(run::ImportPeftArgs),
     /// Interpretability analyses.
     Lens {
         #[command(subcommand)]
@@ -75,6 +77,7 @@ impl Command {
             Self::Run(args) => args.run(),
             Self::Sweep(args) => args.run(),
             Self::Export(args) => args.run(),
+            Self::ImportPeft(args) => args.run(),
             Self::Lens { what } => what.run(),
             Self::Report(args) => args.run(),
             Self::Runs(args) => args.run(),

@@ -206,3 +206,55 @@ impl ReportArgs {
         Ok(())
     }
 }
+
+#[derive(clap::Args)]
+pub struct ImportPeftArgs {
+    /// The PEFT LoRA adapter directory (adapter_config.json + adapter_model.safetensors; f32, f16 or bf16).
+    pub adapter: PathBuf,
+    /// The run directory to create.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The adapter's GLUE task (its dev set is evaluated; default: the bundled sentiment fixture, as `demo`).
+    #[arg(long, value_parser = glue_task)]
+    pub task: Option<kiln::data::GlueTask>,
+    /// GLUE directory holding the task's folder (default: shared/data/glue when found).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl ImportPeftArgs {
+    pub fn run(self) -> Result<()> {
+        let model = self.model.resolve()?;
+        let (data, source) = crate::demo::demo_data(self.task, self.data.as_deref())?;
+        let results = run_on(
+            self.device.device,
+            crate::import_peft::ImportPeftJob {
+                adapter: self.adapter.clone(),
+                model,
+                data,
+                source,
+                out: self.out.clone(),
+            },
+        )??;
+        println!(
+            "Imported {} ({}, {} of {} parameters) into {}",
+            self.adapter.display(),
+            results.strategy,
+            results.trainable_params,
+            results.total_params,
+            self.out.display()
+        );
+        for (k, v) in &results.final_metrics.values {
+            println!("  dev {k:<9} {v:.4}");
+        }
+        println!(
+            "Next: cargo xtask lens analyse {0}; cargo xtask report {0}",
+            self.out.display()
+        );
+        Ok(())
+    }
+}

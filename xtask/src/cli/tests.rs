@@ -525,3 +525,79 @@ fn lens_analyse_runs_the_decoder_pipeline_on_a_causal_lm_run() {
     let err = format!("{:#}", analyse("best").unwrap_err());
     assert!(err.contains("the text changed since the run"), "{err}");
 }
+
+/// `import-peft` on an adapter in PEFT's layout (written by kiln's exporter from a LoRA model
+/// whose B factors are random, so the adapter changes the logits): the run it makes loads back
+/// through `export::load_run` — as `lens analyse` and `export` load runs — with the adapter's
+/// logits, records the strategy and provenance, refuses a second import into it, and the
+/// report draws it.
+#[test]
+fn import_peft_makes_a_run_that_analyse_export_and_report_accept() {
+    use kiln::burn::backend::{Autodiff, Flex};
+    use kiln::burn::module::{AutodiffModule, Param};
+    use kiln::burn::prelude::*;
+    use kiln::tune::classifier::SequenceClassifier;
+    use kiln::tune::strategy::{Lora, StrategyConfig, Tuning};
+    type A = Autodiff<Flex>;
+    let _rng = kiln_testkit::rng_lock();
+    let device = Default::default();
+    A::seed(&device, 5);
+    let base = kiln_testkit::fixtures_dir().join("tiny-bert-mlm");
+    let (model, _) = SequenceClassifier::<A>::from_pretrained(&base, 2, &device).unwrap();
+    let tuning = Tuning::new(&[StrategyConfig::Lora(Lora {
+        r: 2,
+        alpha: 4.0,
+        dropout: 0.0,
+        targets: vec!["query".into(), "value".into()],
+    })])
+    .unwrap();
+    let mut model = tuning.insert(model, &device).unwrap();
+    for layer in &mut model.bert.encoder.layer {
+        let lora = layer.inserts.lora.as_mut().unwrap();
+        for d in [&mut lora.query, &mut lora.value].into_iter().flatten() {
+            let dims = d.b.dims();
+            d.b = Param::from_tensor(Tensor::random(
+                dims,
+                kiln::burn::tensor::Distribution::Normal(0.0, 0.2),
+                &device,
+            ));
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let adapter = dir.path().join("adapter");
+    kiln::tune::export::export_peft_lora(&model, &tuning, "tiny-bert", &adapter).unwrap();
+    let (data, source) = demo::demo_data(None, None).unwrap();
+    let job = |out: std::path::PathBuf| crate::import_peft::ImportPeftJob {
+        adapter: adapter.clone(),
+        model: base.clone(),
+        data: data.clone(),
+        source: source.clone(),
+        out,
+    };
+    let out = dir.path().join("run");
+    let results = run_on(DeviceKind::Flex, job(out.clone())).unwrap().unwrap();
+    assert_eq!((results.strategy.as_str(), results.steps), ("lora", 0));
+    assert!(results.trainable_params > 0 && results.trainable_params < results.total_params);
+
+    let (loaded, loaded_tuning, config, task) = export::load_run::<A>(&base, &out, "best", &device).unwrap();
+    assert_eq!((loaded_tuning.name(), task.short_name()), ("lora".to_string(), "sst2"));
+    assert!(config.provenance.is_some());
+    let ids = Tensor::<Flex, 2, Int>::from_ints([[2, 11, 23, 37, 3], [2, 5, 8, 3, 0]], &device);
+    let mask = Tensor::<Flex, 2, Int>::from_ints([[1, 1, 1, 1, 1], [1, 1, 1, 1, 0]], &device);
+    let logits = |m: &SequenceClassifier<A>| -> Vec<f32> {
+        m.valid()
+            .forward(ids.clone(), ids.zeros_like(), mask.clone())
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let (want, got) = (logits(&model), logits(&loaded));
+    let diff = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "{want:?} vs {got:?}");
+    assert!(results.final_metrics.values.contains_key("accuracy"));
+
+    let err = run_on(DeviceKind::Flex, job(out.clone())).unwrap().unwrap_err();
+    assert!(format!("{err:#}").contains("already holds a run"), "{err:#}");
+    let page = kiln::viz::write_report(&out, None).unwrap();
+    assert!(std::fs::read_to_string(page).unwrap().contains("lora"));
+}

@@ -1,13 +1,24 @@
 //! Saving and loading the tuned part of a model: the tensors its strategy trains (all of
-//! them under full fine-tuning), by kiln path, with the strategy in the file's metadata.
+//! them under full fine-tuning) and the pooler, by kiln path, with the strategy in the file's
+//! metadata.
+//!
+//! The pooler is saved although no restricting strategy trains it: checkpoints such as
+//! all-MiniLM-L6-v2 have none, so it is initialised fresh for the run and the base model alone
+//! cannot reproduce it (files written before it was saved load with a warning and whatever
+//! pooler the base model gets).
 
 use std::collections::HashMap;
 
 use burn::module::{ModuleMapper, Param};
 use burn::prelude::*;
-use kiln_model::roles::{ModelRoles, Roles};
+use kiln_model::roles::{ModelRoles, ParamRole, Roles, Site};
 
 use super::{StrategyConfig, Tuning};
+
+/// Whether a tuned-part file holds the parameter with `role`.
+fn saved(tuning: &Tuning, role: &ParamRole) -> bool {
+    tuning.trains(role) || role.site == Site::Pooler
+}
 
 /// Errors of saving or loading a tuned part.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +98,7 @@ impl<B: Backend> burn::module::ModuleVisitor<B> for Collect<'_> {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         let path = self.stack.join(".");
-        if self.roles.get(param.id).is_some_and(|r| self.tuning.trains(r)) {
+        if self.roles.get(param.id).is_some_and(|r| saved(self.tuning, r)) {
             let t = param.val();
             let shape = t.dims().to_vec();
             let data = t.into_data().convert::<f32>().to_vec::<f32>().expect("f32");
@@ -146,11 +157,17 @@ impl<B: Backend> ModuleMapper<B> for Apply<'_> {
     }
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
         let path = self.stack.join(".");
-        if !self.roles.get(param.id).is_some_and(|r| self.tuning.trains(r)) {
+        let Some(role) = self.roles.get(param.id).filter(|r| saved(self.tuning, r)) else {
             return param;
-        }
+        };
         let Some((shape, data)) = self.tensors.get(&path) else {
-            self.missing.push(path);
+            if role.site == Site::Pooler && !self.tuning.trains(role) {
+                tracing::warn!(
+                    "{path}: not in the tuned file (written before kiln saved the pooler); the base model's is used"
+                );
+            } else {
+                self.missing.push(path);
+            }
             return param;
         };
         let (id, tensor, mapper) = param.consume();
