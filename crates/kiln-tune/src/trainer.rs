@@ -662,6 +662,7 @@ pub struct Trainer<'a> {
     stop: StopAt,
     progress_bar: bool,
     callbacks: Vec<Box<dyn crate::callbacks::Callback + 'a>>,
+    plugins: Vec<std::sync::Arc<dyn crate::strategy::Strategy>>,
 }
 
 impl<'a> Trainer<'a> {
@@ -675,7 +676,17 @@ impl<'a> Trainer<'a> {
             stop: StopAt::default(),
             progress_bar: false,
             callbacks: Vec::new(),
+            plugins: Vec::new(),
         }
+    }
+
+    /// Adds a strategy defined outside kiln ([`Tuning::with`]), composed with the
+    /// configuration's. It is named in `results.json` and `trainable.json` but, not being a
+    /// [`StrategyConfig`], not in `config.json`: a caller resuming or restoring the run adds it
+    /// again.
+    pub fn strategy(mut self, strategy: std::sync::Arc<dyn crate::strategy::Strategy>) -> Self {
+        self.plugins.push(strategy);
+        self
     }
 
     /// What to do where `run` already holds a run.
@@ -720,9 +731,10 @@ impl<'a> Trainer<'a> {
             stop,
             progress_bar,
             mut callbacks,
+            plugins,
         } = self;
         let start = Instant::now();
-        let (tuning, resumed, _lock) = open_run(&model, tok, data, cfg, run, on_existing)?;
+        let (tuning, resumed, _lock) = open_run(&model, tok, data, cfg, &plugins, run, on_existing)?;
         if let Some(es) = &cfg.early_stopping {
             let mut cb = crate::callbacks::EarlyStopping::new(es.patience).min_delta(es.min_delta);
             cb.metric = es.metric.clone().or_else(|| cfg.best_metric.clone());
@@ -823,6 +835,7 @@ fn open_run<B: Backend>(
     tok: &TextTokenizer,
     data: &TaskData,
     cfg: &TrainConfig,
+    plugins: &[std::sync::Arc<dyn crate::strategy::Strategy>],
     run: &RunDir,
     on_existing: OnExisting,
 ) -> Result<(Tuning, bool, crate::run_dir::RunLock), TrainError> {
@@ -834,7 +847,9 @@ fn open_run<B: Backend>(
         },
         &limits,
     )?;
-    let tuning = Tuning::new(&cfg.tuning)?;
+    let tuning = plugins
+        .iter()
+        .try_fold(Tuning::new(&cfg.tuning)?, |t, p| t.with(p.clone()))?;
     tuning.check_fits(&crate::strategy::TunableModel::shape(model))?;
     let lock = run.lock()?;
     let config_json =
