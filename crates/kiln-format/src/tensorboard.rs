@@ -360,7 +360,7 @@ mod tests {
 
     /// The events `scripts/make_tensorboard_fixture.py` writes with the `tensorboard` package.
     fn fixture_events(w: &EventWriter) {
-        w.scalar("train/loss", 0.693_147_2, 1, 1_700_000_001.25).unwrap();
+        w.scalar("train/loss", std::f32::consts::LN_2, 1, 1_700_000_001.25).unwrap();
         w.scalar("train/lr", 2e-5, 1, 1_700_000_001.25).unwrap();
         w.scalar("train/loss", 0.0, 0, 1_700_000_002.5).unwrap();
         w.scalar("eval/accuracy", 0.875, 300, 1_700_000_003.0).unwrap();
@@ -386,7 +386,7 @@ mod tests {
     fn the_reader_decodes_the_tensorboard_package_file() {
         let got = read_scalars(&fixture()).unwrap();
         let want = [
-            ("train/loss", 1, 1_700_000_001.25, 0.693_147_2),
+            ("train/loss", 1, 1_700_000_001.25, std::f32::consts::LN_2),
             ("train/lr", 1, 1_700_000_001.25, 2e-5),
             ("train/loss", 0, 1_700_000_002.5, 0.0),
             ("eval/accuracy", 300, 1_700_000_003.0, 0.875),
