@@ -360,7 +360,8 @@ mod tests {
 
     /// The events `scripts/make_tensorboard_fixture.py` writes with the `tensorboard` package.
     fn fixture_events(w: &EventWriter) {
-        w.scalar("train/loss", std::f32::consts::LN_2, 1, 1_700_000_001.25).unwrap();
+        w.scalar("train/loss", std::f32::consts::LN_2, 1, 1_700_000_001.25)
+            .unwrap();
         w.scalar("train/lr", 2e-5, 1, 1_700_000_001.25).unwrap();
         w.scalar("train/loss", 0.0, 0, 1_700_000_002.5).unwrap();
         w.scalar("eval/accuracy", 0.875, 300, 1_700_000_003.0).unwrap();
