@@ -289,11 +289,15 @@
     const pts = H.pruning, W = pr.width, Ht = pr.height, Lm = 48, B = 28;
     c.clearRect(0, 0, W, Ht);
     const ys = pts.map(p => p.metric), y0 = Math.min(0, ...ys), y1 = Math.max(...ys, 1e-9);
-    const sx = s => Lm + s * (W - Lm - 10) / 0.9, sy = y => Ht - B - (y - y0) / (y1 - y0) * (Ht - B - 10);
+    // The x axis ends at the largest share pruned, with room for its label.
+    const smax = Math.max(0.1, ...pts.map(p => p.share));
+    const sx = s => Lm + 8 + s * (W - Lm - 30) / smax, sy = y => Ht - B - (y - y0) / (y1 - y0) * (Ht - B - 10);
     c.strokeStyle = "#c5ccd8"; c.beginPath(); c.moveTo(Lm, 10); c.lineTo(Lm, Ht - B); c.lineTo(W - 10, Ht - B); c.stroke();
     c.fillStyle = "#5b6475"; c.font = "11px sans-serif";
     [y0, (y0 + y1) / 2, y1].forEach(y => c.fillText(fmt(y, 2), 4, sy(y) + 4));
-    pts.forEach(p => c.fillText(Math.round(100 * p.share) + "%", sx(p.share) - 8, Ht - 10));
+    c.textAlign = "center";
+    pts.forEach(p => c.fillText(Math.round(100 * p.share) + "%", sx(p.share), Ht - 10));
+    c.textAlign = "left";
     c.strokeStyle = palette[0]; c.lineWidth = 1.5; c.beginPath();
     pts.forEach((p, i) => i ? c.lineTo(sx(p.share), sy(p.metric)) : c.moveTo(sx(p.share), sy(p.metric))); c.stroke();
     text(document.getElementById("pruning-caption"), split + " " + H.metric + " (" + H.examples + " examples) with the least important heads (gate score) masked");
@@ -348,12 +352,23 @@
     box.dataset.tokens = String(inst.tokens.length);
     // Attention map of (layer, head); the focused token's row is outlined.
     const att = attention(+instPick.value), cv = document.getElementById("inst-attention"), ctx = cv.getContext("2d");
-    const cell = cv.width / s;
+    // Token labels: queries down the left, keys along the top (every k-th when cells are small).
+    const M = 70, size = cv.width - M, cell = size / s;
     ctx.clearRect(0, 0, cv.width, cv.height);
     const base = (l * nh + h) * s * s;
-    for (let i = 0; i < s; i++) for (let j = 0; j < s; j++) { ctx.fillStyle = ramp(att[base + i * s + j] / 255); ctx.fillRect(j * cell, i * cell, cell, cell); }
+    for (let i = 0; i < s; i++) for (let j = 0; j < s; j++) { ctx.fillStyle = ramp(att[base + i * s + j] / 255); ctx.fillRect(M + j * cell, M + i * cell, cell, cell); }
+    const every = Math.max(1, Math.ceil(9 / cell)), short = t => t.length > 10 ? t.slice(0, 9) + "…" : t;
+    ctx.fillStyle = "#5b6475"; ctx.font = Math.max(7, Math.min(11, Math.floor(cell * every) - 1)) + "px sans-serif";
+    ctx.textAlign = "right";
+    for (let i = 0; i < s; i += every) ctx.fillText(short(inst.tokens[i] || ""), M - 3, M + i * cell + cell / 2 + 3);
+    for (let j = 0; j < s; j += every) {
+      ctx.save(); ctx.translate(M + j * cell + cell / 2 + 3, M - 3); ctx.rotate(-Math.PI / 2);
+      ctx.textAlign = "left"; ctx.fillText(short(inst.tokens[j] || ""), 0, 0); ctx.restore();
+    }
+    ctx.textAlign = "left";
+    cv.dataset.labels = String(Math.ceil(s / every));
     const ft = Math.min(state.focusToken, s - 1);
-    ctx.strokeStyle = "#d9480f"; ctx.lineWidth = 2; ctx.strokeRect(0, ft * cell, cv.width, cell);
+    ctx.strokeStyle = "#d9480f"; ctx.lineWidth = 2; ctx.strokeRect(M, M + ft * cell, size, cell);
     const row = [];
     for (let j = 0; j < s; j++) row.push([att[base + ft * s + j] / 255, j]);
     row.sort((a, b) => b[0] - a[0]);

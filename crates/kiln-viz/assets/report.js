@@ -24,11 +24,36 @@
     });
     table.appendChild(tr);
   }
+  // A number as a person writes it: 4 significant digits, no trailing zeros (20.97, 0.5,
+  // 646, 2.000e-5).
   function fmt(v) {
     if (typeof v !== "number") return v == null ? "—" : String(v);
     const a = Math.abs(v);
-    return a !== 0 && (a < 1e-3 || a >= 1e5) ? v.toExponential(3) : v.toFixed(4);
+    if (a === 0) return "0";
+    if (!isFinite(v)) return String(v);
+    if (a < 1e-3 || a >= 1e6) return v.toExponential(3).replace(/\.?0+e/, "e");
+    const digits = Math.min(6, Math.max(0, 3 - Math.floor(Math.log10(a))));
+    return v.toFixed(digits).replace(/(\.\d*?)0+$/, "$1").replace(/\.$/, "");
   }
+  window.kilnFmt = fmt;
+  function seconds(s) {
+    if (typeof s !== "number") return "—";
+    if (s < 60) return s.toFixed(1) + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + String(Math.round(s % 60)).padStart(2, "0") + " s";
+    return Math.floor(s / 3600) + " h " + String(Math.round((s % 3600) / 60)).padStart(2, "0") + " min";
+  }
+  // About `n` round tick values (1, 2 or 5 × 10^k apart) covering [lo, hi]; `integer` keeps
+  // them whole (steps). A degenerate range gives its one value.
+  function ticks(lo, hi, n, integer) {
+    if (!(hi > lo)) return [lo];
+    let step = Math.pow(10, Math.floor(Math.log10((hi - lo) / n)));
+    for (const m of [1, 2, 5, 10]) { if ((hi - lo) / (step * m) <= n) { step *= m; break; } }
+    if (integer) step = Math.max(1, Math.round(step));
+    const out = [];
+    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(Math.abs(t) < step * 1e-9 ? 0 : t);
+    return out;
+  }
+  window.kilnTicks = ticks;
 
   // Line chart of several series [{name, points: [[x, y]]}].
   function lines(canvas, series, opts) {
@@ -40,18 +65,19 @@
     let x0 = Math.min(...pts.map(p => p[0])), x1 = Math.max(...pts.map(p => p[0]));
     let y0 = Math.min(...pts.map(p => p[1])), y1 = Math.max(...pts.map(p => p[1]));
     if (opts && opts.y01) { y0 = Math.min(0, y0); y1 = Math.max(1, y1); }
-    if (x1 === x0) x1 = x0 + 1;
-    if (y1 === y0) { y1 += 0.5; y0 -= 0.5; }
+    // One step (a single evaluation): the point sits in the middle of a one-tick axis.
+    const xTicks = ticks(x0, x1, 5, true);
+    if (x1 === x0) { x0 -= 1; x1 += 1; }
+    if (y1 === y0) { const d = Math.abs(y0) * 0.1 || 0.5; y1 += d; y0 -= d; }
     const sx = x => L + (x - x0) / (x1 - x0) * (W - L - R);
     const sy = y => H - B - (y - y0) / (y1 - y0) * (H - T - B);
     ctx.strokeStyle = "#c5ccd8"; ctx.fillStyle = "#5b6475"; ctx.font = "11px sans-serif";
     ctx.beginPath(); ctx.moveTo(L, T); ctx.lineTo(L, H - B); ctx.lineTo(W - R, H - B); ctx.stroke();
-    for (let i = 0; i <= 4; i++) {
-      const y = y0 + (y1 - y0) * i / 4;
-      ctx.fillText(fmt(y), 2, sy(y) + 4);
-      const x = x0 + (x1 - x0) * i / 4;
-      ctx.fillText(String(Math.round(x)), sx(x) - 8, H - 10);
-    }
+    ctx.textAlign = "right";
+    ticks(y0, y1, 4, false).forEach(y => ctx.fillText(fmt(y), L - 4, sy(y) + 4));
+    ctx.textAlign = "center";
+    xTicks.forEach(x => ctx.fillText(String(x), Math.min(sx(x), W - R - 8), H - 10));
+    ctx.textAlign = "left";
     series.forEach((s, k) => {
       ctx.strokeStyle = palette[k % palette.length]; ctx.lineWidth = 1.5; ctx.beginPath();
       s.points.forEach((p, i) => { if (i) ctx.lineTo(sx(p[0]), sy(p[1])); else ctx.moveTo(sx(p[0]), sy(p[1])); });
@@ -73,9 +99,9 @@
     row(summary, ["kiln", prov.kiln_version + (prov.git_commit ? " @ " + prov.git_commit.slice(0, 10) : "") + ", " + prov.backend]);
   }
   row(summary, ["steps", r.steps]);
-  row(summary, ["wall time (s)", fmt(r.wall_time_s)]);
-  row(summary, ["train seq/s", fmt(r.train_seq_per_s)]);
-  row(summary, ["peak RSS (MiB)", fmt(r.peak_rss_mb)]);
+  row(summary, ["wall time", seconds(r.wall_time_s)]);
+  row(summary, ["train seq/s", typeof r.train_seq_per_s === "number" ? r.train_seq_per_s.toFixed(1) : "—"]);
+  row(summary, ["peak RSS", typeof r.peak_rss_mb === "number" ? Math.round(r.peak_rss_mb) + " MiB" : "—"]);
   if (r.final_metrics) Object.entries(r.final_metrics.values).forEach(([k, v]) => row(summary, ["dev " + k, fmt(v)]));
   if (r.best) row(summary, ["best " + (r.final_metrics ? r.final_metrics.primary : ""), fmt(r.best[0]) + " at step " + r.best[1]]);
 
@@ -95,7 +121,17 @@
   }
 
   const dyn = data.dynamics || [];
-  if (dyn.length) {
+  if (dyn.length === 1) {
+    // Variability is the spread of p(gold) over epochs: with one epoch every point would sit
+    // on the confidence axis.
+    document.getElementById("datamap-section").hidden = false;
+    const canvas = document.getElementById("datamap");
+    canvas.hidden = true;
+    const note = document.createElement("p");
+    note.id = "datamap-note";
+    text(note, "The data map needs training dynamics from at least 2 epochs (variability is the spread of p(gold) across epochs); this run recorded 1. Train for 2 or more epochs with data_map = true.");
+    canvas.parentNode.insertBefore(note, canvas);
+  } else if (dyn.length) {
     document.getElementById("datamap-section").hidden = false;
     const n = dyn[0].p_gold.length, E = dyn.length;
     const points = [];

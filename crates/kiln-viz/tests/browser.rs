@@ -256,6 +256,11 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     assert_eq!(attr(&dom, "examples", "data-rows").as_deref(), Some("300"));
     assert_eq!(attr(&dom, "head-grid", "data-cells").as_deref(), Some("12"));
     assert_eq!(attr(&dom, "inst-tokens", "data-tokens").as_deref(), Some("6"));
+    // Every token of the instance labels its row and column of the attention map.
+    assert_eq!(attr(&dom, "inst-attention", "data-labels").as_deref(), Some("6"));
+    // The summary reads as a person writes: seconds with a unit, throughput to one decimal.
+    assert!(dom.contains("<th>wall time</th><td>12.5 s</td>"), "{dom:.3000}");
+    assert!(dom.contains("<th>train seq/s</th><td>10.0</td>"));
     assert!(
         dom.contains("<option value=\"1\">class 1</option>"),
         "an output selector per class"
@@ -365,4 +370,54 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
         );
     }
     println!("screenshots in {}", shots.display());
+}
+
+/// A run with one evaluation and one epoch of training dynamics: the curves draw (one tick on
+/// a one-point axis, no script error), and the data map says it needs two epochs instead of
+/// drawing every point on the confidence axis.
+#[test]
+fn a_one_epoch_run_gets_a_data_map_note_and_one_point_curves() {
+    use kiln_format::training::{DynamicsLine, MetricsLine};
+    let dir = tempfile::tempdir().unwrap();
+    let lines = [
+        serde_json::to_string(&MetricsLine::Train {
+            step: 3,
+            epoch: 0,
+            loss: 0.6,
+            lr: 1e-4,
+            grad_norm: 1.0,
+            seq_per_s: 20.0,
+        })
+        .unwrap(),
+        serde_json::to_string(&MetricsLine::Eval {
+            step: 3,
+            epoch: 0,
+            metrics: [("accuracy".to_string(), 0.75)].into(),
+        })
+        .unwrap(),
+    ];
+    std::fs::write(dir.path().join("metrics.jsonl"), lines.join("\n") + "\n").unwrap();
+    let dynamics = DynamicsLine {
+        epoch: 0,
+        step: 3,
+        p_gold: vec![0.2, 0.9, 0.6],
+        correct: vec![false, true, true],
+    };
+    std::fs::write(
+        dir.path().join("dynamics.jsonl"),
+        serde_json::to_string(&dynamics).unwrap() + "\n",
+    )
+    .unwrap();
+    let page = kiln_viz::write_report(dir.path(), None).unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let dom = dump(&page, "", profile.path());
+    assert_eq!(
+        body_attr(&dom, "data-ready").as_deref(),
+        Some("1"),
+        "the scripts did not finish"
+    );
+    assert_eq!(body_attr(&dom, "data-errors"), None, "script errors: {dom:.2000}");
+    assert!(dom.contains("id=\"datamap-note\""), "{dom:.3000}");
+    assert!(dom.contains("at least 2 epochs"));
+    assert_eq!(attr(&dom, "datamap", "hidden").as_deref(), Some(""));
 }
