@@ -158,7 +158,15 @@ pub fn provenance(
     data: Option<kiln::tune::run_dir::DataSource>,
     kind: DeviceKind,
 ) -> Result<kiln::tune::run_files::Provenance> {
-    let record = kiln::tune::run_files::ModelRecord::of_dir(&std::path::absolute(model)?, None)?;
+    let model = std::path::absolute(model)?;
+    // The hub id, when this directory is where the default model is found by its id (the HF
+    // or kiln cache, shared/): PEFT exports name it as their base.
+    let id = kiln::model::hub::locate_model(DEFAULT_MODEL_ID, None)
+        .ok()
+        .and_then(|(dir, _)| std::path::absolute(dir).ok())
+        .filter(|dir| dir == &model)
+        .map(|_| DEFAULT_MODEL_ID.to_string());
+    let record = kiln::tune::run_files::ModelRecord::of_dir(&model, id)?;
     Ok(kiln::tune::run_files::Provenance::now(
         record,
         data,

@@ -89,9 +89,18 @@ impl BackendJob for ExportJob {
     type Output = Result<()>;
 
     fn run<B: AutodiffBackend>(self, device: B::Device, _kind: DeviceKind) -> Self::Output {
-        let (model, tuning, ..) = load_run::<B>(&self.model, &self.run, "best", &device)?;
+        let (model, tuning, config, _) = load_run::<B>(&self.model, &self.run, "best", &device)?;
         match self.format {
-            ExportFormat::Peft => export_peft_lora(&model, &tuning, &self.model.display().to_string(), &self.out)?,
+            ExportFormat::Peft => {
+                // PEFT's `base_model_name_or_path`: the hub id when the run recorded one (the
+                // model was found or fetched by id), else the local directory.
+                let base = config
+                    .provenance
+                    .as_ref()
+                    .and_then(|p| p.model.id.clone())
+                    .unwrap_or_else(|| self.model.display().to_string());
+                export_peft_lora(&model, &tuning, &base, &self.out)?
+            }
             ExportFormat::Hf => {
                 let dir = CheckpointDir::new(&self.model);
                 export_hf_model(model, &dir.config(), &self.model, &self.out)?

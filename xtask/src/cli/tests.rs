@@ -601,3 +601,17 @@ fn import_peft_makes_a_run_that_analyse_export_and_report_accept() {
     let page = kiln::viz::write_report(&out, None).unwrap();
     assert!(std::fs::read_to_string(page).unwrap().contains("lora"));
 }
+
+/// A run's provenance names the hub id when its model directory is where the default model
+/// is found by id (PEFT exports then name it as `base_model_name_or_path`), and no id for any
+/// other directory.
+#[test]
+fn provenance_names_the_hub_id_of_a_model_found_by_id() {
+    use kiln::model::hub::{locate_or_fetch, DEFAULT_MODEL_ID};
+    let found = locate_or_fetch(DEFAULT_MODEL_ID, None, true).unwrap();
+    let p = crate::experiment::provenance(&found, None, DeviceKind::Flex).unwrap();
+    assert_eq!(p.model.id.as_deref(), Some(DEFAULT_MODEL_ID));
+    let other = kiln_testkit::fixtures_dir().join("tiny-bert-mlm");
+    let p = crate::experiment::provenance(&other, None, DeviceKind::Flex).unwrap();
+    assert_eq!(p.model.id, None);
+}
