@@ -40,7 +40,12 @@ impl RunSummary {
             dir: dir.to_path_buf(),
             task: config.task,
             strategy,
-            seed: config.train.get("seed").and_then(serde_json::Value::as_u64),
+            // A classification run's `train.seed`, a language-model run's `train.train.seed`.
+            seed: config
+                .train
+                .get("seed")
+                .or_else(|| config.train.pointer("/train/seed"))
+                .and_then(serde_json::Value::as_u64),
             results,
         })
     }
@@ -279,6 +284,11 @@ mod tests {
             (sb.results.is_none(), sb.strategy.as_deref(), sb.best_metric()),
             (true, Some("lora"), None)
         );
+        let lm = root.path().join("lm");
+        std::fs::create_dir_all(&lm).unwrap();
+        let train = serde_json::json!({"train": {"seed": 9, "steps": 30}, "tuning": []});
+        RunConfig::new("causal-lm", train, None).write(&lm).unwrap();
+        assert_eq!(RunSummary::read(&lm).unwrap().seed, Some(9));
     }
 
     #[test]
