@@ -43,6 +43,16 @@ fn dump(page: &Path, fragment: &str, profile: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The page's scripts ran to the end without an error.
+fn assert_rendered(dom: &str) {
+    assert_eq!(
+        body_attr(dom, "data-ready").as_deref(),
+        Some("1"),
+        "the scripts did not finish"
+    );
+    assert_eq!(body_attr(dom, "data-errors"), None, "script errors: {dom:.2000}");
+}
+
 /// Attribute `name` of the element with id `id`.
 fn attr(dom: &str, id: &str, name: &str) -> Option<String> {
     let at = dom.find(&format!("id=\"{id}\""))?;
@@ -245,12 +255,7 @@ fn report_views_render_and_stay_linked_in_a_real_browser() {
     let count = |pred: &dyn Fn(&Value) -> bool| examples.iter().filter(|e| pred(e)).count().to_string();
 
     let dom = dump(&page, "", profile.path());
-    assert_eq!(
-        body_attr(&dom, "data-ready").as_deref(),
-        Some("1"),
-        "the scripts did not finish"
-    );
-    assert_eq!(body_attr(&dom, "data-errors"), None, "script errors: {dom:.2000}");
+    assert_rendered(&dom);
     assert_eq!(body_attr(&dom, "data-pwned"), None, "the hostile sentence ran");
     assert_eq!(attr(&dom, "projection", "data-drawn").as_deref(), Some("300"));
     assert_eq!(attr(&dom, "examples", "data-rows").as_deref(), Some("300"));
@@ -411,12 +416,7 @@ fn a_one_epoch_run_gets_a_data_map_note_and_one_point_curves() {
     let page = kiln_viz::write_report(dir.path(), None).unwrap();
     let profile = tempfile::tempdir().unwrap();
     let dom = dump(&page, "", profile.path());
-    assert_eq!(
-        body_attr(&dom, "data-ready").as_deref(),
-        Some("1"),
-        "the scripts did not finish"
-    );
-    assert_eq!(body_attr(&dom, "data-errors"), None, "script errors: {dom:.2000}");
+    assert_rendered(&dom);
     assert!(dom.contains("id=\"datamap-note\""), "{dom:.3000}");
     assert!(dom.contains("at least 2 epochs"));
     assert_eq!(attr(&dom, "datamap", "hidden").as_deref(), Some(""));
