@@ -197,7 +197,11 @@ pub fn report(out: &Path, results: &TrainResults) {
 
 /// The default model directory (located or fetched).
 pub fn default_model(explicit: Option<&Path>, allow_fetch: bool) -> Result<PathBuf> {
-    crate::model_files::resolve_model(DEFAULT_MODEL_ID, explicit, allow_fetch)
+    Ok(kiln::model::hub::locate_or_fetch(
+        DEFAULT_MODEL_ID,
+        explicit,
+        allow_fetch,
+    )?)
 }
 
 #[cfg(test)]

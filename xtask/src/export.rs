@@ -55,7 +55,11 @@ pub fn run_model(run: &std::path::Path, given: Option<&std::path::Path>) -> Resu
         .filter(|p| p.is_dir());
     match recorded {
         Some(dir) => Ok(dir),
-        None => crate::model_files::resolve_model(kiln::model::hub::DEFAULT_MODEL_ID, None, true),
+        None => Ok(kiln::model::hub::locate_or_fetch(
+            kiln::model::hub::DEFAULT_MODEL_ID,
+            None,
+            true,
+        )?),
     }
 }
 

@@ -15,7 +15,6 @@ mod import_peft;
 mod lens;
 mod lm;
 mod lm_finetune;
-mod model_files;
 mod neurons;
 mod parity;
 mod sweep;

@@ -321,42 +321,29 @@ pub fn import_peft_lora<B: Backend>(
             delta.b = Param::initialized(delta.b.id, b);
         }
     }
-    let [hidden, labels] = model.classifier.weight.dims();
-    // A head of another shape (another task's label count) is an error naming it, not ignored.
-    if tensors.contains_key(&format!("{PREFIX}classifier.weight")) {
-        let w = take2(&mut tensors, &format!("{PREFIX}classifier.weight"), [labels, hidden])?;
-        model.classifier.weight = Param::initialized(model.classifier.weight.id, w.transpose());
-        if let Some((shape, data)) = tensors.remove(&format!("{PREFIX}classifier.bias")) {
-            if let Some(bias) = &mut model.classifier.bias {
-                if shape != [labels] {
-                    return Err(ExportError::Invalid(format!("classifier.bias has shape {shape:?}")));
-                }
-                *bias = Param::initialized(bias.id, Tensor::from_data(TensorData::new(data, shape), device));
-            }
+    // The head and the pooler (PEFT's modules_to_save), each loaded when the adapter has it; one
+    // of another shape (another task's label count) is an error naming it, not ignored.
+    let load_linear = |tensors: &mut Read, name: &str, linear: &mut burn::nn::Linear<B>| -> Result<bool, ExportError> {
+        let key = format!("{PREFIX}{name}.weight");
+        if !tensors.contains_key(&key) {
+            return Ok(false);
         }
-    } else {
+        let [d_in, d_out] = linear.weight.dims();
+        let w = take2(tensors, &key, [d_out, d_in])?;
+        linear.weight = Param::initialized(linear.weight.id, w.transpose());
+        if let (Some((shape, data)), Some(bias)) = (tensors.remove(&format!("{PREFIX}{name}.bias")), &mut linear.bias) {
+            if shape != [d_out] {
+                return Err(ExportError::Invalid(format!("{name}.bias has shape {shape:?}")));
+            }
+            *bias = Param::initialized(bias.id, Tensor::from_data(TensorData::new(data, shape), device));
+        }
+        Ok(true)
+    };
+    if !load_linear(&mut tensors, "classifier", &mut model.classifier)? {
         tracing::warn!("{}: no classifier head; the model keeps its own", st_path.display());
     }
     if let Some(pooler) = &mut model.bert.pooler {
-        let [d_in, d_out] = pooler.dense.weight.dims();
-        if tensors.contains_key(&format!("{PREFIX}bert.pooler.dense.weight")) {
-            let w = take2(
-                &mut tensors,
-                &format!("{PREFIX}bert.pooler.dense.weight"),
-                [d_out, d_in],
-            )?;
-            pooler.dense.weight = Param::initialized(pooler.dense.weight.id, w.transpose());
-            if let Some((shape, data)) = tensors.remove(&format!("{PREFIX}bert.pooler.dense.bias")) {
-                if let Some(bias) = &mut pooler.dense.bias {
-                    if shape != [d_out] {
-                        return Err(ExportError::Invalid(format!(
-                            "bert.pooler.dense.bias has shape {shape:?}"
-                        )));
-                    }
-                    *bias = Param::initialized(bias.id, Tensor::from_data(TensorData::new(data, shape), device));
-                }
-            }
-        }
+        load_linear(&mut tensors, "bert.pooler.dense", &mut pooler.dense)?;
     }
     if !tensors.is_empty() {
         let mut left: Vec<String> = tensors.into_keys().collect();

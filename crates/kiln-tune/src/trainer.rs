@@ -442,7 +442,7 @@ impl MetricsLog {
     /// into the new one (with the replay's wall time), so after a resume TensorBoard shows
     /// each step once, as `metrics.jsonl` does.
     pub(crate) fn open_with_events(run: &RunDir, keep_until: Option<usize>) -> Result<Self, TrainError> {
-        let mut log = Self::open(run.metrics(), keep_until)?;
+        let (mut log, kept) = Self::open_kept(run.metrics(), keep_until)?;
         for old in tensorboard::event_files(&run.0) {
             if old.extension().is_some_and(|e| e == "kiln") {
                 std::fs::remove_file(&old).map_err(|source| TrainError::Io {
@@ -453,7 +453,12 @@ impl MetricsLog {
         }
         let now = tensorboard::now();
         let events = EventWriter::create(&run.0, now)?;
-        for line in kiln_format::training::read_lines::<MetricsLine>(&log.path)? {
+        for (i, text) in kept.lines().enumerate() {
+            let line = serde_json::from_str::<MetricsLine>(text).map_err(|source| kiln_format::FormatError::Line {
+                path: log.path.clone(),
+                line: i + 1,
+                source,
+            })?;
             events.metrics_line(&line, now)?;
         }
         log.events = Some(events);
@@ -462,6 +467,11 @@ impl MetricsLog {
 
     /// Keeps only lines of steps ≤ `keep_until` (a resumed run rewrites what followed).
     pub(crate) fn open(path: PathBuf, keep_until: Option<usize>) -> Result<Self, TrainError> {
+        Ok(Self::open_kept(path, keep_until)?.0)
+    }
+
+    /// [`MetricsLog::open`], also returning the lines kept.
+    fn open_kept(path: PathBuf, keep_until: Option<usize>) -> Result<(Self, String), TrainError> {
         let kept = match (keep_until, std::fs::read_to_string(&path)) {
             (Some(step), Ok(text)) => text
                 .lines()
@@ -476,7 +486,7 @@ impl MetricsLog {
             _ => String::new(),
         };
         checkpoint::write_atomic(&path, kept.as_bytes())?;
-        Ok(Self { path, events: None })
+        Ok((Self { path, events: None }, kept))
     }
 
     pub(crate) fn write(&self, line: MetricsLine) -> Result<(), TrainError> {

@@ -38,7 +38,11 @@ impl ModelArgs {
     /// # Errors
     /// Not found (offline), or the fetch failed.
     pub fn resolve(&self) -> Result<PathBuf> {
-        crate::model_files::resolve_model(kiln::model::hub::DEFAULT_MODEL_ID, self.model.as_deref(), !self.offline)
+        Ok(kiln::model::hub::locate_or_fetch(
+            kiln::model::hub::DEFAULT_MODEL_ID,
+            self.model.as_deref(),
+            !self.offline,
+        )?)
     }
 }
 

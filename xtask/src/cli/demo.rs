@@ -7,7 +7,7 @@ use kiln::backend::run_on;
 use kiln::model::hub::DEFAULT_MODEL_ID;
 
 use super::common::*;
-use crate::{analyse, demo, embed, model_files};
+use crate::{analyse, demo, embed};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {
@@ -135,7 +135,7 @@ pub struct FetchArgs {
 impl FetchArgs {
     pub fn run(self) -> Result<()> {
         let Self { model_id } = self;
-        let dir = model_files::fetch(&model_id)?;
+        let dir = kiln::model::hub::fetch(&model_id)?;
         println!("{}", dir.display());
 
         Ok(())
